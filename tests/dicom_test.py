@@ -1,0 +1,481 @@
+"""Tests for dinolg_jax.data.dicom on small hand-built DICOM files."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEG2000MCLossless,
+    JPEGLSLossless,
+    RLELossless,
+    XRayRadiationDoseSRStorage,
+)
+
+from dinolg_jax.data import dicom
+
+SERIES_UID = "1.2.840.113619.2.55.3.0604.01"  # leading zero in a component: non-standard
+FAKE_NAME = "Doe^Jane^Secret"
+AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+SIZE = 16
+
+
+def stored_pixels(seed: int, signed: bool = False) -> np.ndarray:
+    """A deterministic [16, 16] stored-value image (uint16 or int16)."""
+    rng = np.random.default_rng(seed)
+    if signed:
+        return rng.integers(-2000, 2000, (SIZE, SIZE)).astype(np.int16)
+    return rng.integers(0, 3000, (SIZE, SIZE)).astype(np.uint16)
+
+
+def make_ct(
+    path: Path,
+    *,
+    z: float,
+    instance: int | None = 1,
+    pixels: np.ndarray | None = None,
+    series_uid: str | None = SERIES_UID,
+    series_number: int | None = 2,
+    spacing: Sequence[float] = (0.4, 0.4),
+    iop: Sequence[float] = AXIAL,
+    modality: str = "CT",
+    slope: float = 1.0,
+    intercept: float = -1024.0,
+    thickness: float | None = 3.0,
+    kvp: float | None = 120.0,
+    mass: Sequence[float] | None = (0.701, 0.75, 0.8),
+    image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "AXIAL"),
+    syntax: str = ExplicitVRLittleEndian,
+    omit: Sequence[str] = (),
+) -> np.ndarray:
+    """Write one CT slice the way COCA's scanners do; returns the stored pixels."""
+    with pydicom.config.disable_value_validation():  # SERIES_UID is invalid on purpose
+        if pixels is None:
+            pixels = stored_pixels(int(abs(z) * 10) + 7)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = f"1.2.3.4.{zlib.crc32(str(path).encode())}"
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.PatientName = FAKE_NAME
+        ds.PatientID = "PID-424242"
+        ds.StudyDate = "20010911"
+        ds.InstitutionName = "Fake General Hospital"
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.Modality = modality
+        ds.ImageType = list(image_type)
+        if series_uid is not None:
+            ds.StudyInstanceUID = "1.2.3.0099"
+            ds.SeriesInstanceUID = series_uid
+        if series_number is not None:
+            ds.SeriesNumber = series_number
+        if instance is not None:
+            ds.InstanceNumber = instance
+        ds.ImagePositionPatient = [-100.0, -120.5, z]
+        ds.ImageOrientationPatient = list(iop)
+        ds.SliceLocation = -z  # opposite sign on purpose: must never be used
+        ds.PixelSpacing = list(spacing)
+        if thickness is not None:
+            ds.SliceThickness = thickness
+        if kvp is not None:
+            ds.KVP = kvp
+        if mass is not None:
+            ds.add_new(0x00189352, "FL", list(mass))
+        ds.Rows, ds.Columns = pixels.shape
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 1 if pixels.dtype == np.int16 else 0
+        ds.RescaleSlope = slope
+        ds.RescaleIntercept = intercept
+        ds.PixelData = pixels.tobytes()
+        for keyword in omit:
+            delattr(ds, keyword)
+        if syntax == RLELossless or syntax == JPEG2000Lossless:
+            ds.compress(syntax)
+        elif syntax != ExplicitVRLittleEndian:
+            meta.TransferSyntaxUID = syntax
+            ds.PixelData = encapsulate([b"\xff\x4f\xff\x51 this is not an image" * 8])
+            ds["PixelData"].VR = "OB"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+        return pixels
+
+
+def write_series(folder: Path, zs: Sequence[float], **kw) -> list[np.ndarray]:
+    """Slices named and numbered from the most superior down (COCA's usual layout)."""
+    order = sorted(range(len(zs)), key=lambda i: -zs[i])
+    out = [np.empty(0)] * len(zs)
+    for rank, i in enumerate(order):
+        out[i] = make_ct(folder / f"IM-0001-{rank + 1:04d}.dcm", z=zs[i], instance=rank + 1, **kw)
+    return out
+
+
+def test_z_order_ignores_file_names_and_instance_numbers(tmp_path: Path) -> None:
+    zs = [-12.0, -9.0, -6.0, -3.0, 0.0]
+    # Files and InstanceNumbers run superior -> inferior; half of them in a subfolder.
+    pixels = {}
+    for rank, z in enumerate(sorted(zs, reverse=True)):
+        sub = "a" if rank % 2 else "b/c"
+        pixels[z] = make_ct(tmp_path / sub / f"IM-0001-{rank + 1:04d}.dcm", z=z, instance=rank + 1)
+    s = dicom.read_series(tmp_path)
+    np.testing.assert_array_equal(s.z_mm, zs)
+    assert s.z_mm.dtype == np.float64
+    assert s.hu.dtype == np.int16 and s.hu.shape == (5, SIZE, SIZE)
+    for i, z in enumerate(zs):
+        np.testing.assert_array_equal(s.hu[i], pixels[z].astype(np.int32) - 1024)
+    assert s.instance_numbers == (5, 4, 3, 2, 1)
+    assert [Path(f).name for f in s.files] == [f"IM-0001-{k:04d}.dcm" for k in (5, 4, 3, 2, 1)]
+    assert s.pixel_mm == (0.4, 0.4)
+    assert s.slice_thickness_mm == pytest.approx(3.0)
+    assert s.dropped == () and s.series_count == 1 and s.z_gaps == ()
+
+
+def test_exact_hu_uint16_and_int16_overflow(tmp_path: Path) -> None:
+    px = np.zeros((SIZE, SIZE), np.uint16)
+    px[0, :6] = [0, 1024, 1154, 1153, 4095, 32767 + 1024]
+    make_ct(tmp_path / "ok" / "a.dcm", z=0.0, pixels=px)
+    s = dicom.read_series(tmp_path / "ok")
+    np.testing.assert_array_equal(s.hu[0, 0, :6], [-1024, 0, 130, 129, 3071, 32767])
+    assert int(s.hu[0, 5, 5]) == -1024
+    assert s.slice_thickness_mm == 3.0  # a single slice falls back to the header value
+
+    px[0, 0] = 32768 + 1024  # HU 32768 does not fit int16
+    make_ct(tmp_path / "bad" / "a.dcm", z=0.0, pixels=px)
+    with pytest.raises(dicom.PixelDataError, match="does not fit int16"):
+        dicom.read_series(tmp_path / "bad")
+
+
+def test_int16_storage_other_slope_intercept(tmp_path: Path) -> None:
+    stored = write_series(
+        tmp_path, [0.0, 3.0], pixels=stored_pixels(3, signed=True), slope=2.0, intercept=-1000.0
+    )
+    s = dicom.read_series(tmp_path)
+    expected = stored[0].astype(np.int64) * 2 - 1000
+    assert expected.min() < -4000  # negative stored values really occur
+    np.testing.assert_array_equal(s.hu[0], expected)
+
+
+def test_fractional_slope_rounds_half_to_even(tmp_path: Path) -> None:
+    px = np.zeros((SIZE, SIZE), np.int16)
+    px[0, :5] = [1, 3, 5, -3, 2000]
+    make_ct(tmp_path / "a.dcm", z=0.0, pixels=px, slope=0.5, intercept=-10.0)
+    s = dicom.read_series(tmp_path)
+    # 0.5-10=-9.5 -> -10, 1.5-10=-8.5 -> -8, 2.5-10=-7.5 -> -8, -1.5-10=-11.5 -> -12, 990.
+    np.testing.assert_array_equal(s.hu[0, 0, :5], [-10, -8, -8, -12, 990])
+
+
+def test_longest_series_kept_others_reported(tmp_path: Path) -> None:
+    zs = [-15.0, -12.0, -9.0, -6.0, -3.0, 0.0]
+    main = write_series(tmp_path / "Pro_Gated_CS_3.0", zs)
+    write_series(tmp_path / "copy", zs[1:5], series_uid="1.2.3.77", pixels=stored_pixels(99))
+    # A coronal scout: its orientation must not matter since it is dropped.
+    make_ct(
+        tmp_path / "scout" / "s.dcm",
+        z=50.0,
+        series_uid="1.2.3.78",
+        series_number=1,
+        iop=(1, 0, 0, 0, 0, -1),
+        image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"),
+    )
+    make_ct(tmp_path / "zz_orphan.dcm", z=-6.0, series_uid=None, pixels=stored_pixels(98))
+    s = dicom.read_series(tmp_path)
+    assert s.series_count == 3
+    np.testing.assert_array_equal(s.z_mm, zs)
+    np.testing.assert_array_equal(s.hu, np.stack(main).astype(np.int32) - 1024)
+    assert all("Pro_Gated_CS_3.0" in f for f in s.files)
+    reasons = {str(Path(d.path).relative_to(tmp_path)): d.reason for d in s.dropped}
+    assert reasons == {
+        **{f"copy/IM-0001-{k:04d}.dcm": "other series (4 slices)" for k in range(1, 5)},
+        "scout/s.dcm": "scout (1 slice)",
+        "zz_orphan.dcm": "no SeriesInstanceUID",
+    }
+
+
+def test_dose_report_dropped_and_reading_is_quiet(tmp_path: Path) -> None:
+    write_series(tmp_path, [0.0, 3.0])
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = XRayRadiationDoseSRStorage
+    meta.MediaStorageSOPInstanceUID = "1.2.3.5"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    sr = Dataset()
+    sr.file_meta = meta
+    sr.SOPClassUID = XRayRadiationDoseSRStorage
+    sr.Modality = "SR"
+    sr.SeriesInstanceUID = "1.2.3.6"
+    sr.save_as(tmp_path / "dose.dcm", enforce_file_format=True)
+    mode = pydicom.config.settings.reading_validation_mode
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s = dicom.read_series(tmp_path)
+    assert caught == []  # the non-standard SERIES_UID is read silently
+    assert pydicom.config.settings.reading_validation_mode == mode  # restored
+    assert len(s.files) == 2 and s.series_count == 1
+    assert [(Path(d.path).name, d.reason) for d in s.dropped] == [
+        ("dose.dcm", "not an image (X-Ray Radiation Dose SR Storage)")
+    ]
+
+
+def test_equal_copies_keep_first_path(tmp_path: Path) -> None:
+    zs = [0.0, 3.0, 6.0]
+    write_series(tmp_path / "b", zs, series_uid="1.2.3.2")
+    first = write_series(tmp_path / "a", zs, series_uid="1.2.3.1", pixels=stored_pixels(5))
+    s = dicom.read_series(tmp_path)
+    assert all("/a/" in f for f in s.files)
+    np.testing.assert_array_equal(s.hu[0], first[0].astype(np.int32) - 1024)
+    assert len(s.dropped) == 3 and all(d.reason.startswith("duplicate series") for d in s.dropped)
+
+
+def test_duplicate_z_keeps_first_by_path(tmp_path: Path) -> None:
+    kept = make_ct(tmp_path / "IM-0001-0002.dcm", z=-120.0, instance=2, pixels=stored_pixels(1))
+    make_ct(tmp_path / "IM-0001-0009.dcm", z=-120.0, instance=9, pixels=stored_pixels(2))
+    make_ct(tmp_path / "IM-0001-0001.dcm", z=-117.0, instance=1)
+    s = dicom.read_series(tmp_path)
+    np.testing.assert_array_equal(s.z_mm, [-120.0, -117.0])
+    np.testing.assert_array_equal(s.hu[0], kept.astype(np.int32) - 1024)
+    assert [(Path(d.path).name, d.reason) for d in s.dropped] == [
+        ("IM-0001-0009.dcm", "duplicate z=-120.0 mm (kept IM-0001-0002.dcm)")
+    ]
+
+
+def test_nongated_without_uids(tmp_path: Path) -> None:
+    zs = [-300.0, -295.0, -290.0, -285.0]
+    stored = write_series(
+        tmp_path / "12" / "12",
+        zs,
+        series_uid=None,
+        mass=None,
+        kvp=None,
+        thickness=5.0,
+        spacing=(0.7, 0.72),
+    )
+    make_ct(tmp_path / "12" / "12" / "IM-0000-0001.dcm", z=0.0, series_uid=None, series_number=1)
+    s = dicom.read_series(tmp_path)
+    assert s.series_count == 2
+    np.testing.assert_array_equal(s.z_mm, zs)
+    np.testing.assert_array_equal(s.hu[3], stored[3].astype(np.int32) - 1024)
+    assert s.pixel_mm == (0.7, 0.72) and s.slice_thickness_mm == 5.0
+    assert s.kvp is None and s.mass_factor is None and s.header_thickness_mm == 5.0
+    assert [d.reason for d in s.dropped] == ["scout (1 slice)"]
+
+    # No SeriesNumber either: everything is one series.
+    write_series(tmp_path / "n", zs, series_uid=None, series_number=None)
+    s = dicom.read_series(tmp_path / "n")
+    assert s.series_count == 1 and len(s.files) == 4
+
+
+def test_header_values_and_thickness_from_z_step(tmp_path: Path) -> None:
+    write_series(
+        tmp_path,
+        [0.0, 2.5, 5.0, 7.5],
+        thickness=3.0,
+        kvp=100.0,
+        mass=(0.701, 0.75, 0.8),
+        spacing=(0.390625, 0.4),
+    )
+    s = dicom.read_series(tmp_path)
+    assert s.slice_thickness_mm == pytest.approx(2.5)
+    assert s.header_thickness_mm == 3.0 and s.kvp == 100.0
+    np.testing.assert_allclose(s.mass_factor, (0.701, 0.75, 0.8), rtol=1e-6)  # FL is float32
+    assert s.pixel_mm == (0.390625, 0.4)
+
+
+def test_missing_slice_recorded_in_z_gaps(tmp_path: Path) -> None:
+    write_series(tmp_path, [0.0, 3.0, 6.0, 12.0, 15.0, 18.0])
+    s = dicom.read_series(tmp_path)
+    assert s.slice_thickness_mm == 3.0 and s.z_gaps == (6.0,)
+    assert s.hu.shape[0] == 6
+
+
+def test_no_identifying_values(tmp_path: Path) -> None:
+    write_series(tmp_path, [0.0, 3.0])
+    s = dicom.read_series(tmp_path)
+    names = {f.name for f in dataclasses.fields(s)}
+    assert not {n for n in names if "patient" in n or "date" in n or "institution" in n}
+    text = repr([getattr(s, n) for n in names if n != "hu"])
+    for secret in (FAKE_NAME, "PID-424242", "20010911", "Fake General"):
+        assert secret not in text
+
+
+def test_rle_round_trip_exact(tmp_path: Path) -> None:
+    plain = write_series(tmp_path / "plain", [0.0, 3.0])
+    write_series(tmp_path / "rle", [0.0, 3.0], syntax=RLELossless)
+    assert pydicom.dcmread(tmp_path / "rle" / "IM-0001-0001.dcm").file_meta.TransferSyntaxUID == (
+        RLELossless
+    )
+    s = dicom.read_series(tmp_path / "rle")
+    np.testing.assert_array_equal(s.hu, np.stack(plain).astype(np.int32) - 1024)
+
+
+def test_jpeg2000_lossless_round_trip_exact(tmp_path: Path) -> None:
+    # 64 x 64: OpenJPEG's default 6 resolution levels need at least 32 pixels a side.
+    px = np.random.default_rng(11).integers(-2000, 3000, (64, 64)).astype(np.int16)
+    make_ct(tmp_path / "a.dcm", z=0.0, pixels=px, intercept=0.0, syntax=JPEG2000Lossless)
+    s = dicom.read_series(tmp_path)
+    np.testing.assert_array_equal(s.hu[0], px)
+
+
+def test_implicit_vr_little_endian(tmp_path: Path) -> None:
+    px = make_ct(tmp_path / "a.dcm", z=1.5)
+    ds = pydicom.dcmread(tmp_path / "a.dcm")
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    with pydicom.config.disable_value_validation():
+        ds.save_as(tmp_path / "a.dcm", enforce_file_format=True)
+    s = dicom.read_series(tmp_path)
+    np.testing.assert_array_equal(s.hu[0], px.astype(np.int32) - 1024)
+    np.testing.assert_allclose(s.mass_factor, (0.701, 0.75, 0.8), rtol=1e-6)
+
+
+def _truncate(path: Path, keep: int) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: keep if keep >= 0 else len(data) + keep])
+
+
+@pytest.mark.parametrize(
+    ("keep", "problem"),
+    [
+        (0, "not a DICOM file"),
+        (100, "not a DICOM file"),  # inside the preamble
+        (140, "truncated or malformed: file meta"),
+        (400, "no Pixel Data element"),  # between elements of the main dataset
+        (-SIZE * SIZE, "truncated: element (7FE0,0010) needs 512 bytes"),
+        (-1, "truncated: element (7FE0,0010)"),
+    ],
+)
+def test_truncated_file(tmp_path: Path, keep: int, problem: str) -> None:
+    write_series(tmp_path, [0.0, 3.0, 6.0])
+    _truncate(tmp_path / "IM-0001-0002.dcm", keep)
+    with pytest.raises(dicom.NotDicomError, match=r"IM-0001-0002\.dcm: ") as info:
+        dicom.read_series(tmp_path)
+    assert problem in info.value.problem
+
+
+def test_truncated_file_in_dropped_series_still_raises(tmp_path: Path) -> None:
+    write_series(tmp_path / "main", [0.0, 3.0, 6.0])
+    make_ct(tmp_path / "scout.dcm", z=9.0, series_uid="1.2.3.9")
+    _truncate(tmp_path / "scout.dcm", -7)
+    with pytest.raises(dicom.NotDicomError, match=r"scout\.dcm: truncated"):
+        dicom.read_series(tmp_path)
+
+
+def test_not_dicom(tmp_path: Path) -> None:
+    write_series(tmp_path, [0.0, 3.0])
+    (tmp_path / "notes.dcm").write_text("this is a text file\n" * 20)
+    with pytest.raises(dicom.NotDicomError, match=r"notes\.dcm: not a DICOM file"):
+        dicom.read_series(tmp_path)
+
+
+def _single_series_error(tmp_path: Path, error: type[Exception], match: str, **kw) -> None:
+    write_series(tmp_path, [0.0, 3.0, 6.0], **kw)
+    with pytest.raises(error, match=match) as info:
+        dicom.read_series(tmp_path)
+    assert isinstance(info.value, dicom.DicomError) and isinstance(info.value, ValueError)
+    assert "IM-0001-000" in str(info.value)
+
+
+def test_mr_modality(tmp_path: Path) -> None:
+    _single_series_error(tmp_path, dicom.NotCTError, "Modality is 'MR'", modality="MR")
+
+
+@pytest.mark.parametrize(
+    "iop", [(0, 1, 0, 0, 0, -1), (1, 0, 0, 0, np.cos(0.1), np.sin(0.1))], ids=["sagittal", "tilt"]
+)
+def test_non_axial(tmp_path: Path, iop: tuple) -> None:
+    _single_series_error(tmp_path, dicom.NonAxialError, "deg from axial", iop=iop)
+
+
+def test_small_tilt_within_tolerance(tmp_path: Path) -> None:
+    a = np.radians(0.5)
+    write_series(tmp_path, [0.0, 3.0], iop=(1, 0, 0, 0, np.cos(a), np.sin(a)))
+    assert dicom.read_series(tmp_path).hu.shape == (2, SIZE, SIZE)
+
+
+def test_mixed_spacing_and_shape(tmp_path: Path) -> None:
+    write_series(tmp_path / "s", [0.0, 3.0])
+    make_ct(tmp_path / "s" / "x.dcm", z=9.0, spacing=(0.5, 0.5))
+    with pytest.raises(dicom.MixedSpacingError, match=r"x\.dcm: PixelSpacing"):
+        dicom.read_series(tmp_path / "s")
+    write_series(tmp_path / "r", [0.0, 3.0])
+    make_ct(tmp_path / "r" / "x.dcm", z=9.0, pixels=np.zeros((8, SIZE), np.uint16))
+    with pytest.raises(dicom.MixedSpacingError, match="Rows/Columns"):
+        dicom.read_series(tmp_path / "r")
+
+
+@pytest.mark.parametrize(
+    "tag", ["RescaleIntercept", "RescaleSlope", "ImagePositionPatient", "PixelSpacing"]
+)
+def test_missing_required_tag(tmp_path: Path, tag: str) -> None:
+    _single_series_error(tmp_path, dicom.MissingTagError, tag, omit=(tag,))
+
+
+def test_unsupported_transfer_syntax_named(tmp_path: Path) -> None:
+    _single_series_error(
+        tmp_path,
+        dicom.UnsupportedTransferSyntaxError,
+        "JPEG 2000 Part 2 Multi-component Image Compression",
+        syntax=JPEG2000MCLossless,
+    )
+
+
+def test_private_transfer_syntax_refused(tmp_path: Path) -> None:
+    write_series(tmp_path, [0.0, 3.0])
+    for f in tmp_path.glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.file_meta.TransferSyntaxUID = "1.3.46.670589.33.1.4.1"
+        with pydicom.config.disable_value_validation():
+            ds.save_as(f, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    with pytest.raises(dicom.UnsupportedTransferSyntaxError, match=r"'1\.3\.46\.670589\.33"):
+        dicom.read_series(tmp_path)
+
+
+def test_syntax_without_installed_plugin_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Unavailable:  # what get_decoder gives when pylibjpeg-libjpeg is not installed
+        is_available = False
+        missing_dependencies = ("pylibjpeg - requires pylibjpeg-libjpeg",)
+
+    monkeypatch.setattr(dicom, "get_decoder", lambda uid: Unavailable())
+    _single_series_error(
+        tmp_path,
+        dicom.UnsupportedTransferSyntaxError,
+        r"'JPEG-LS Lossless Image Compression' .* not installed .*pylibjpeg-libjpeg",
+        syntax=JPEGLSLossless,
+    )
+
+
+def test_undecodable_compressed_data_names_syntax(tmp_path: Path) -> None:
+    _single_series_error(tmp_path, dicom.PixelDataError, "JPEG-LS Lossless", syntax=JPEGLSLossless)
+
+
+def test_empty_and_missing_folder(tmp_path: Path) -> None:
+    (tmp_path / "readme.txt").write_text("no dicom here")
+    with pytest.raises(dicom.EmptySeriesError, match=r"\*\*/\*\.dcm"):
+        dicom.read_series(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        dicom.read_series(tmp_path / "absent")
+    with pytest.raises(dicom.EmptySeriesError):
+        dicom.read_dicom_files([])
+
+
+def test_read_dicom_files_explicit_list(tmp_path: Path) -> None:
+    write_series(tmp_path, [0.0, 3.0, 6.0])
+    files = sorted(tmp_path.glob("*.dcm"))
+    s = dicom.read_dicom_files(files[:2])
+    assert len(s.files) == 2 and s.series_count == 1
+    np.testing.assert_array_equal(s.z_mm, [3.0, 6.0])  # files 1 and 2 are the top slices
