@@ -1,0 +1,133 @@
+"""DINO loss and centre: hand-computed cases, a loop reference and invariances."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dinolg_jax.dino.loss import dino_loss, update_center
+
+
+def _loop_reference(student, teacher, center, student_temp, teacher_temp):
+    """Explicit loops over crop pairs, samples and classes (float64, math.exp/log)."""
+    n_crops, b, k = student.shape
+    total, pairs = 0.0, 0
+    for i in range(teacher.shape[0]):
+        for j in range(n_crops):
+            if i == j:
+                continue
+            ce = 0.0
+            for n in range(b):
+                tz = [(teacher[i, n, c] - center[c]) / teacher_temp for c in range(k)]
+                tm = max(tz)
+                tsum = sum(math.exp(z - tm) for z in tz)
+                sz = [student[j, n, c] / student_temp for c in range(k)]
+                sm = max(sz)
+                log_norm = sm + math.log(sum(math.exp(z - sm) for z in sz))
+                for c in range(k):
+                    ce -= math.exp(tz[c] - tm) / tsum * (sz[c] - log_norm)
+            total += ce / b
+            pairs += 1
+    return total / pairs
+
+
+def test_hand_case_two_globals_one_local():
+    # K = 3, B = 1. Teacher temp 1 and student temp 1 so every number is easy to check.
+    student = np.array([[[0.0, 0.0, 0.0]], [[math.log(2), 0.0, 0.0]], [[0.0, 0.0, math.log(6)]]])
+    teacher = np.array([[[0.0, 0.0, 0.0]], [[2.0, 1.0, 1.0]]])
+    center = np.array([1.0, 0.0, 0.0])
+    # Teacher probs: crop 0: centred (-1, 0, 0) -> (1, e, e) / (1 + 2e);
+    #                crop 1: centred (1, 1, 1) -> uniform 1/3.
+    # Student log-probs: crop 0: -log 3 each; crop 1: log(2/4), log(1/4), log(1/4);
+    #                    crop 2: log(1/8), log(1/8), log(6/8).
+    e = math.e
+    q0 = np.array([1.0, e, e]) / (1 + 2 * e)
+    q1 = np.full(3, 1 / 3)
+    ls1 = np.log([0.5, 0.25, 0.25])
+    ls2 = np.log([1 / 8, 1 / 8, 6 / 8])
+    expected = (
+        -(q0 @ ls1)
+        - (q0 @ ls2)  # teacher crop 0 vs student crops 1, 2
+        + math.log(3)
+        - (q1 @ ls2)  # teacher crop 1 vs student crops 0, 2
+    ) / 4
+    got = dino_loss(
+        jnp.asarray(student, jnp.float32),
+        jnp.asarray(teacher, jnp.float32),
+        jnp.asarray(center, jnp.float32),
+        student_temp=1.0,
+        teacher_temp=1.0,
+    )
+    assert got.dtype == jnp.float32 and got.shape == ()
+    np.testing.assert_allclose(float(got), expected, rtol=1e-6)
+    ref = _loop_reference(student, teacher, center, 1.0, 1.0)
+    np.testing.assert_allclose(ref, expected, rtol=1e-12)
+
+
+def test_uniform_logits_give_log_k():
+    k = 5
+    got = dino_loss(jnp.zeros((4, 3, k)), jnp.ones((2, 3, k)), jnp.zeros(k), teacher_temp=0.04)
+    np.testing.assert_allclose(float(got), math.log(k), rtol=1e-6)
+
+
+def test_random_case_matches_loop_reference_and_invariances():
+    rng = np.random.default_rng(0)
+    student = rng.standard_normal((5, 4, 7))  # 2 global + 3 local crops
+    teacher = rng.standard_normal((2, 4, 7))
+    center = rng.standard_normal(7) * 0.1
+    f = jax.jit(lambda s, t, c: dino_loss(s, t, c, student_temp=0.1, teacher_temp=0.07))
+    base = float(f(student, teacher, center))
+    np.testing.assert_allclose(base, _loop_reference(student, teacher, center, 0.1, 0.07), 1e-5)
+    shift = rng.standard_normal((5, 4, 1)) * 3
+    assert f(student + shift, teacher, center) == pytest.approx(base, rel=1e-5)
+    assert f(student, teacher + 2.0, center + 2.0) == pytest.approx(base, rel=1e-5)
+    assert f(student, teacher, center + 1.5) == pytest.approx(base, rel=1e-5)
+    perm = rng.permutation(7)
+    assert f(student[..., perm], teacher[..., perm], center[perm]) == pytest.approx(base, 1e-5)
+    local_perm = [0, 1, 4, 2, 3]
+    assert f(student[local_perm], teacher, center) == pytest.approx(base, rel=1e-5)
+    assert f(student[[1, 0, 2, 3, 4]], teacher[::-1], center) == pytest.approx(base, rel=1e-5)
+    per_sample = [float(f(student[:, n : n + 1], teacher[:, n : n + 1], center)) for n in range(4)]
+    np.testing.assert_allclose(np.mean(per_sample), base, rtol=1e-5)
+
+
+def test_float32_from_bf16_and_no_teacher_gradient():
+    rng = np.random.default_rng(2)
+    s = jnp.asarray(rng.standard_normal((4, 2, 6)), jnp.bfloat16)
+    t = jnp.asarray(rng.standard_normal((2, 2, 6)), jnp.bfloat16)
+    c = jnp.zeros(6)
+    loss = dino_loss(s, t, c, teacher_temp=0.05)
+    assert loss.dtype == jnp.float32
+    ref = _loop_reference(
+        np.asarray(s, np.float64), np.asarray(t, np.float64), np.zeros(6), 0.1, 0.05
+    )
+    np.testing.assert_allclose(float(loss), ref, rtol=1e-5)
+    grads = jax.jit(jax.grad(lambda s, t: dino_loss(s, t, c, teacher_temp=0.05), (0, 1)))
+    g_s, g_t = grads(s.astype(jnp.float32), t.astype(jnp.float32))
+    np.testing.assert_array_equal(g_t, 0.0)
+    assert np.abs(np.asarray(g_s)).max() > 0
+
+
+def test_update_center_exact():
+    center = jnp.asarray([1.0, 2.0, 3.0])
+    teacher = jnp.asarray([[[0.0, 4.0, 8.0], [2.0, 0.0, 0.0]], [[4.0, 4.0, 4.0], [2.0, 0.0, 4.0]]])
+    # batch mean over 2 globals x 2 samples: (2, 2, 4)
+    new = update_center(center, teacher, momentum=0.9)
+    np.testing.assert_allclose(new, [0.9 * 1 + 0.1 * 2, 0.9 * 2 + 0.1 * 2, 0.9 * 3 + 0.1 * 4])
+    assert new.dtype == jnp.float32
+    np.testing.assert_array_equal(update_center(center, teacher, momentum=0.0), [2.0, 2.0, 4.0])
+
+
+def test_bad_shapes_raise():
+    with pytest.raises(ValueError, match="center"):
+        dino_loss(jnp.zeros((2, 1, 3)), jnp.zeros((1, 1, 3)), jnp.zeros(4), teacher_temp=0.1)
+    with pytest.raises(ValueError, match="exceeds"):
+        dino_loss(jnp.zeros((1, 1, 3)), jnp.zeros((2, 1, 3)), jnp.zeros(3), teacher_temp=0.1)
+    with pytest.raises(ValueError, match="pair"):
+        dino_loss(jnp.zeros((1, 1, 3)), jnp.zeros((1, 1, 3)), jnp.zeros(3), teacher_temp=0.1)
+    with pytest.raises(ValueError, match="batch"):
+        dino_loss(jnp.zeros((3, 2, 3)), jnp.zeros((2, 1, 3)), jnp.zeros(3), teacher_temp=0.1)
+    with pytest.raises(ValueError, match="teacher_out"):
+        update_center(jnp.zeros(3), jnp.zeros((2, 4)))
