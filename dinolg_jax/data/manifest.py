@@ -121,6 +121,9 @@ def save(data: dict[str, Any], path: str | os.PathLike) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(f.fileno(), 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,245 @@
+"""COCA calcium annotations: read the XML plists and rasterise them into label volumes.
+
+A calcium XML (Apple plist 1.0, ``docs/coca_format.md``) holds ``Images``, one per
+annotated slice, each with ``ImageIndex`` (0-based position in the series sorted by
+ImagePositionPatient z ascending) and ``ROIs`` (``Name``, float ``Point_px`` outline as
+``"(x, y)"`` with x = column, y = row, ``Center`` ``"(x, y, z)"`` mm, and the ROI's own
+pixel statistics ``Area`` cm^2, ``Mean``/``Min``/``Max`` HU, ...).
+
+Rasterising follows the release's convention: fill the polygon of ``Point_px`` with
+``skimage.draw.polygon`` (rows = y, cols = x), keep pixels with HU >= 130. Decisions
+where the release is silent:
+
+- ROIs of one vessel on one slice are unioned. A pixel claimed by two different
+  vessels keeps the vessel of the first ROI (XML order) and is counted as a conflict.
+- An ROI whose ``Center`` z is more than half a slice from ``z_mm[ImageIndex]``, or
+  whose ``ImageIndex`` is outside the series, means the annotation belongs to another
+  series: the patient's labels are left out (None) and the report says why.
+- Empty placeholders (no points), junk names (``1``, ``Unnamed``) and outlines with
+  fewer than 3 points are skipped and reported.
+- Every rasterised ROI is checked against its own ``Area``/``Mean``/``Max`` (`SelfCheck`).
+"""
+
+from __future__ import annotations
+
+import plistlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from skimage.draw import polygon as fill_polygon
+
+THRESHOLD_HU = 130
+VESSELS = ("RCA", "LAD", "LCA", "LCX")  # label values 1..4
+ROI_NAMES = {
+    "right coronary artery": 1,
+    "left anterior descending artery": 2,
+    "left coronary artery": 3,
+    "left circumflex artery": 4,
+}
+# Self-check tolerances: the XML stores float statistics of the same pixels.
+AREA_TOL_CM2 = 1e-4
+MEAN_TOL_HU = 1e-2
+MAX_TOL_HU = 0.5
+
+_FLOATS = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+class CocaError(ValueError):
+    """A release folder, calcium XML or score sheet that does not follow the COCA format."""
+
+
+@dataclass
+class SkippedRoi:
+    """An XML ROI that was not rasterised: ``image_index``, position in its slice, reason."""
+
+    image_index: int
+    roi: int
+    reason: str
+
+
+@dataclass
+class SelfCheck:
+    """Rasterised ROI pixels against the XML's own ``Area``/``Mean``/``Max`` statistics.
+
+    An ROI is exact when its pixel count x spacing^2 / 100 is within ``AREA_TOL_CM2``
+    of ``Area`` (well under one pixel), its mean HU within ``MEAN_TOL_HU`` of ``Mean``
+    and its max HU within ``MAX_TOL_HU`` of ``Max``. ``worst_*`` are the largest absolute
+    differences over the checked ROIs (cm^2, HU); ``mismatches`` lists the ROIs outside
+    tolerance as dicts (image_index, roi, diffs).
+    """
+
+    n_checked: int = 0
+    n_exact: int = 0
+    worst_area_cm2: float = 0.0
+    worst_mean_hu: float = 0.0
+    worst_max_hu: float = 0.0
+    mismatches: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class RoiReport:
+    """What rasterising one patient's XML did (no PHI: indices, counts, reasons).
+
+    Attributes:
+      labels_left_out: reason the labels were left out (Center z mismatch), else "".
+      skipped_rois: empty placeholders, junk names and degenerate outlines.
+      rois_total / rois_used: ROIs in the XML / rasterised.
+      rois_per_vessel: rasterised ROIs per vessel name.
+      conflict_pixels: pixels claimed by two vessels (first ROI kept).
+      self_check: the per-ROI statistics check.
+    """
+
+    labels_left_out: str = ""
+    skipped_rois: list[SkippedRoi] = field(default_factory=list)
+    rois_total: int = 0
+    rois_used: int = 0
+    rois_per_vessel: dict[str, int] = field(default_factory=lambda: dict.fromkeys(VESSELS, 0))
+    conflict_pixels: int = 0
+    self_check: SelfCheck = field(default_factory=SelfCheck)
+
+
+def _parse_floats(text: Any, n: int, what: str) -> list[float]:
+    values = [float(v) for v in _FLOATS.findall(str(text))]
+    if len(values) != n:
+        raise CocaError(f"{what}: expected {n} numbers in {text!r}")
+    return values
+
+
+def parse_calcium_xml(path: str | Path) -> list[dict[str, Any]]:
+    """Reads a calcium XML plist into a flat list of ROIs.
+
+    Returns:
+      One dict per ROI, in file order: ``image_index`` (int), ``roi`` (position in its
+      slice), ``name`` (str), ``points_px`` float64 [P, 2] as (x, y) = (col, row),
+      ``center`` (x, y, z) mm, and the XML statistics ``area`` (cm^2), ``mean``,
+      ``min``, ``max`` (HU), ``num_points``.
+
+    Raises:
+      CocaError: not a plist, no ``Images`` list, or malformed fields.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            data = plistlib.load(f)
+    except Exception as e:  # plistlib raises several types (InvalidFileException, ExpatError)
+        raise CocaError(f"{path.name}: not a readable plist ({type(e).__name__}: {e})") from e
+    if not isinstance(data, dict) or not isinstance(data.get("Images"), list):
+        raise CocaError(f"{path.name}: top-level dict with an 'Images' list expected")
+    rois = []
+    for image in data["Images"]:
+        try:
+            index = int(image["ImageIndex"])
+            roi_list = image.get("ROIs", [])
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise CocaError(f"{path.name}: image entry without a valid ImageIndex") from e
+        for k, roi in enumerate(roi_list):
+            where = f"{path.name} ImageIndex {index} ROI {k}"
+            if not isinstance(roi, dict):
+                raise CocaError(f"{where}: ROI is a {type(roi).__name__}, not a dict")
+            points = [_parse_floats(p, 2, where) for p in roi.get("Point_px", [])]
+            rois.append(
+                {
+                    "image_index": index,
+                    "roi": k,
+                    "name": str(roi.get("Name", "")),
+                    "points_px": np.asarray(points, np.float64).reshape(-1, 2),
+                    "center": tuple(_parse_floats(roi.get("Center", ""), 3, where)),
+                    "area": float(roi.get("Area", 0.0)),
+                    "mean": float(roi.get("Mean", 0.0)),
+                    "min": float(roi.get("Min", 0.0)),
+                    "max": float(roi.get("Max", 0.0)),
+                    "num_points": int(roi.get("NumberOfPoints", len(points))),
+                }
+            )
+    return rois
+
+
+def rasterise_rois(
+    rois: list[dict[str, Any]],
+    hu: np.ndarray,
+    z_mm: np.ndarray,
+    pixel_mm: tuple[float, float],
+    slice_thickness_mm: float,
+    report: RoiReport,
+) -> np.ndarray | None:
+    """Builds the label volume from parsed ROIs and fills `report` (skips, self-check).
+
+    Args:
+      rois: output of `parse_calcium_xml`.
+      hu: int16 [Z, H, W], z ascending.
+      z_mm: [Z] slice positions, mm.
+      pixel_mm: (row, col) spacing, mm.
+      slice_thickness_mm: z-step, mm; an ROI's Center z must lie within half of it.
+      report: updated in place.
+
+    Returns:
+      uint8 [Z, H, W] labels, or None when a Center-z mismatch leaves the labels out.
+    """
+    nz, h, w = hu.shape
+    labels = np.zeros(hu.shape, np.uint8)
+    report.rois_total += len(rois)
+    px_area_cm2 = pixel_mm[0] * pixel_mm[1] / 100.0
+    check = report.self_check
+    mismatched = []
+    for r in rois:
+        idx, k = r["image_index"], r["roi"]
+        if r["num_points"] == 0 or len(r["points_px"]) == 0:
+            report.skipped_rois.append(SkippedRoi(idx, k, "empty placeholder"))
+            continue
+        vessel = ROI_NAMES.get(" ".join(r["name"].lower().split()))
+        if vessel is None:
+            report.skipped_rois.append(SkippedRoi(idx, k, f"junk name {r['name'][:40]!r}"))
+            continue
+        if not 0 <= idx < nz:
+            mismatched.append(f"ImageIndex {idx} outside the {nz}-slice series")
+            continue
+        if abs(r["center"][2] - z_mm[idx]) > slice_thickness_mm / 2:
+            mismatched.append(
+                f"ROI {k} on ImageIndex {idx}: Center z {r['center'][2]:.2f} mm, "
+                f"slice z {z_mm[idx]:.2f} mm"
+            )
+            continue
+        if len(r["points_px"]) < 3:
+            report.skipped_rois.append(SkippedRoi(idx, k, "degenerate outline (< 3 points)"))
+            continue
+        rows, cols = fill_polygon(r["points_px"][:, 1], r["points_px"][:, 0], shape=(h, w))
+        keep = hu[idx, rows, cols] >= THRESHOLD_HU
+        rows, cols = rows[keep], cols[keep]
+        values = hu[idx, rows, cols].astype(np.float64)
+        # Self-check against the XML's own statistics of the same pixels.
+        area = len(values) * px_area_cm2
+        mean = float(values.mean()) if len(values) else 0.0
+        vmax = float(values.max()) if len(values) else 0.0
+        d_area, d_mean, d_max = abs(area - r["area"]), abs(mean - r["mean"]), abs(vmax - r["max"])
+        check.n_checked += 1
+        check.worst_area_cm2 = max(check.worst_area_cm2, d_area)
+        check.worst_mean_hu = max(check.worst_mean_hu, d_mean)
+        check.worst_max_hu = max(check.worst_max_hu, d_max)
+        if d_area <= AREA_TOL_CM2 and d_mean <= MEAN_TOL_HU and d_max <= MAX_TOL_HU:
+            check.n_exact += 1
+        else:
+            check.mismatches.append(
+                {
+                    "image_index": idx,
+                    "roi": k,
+                    "area_cm2": d_area,
+                    "mean_hu": d_mean,
+                    "max_hu": d_max,
+                }
+            )
+        # Union with earlier ROIs of the same vessel; never overwrite another vessel.
+        current = labels[idx, rows, cols]
+        report.conflict_pixels += int(np.count_nonzero((current != 0) & (current != vessel)))
+        labels[idx, rows[current == 0], cols[current == 0]] = vessel
+        report.rois_used += 1
+        report.rois_per_vessel[VESSELS[vessel - 1]] += 1
+    if mismatched:
+        report.labels_left_out = (
+            f"Center z mismatch on {len(mismatched)} ROI(s), annotation belongs to another "
+            f"series; first: {mismatched[0]}"
+        )
+        return None
+    return labels

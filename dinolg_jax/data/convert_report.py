@@ -1,0 +1,153 @@
+"""The conversion report (report.json) and its human-readable summary.
+
+`build_report` gathers, from the per-study summaries of `convert`, every skipped
+patient, file and ROI with its reason, the patients whose labels were left out, the
+rasterisation self-check (ROIs checked / exact, worst absolute differences), counts
+and the split table; `format_summary` prints the split table and those figures.
+Everything in it is a dataset-local id, a path relative to the release root, a count
+or a number: no header value that identifies a person.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dinolg_jax.data import coca
+
+CATEGORIES = ("low", "moderate", "high", "very high")  # paper4, lowest first
+
+
+def build_report(
+    gated: coca.GatedPatients,
+    summaries: list[dict],
+    scores: dict[str, dict],
+    splits: dict[str, dict],
+    studies: dict[str, dict],
+    n_tasks: int,
+) -> dict[str, Any]:
+    """The conversion report: every skip with its reason, the self-check, counts."""
+    skipped_patients = [
+        {"study": coca.gated_study_id(p), "reason": "calcium XML but no DICOM folder"}
+        for p in gated.xml_only
+    ]
+    skipped_patients += [
+        {"study": s["study_id"], "reason": s["error"]} for s in summaries if "error" in s
+    ]
+    files, rois, left_out, mismatches = [], [], [], []
+    check = {
+        "n_checked": 0,
+        "n_exact": 0,
+        "worst_area_cm2": 0.0,
+        "worst_mean_hu": 0.0,
+        "worst_max_hu": 0.0,
+    }
+    per_study, conflicts, gaps = {}, {}, {}
+    for s in summaries:
+        rep = s.get("report")
+        if rep is None:
+            continue
+        sid = s["study_id"]
+        files += [{"study": sid, "path": p, "reason": r} for p, r in rep["dropped_files"]]
+        rois += [{"study": sid, **r} for r in rep["skipped_rois"]]
+        if rep["labels_left_out"]:
+            left_out.append({"study": sid, "reason": rep["labels_left_out"]})
+        if rep["conflict_pixels"]:
+            conflicts[sid] = rep["conflict_pixels"]
+        if rep["z_gaps_mm"]:
+            gaps[sid] = rep["z_gaps_mm"]
+        sc = rep["self_check"]
+        if sc["n_checked"]:
+            per_study[sid] = {k: sc[k] for k in check}
+        for k in ("n_checked", "n_exact"):
+            check[k] += sc[k]
+        for k in ("worst_area_cm2", "worst_mean_hu", "worst_max_hu"):
+            check[k] = max(check[k], sc[k])
+        mismatches += [{"study": sid, **m} for m in sc["mismatches"]]
+    reasons: dict[str, int] = {}
+    for r in rois:
+        key = "junk name" if r["reason"].startswith("junk name") else r["reason"]
+        reasons[key] = reasons.get(key, 0) + 1
+    folders = {coca.nongated_folder_id(k) for k in scores}
+    nongated_ids = {sid.split("-", 1)[1] for sid, e in studies.items() if e["kind"] == "nongated"}
+    cats: dict[str, dict[str, int]] = {}
+    for e in studies.values():
+        if e["kind"] == "gated" and e["category"] is not None:
+            for split in e["records"]:
+                row = cats.setdefault(split, dict.fromkeys(CATEGORIES, 0))
+                row[e["category"]] += 1
+    return {
+        "counts": {
+            "gated_with_dicom": len(gated.with_dicom),
+            "gated_annotated": len(gated.annotated),
+            "gated_no_xml_zero_labels": len(gated.no_xml),
+            "gated_xml_only_skipped": len(gated.xml_only),
+            "nongated_studies": n_tasks - len(gated.with_dicom),
+            "studies_converted": len(studies),
+            "studies_failed": sum("error" in s for s in summaries),
+            "labels_left_out": len(left_out),
+            "files_dropped": len(files),
+            "rois_total": sum(s["report"]["rois_total"] for s in summaries if "report" in s),
+            "rois_used": sum(s["report"]["rois_used"] for s in summaries if "report" in s),
+            "rois_skipped": reasons,
+            "conflict_pixels": conflicts,
+        },
+        "splits": {
+            k: {
+                "studies": v["num_studies"],
+                "slices": v["num_records"],
+                "positive_slices": v["num_positive"],
+                "gated_categories": cats.get(k, {}),
+            }
+            for k, v in splits.items()
+        },
+        "self_check": {**check, "per_study": per_study, "mismatches": mismatches},
+        "skipped_patients": skipped_patients,
+        "skipped_files": files,
+        "skipped_rois": rois,
+        "labels_left_out": left_out,
+        "z_gaps_mm": gaps,
+        "ignored_entries": gated.ignored,
+        "scores": {
+            "rows": len(scores),
+            "total_mismatch": sorted(k for k, v in scores.items() if v["total_mismatch"]),
+            "rows_without_study": sorted(
+                k for k in scores if coca.nongated_folder_id(k) not in nongated_ids
+            ),
+            "studies_without_row": sorted(nongated_ids - folders, key=int),
+        },
+    }
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    """Human-readable split table and conversion summary of a `convert_release` report."""
+    head = f"{'split':<9}{'studies':>8}{'slices':>8}{'calcium':>8}" + "".join(
+        f"{c:>11}" for c in CATEGORIES
+    )
+    lines = [head, "-" * len(head)]
+    for split, row in report["splits"].items():
+        cats = row["gated_categories"]
+        lines.append(
+            f"{split:<9}{row['studies']:>8}{row['slices']:>8}{row['positive_slices']:>8}"
+            + "".join(f"{cats.get(c, 0):>11}" for c in CATEGORIES)
+        )
+    c, sc, t = report["counts"], report["self_check"], report.get("timings", {})
+    lines += [
+        "",
+        f"gated patients: {c['gated_with_dicom']} with DICOM ({c['gated_annotated']} annotated, "
+        f"{c['gated_no_xml_zero_labels']} without XML -> zero labels), "
+        f"{c['gated_xml_only_skipped']} XML-only skipped; non-gated studies: "
+        f"{c['nongated_studies']}; failed: {c['studies_failed']}; labels left out: "
+        f"{c['labels_left_out']}",
+        f"files dropped: {c['files_dropped']}; ROIs: {c['rois_total']} in XML, "
+        f"{c['rois_used']} rasterised, skipped {c['rois_skipped']}",
+        f"self-check: {sc['n_exact']}/{sc['n_checked']} ROIs exact; worst |diff| area "
+        f"{sc['worst_area_cm2']:.4g} cm^2, mean {sc['worst_mean_hu']:.4g} HU, max "
+        f"{sc['worst_max_hu']:.4g} HU",
+    ]
+    if t:
+        lines.append(
+            f"time: {t['total_s']:.1f} s ({t['load_s']:.1f} s loading, {t['write_s']:.1f} s "
+            f"writing), {t['slices']} slices, {t['slices_per_s']:.1f} slices/s, "
+            f"{t['workers']} worker(s)"
+        )
+    return "\n".join(lines)

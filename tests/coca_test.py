@@ -1,0 +1,344 @@
+"""COCA reader: calcium XML, rasterisation, self-check, score sheet, and the phantom release."""
+
+from __future__ import annotations
+
+import plistlib
+from pathlib import Path
+
+import numpy as np
+import openpyxl
+import pytest
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+from dinolg_jax.data import coca, phantom
+from dinolg_jax.scoring import agatston
+
+NAMES = {
+    1: "Right Coronary Artery",
+    2: "Left Anterior Descending Artery",
+    3: "Left Coronary Artery",
+    4: "Left Circumflex Artery",
+}
+
+
+def _box(r0: int, r1: int, c0: int, c1: int) -> list[str]:
+    """Unclosed outline whose filled pixel centres are exactly rows r0..r1, cols c0..c1.
+
+    Vertices sit 0.496 px outside the pixel centres, like the real files' ~0.004 px
+    offset from the pixel edge.
+    """
+    e = 0.496
+    pts = [(c0 - e, r0 - e), (c1 + e, r0 - e), (c1 + e, r1 + e), (c0 - e, r1 + e)]
+    return [f"({x:.3f}, {y:.3f})" for x, y in pts]
+
+
+def _roi(name: str, points: list[str], z: float, hu_slice: np.ndarray | None, spacing: float):
+    """An XML ROI dict; statistics computed from the expected pixels (box & HU >= 130)."""
+    roi = {
+        "Name": name,
+        "Point_px": points,
+        "Point_mm": [],
+        "Center": f"(1.0, 2.0, {z:.3f})",
+        "NumberOfPoints": len(points),
+        "Area": 0.0,
+        "Mean": 0.0,
+        "Min": 0.0,
+        "Max": 0.0,
+        "Total": 0.0,
+        "Dev": 0.0,
+        "Length": 0.0,
+        "IndexInImage": 0,
+        "Type": 20,
+    }
+    if hu_slice is not None and points:
+        xy = [tuple(float(v) for v in p.strip("()").split(",")) for p in points]
+        r0, r1 = round(min(y for _, y in xy)), round(max(y for _, y in xy))
+        c0, c1 = round(min(x for x, _ in xy)), round(max(x for x, _ in xy))
+        vals = hu_slice[r0 : r1 + 1, c0 : c1 + 1]
+        vals = vals[vals >= 130].astype(float)
+        roi.update(
+            Area=len(vals) * spacing**2 / 100,
+            Mean=float(vals.mean()),
+            Min=float(vals.min()),
+            Max=float(vals.max()),
+        )
+    return roi
+
+
+def _plist(path: Path, images: dict[int, list[dict]]) -> None:
+    data = {
+        "Images": [{"ImageIndex": k, "NumberOfROIs": len(v), "ROIs": v} for k, v in images.items()]
+    }
+    with path.open("wb") as f:
+        plistlib.dump(data, f)
+
+
+def _volume(nz: int = 4, n: int = 16, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    hu = rng.integers(-100, 100, (nz, n, n)).astype(np.int16)
+    hu[:, 3:7, 3:7] = rng.integers(130, 600, (nz, 4, 4))
+    hu[:, 4, 4] = 50  # a hole below threshold inside the lesion
+    hu[:, 9:12, 9:13] = rng.integers(200, 900, (nz, 3, 4))
+    return hu
+
+
+def test_parse_and_rasterise_match_hand_built_statistics(tmp_path):
+    hu = _volume()
+    z_mm = np.array([-30.0, -27.0, -24.0, -21.0])
+    sp = 0.5
+    rois = {
+        1: [
+            _roi(NAMES[1], _box(3, 6, 3, 6), -27.0, hu[1], sp),
+            _roi(NAMES[1], _box(9, 11, 9, 12), -27.0, hu[1], sp),  # same vessel: union
+            _roi(NAMES[1], [], -27.0, None, sp),  # empty placeholder
+            _roi("Unnamed", _box(9, 11, 9, 12), -27.0, hu[1], sp),  # junk name
+        ],
+        3: [
+            _roi(NAMES[4], _box(9, 11, 9, 12), -21.0, hu[3], sp),
+            _roi(NAMES[2], _box(9, 11, 11, 12), -21.0, hu[3], sp),  # conflicts with LCX
+        ],
+    }
+    _plist(tmp_path / "0.xml", rois)
+    parsed = coca.parse_calcium_xml(tmp_path / "0.xml")
+    assert [(r["image_index"], r["roi"]) for r in parsed] == [
+        (1, 0), (1, 1), (1, 2), (1, 3), (3, 0), (3, 1)
+    ]  # fmt: skip
+    np.testing.assert_allclose(parsed[0]["points_px"][0], [2.504, 2.504])
+    assert parsed[0]["center"] == (1.0, 2.0, -27.0)
+
+    report = coca.RoiReport()
+    labels = coca.rasterise_rois(parsed, hu, z_mm, (sp, sp), 3.0, report)
+    expected = np.zeros_like(hu, dtype=np.uint8)
+    expected[1, 3:7, 3:7] = 1
+    expected[1, 9:12, 9:13] = 1
+    expected[3, 9:12, 9:13] = 4  # LCX first: the LAD ROI keeps none of its pixels
+    expected[hu < 130] = 0
+    np.testing.assert_array_equal(labels, expected)
+    assert report.rois_total == 6 and report.rois_used == 4
+    assert [s.reason for s in report.skipped_rois] == ["empty placeholder", "junk name 'Unnamed'"]
+    assert report.conflict_pixels == 6  # 3 rows x 2 cols claimed by LAD and LCX
+    assert report.rois_per_vessel == {"RCA": 2, "LAD": 1, "LCA": 0, "LCX": 1}
+    sc = report.self_check
+    assert (sc.n_checked, sc.n_exact) == (4, 4)
+    assert sc.worst_area_cm2 < 1e-12 and sc.worst_mean_hu < 1e-9 and sc.worst_max_hu == 0
+
+
+def test_self_check_reports_disagreement():
+    hu = _volume()
+    z_mm = np.arange(4) * 3.0
+    roi = _roi(NAMES[2], _box(3, 6, 3, 6), 3.0, hu[1], 0.5)
+    roi["Area"] += 0.01  # four pixels more than rasterised
+    roi["Max"] += 3
+    parsed = [
+        {
+            "image_index": 1,
+            "roi": 0,
+            "name": roi["Name"],
+            "points_px": np.array(
+                [[float(v) for v in p.strip("()").split(",")] for p in roi["Point_px"]]
+            ),
+            "center": (0.0, 0.0, 3.0),
+            "area": roi["Area"],
+            "mean": roi["Mean"],
+            "min": roi["Min"],
+            "max": roi["Max"],
+            "num_points": 4,
+        }
+    ]
+    report = coca.RoiReport()
+    coca.rasterise_rois(parsed, hu, z_mm, (0.5, 0.5), 3.0, report)
+    sc = report.self_check
+    assert (sc.n_checked, sc.n_exact) == (1, 0)
+    assert sc.worst_area_cm2 == pytest.approx(0.01) and sc.worst_max_hu == pytest.approx(3)
+    assert sc.mismatches[0]["image_index"] == 1
+
+
+@pytest.mark.parametrize("center_z, index", [(-25.4, 1), (-27.0, 9)])
+def test_center_z_mismatch_leaves_labels_out(tmp_path, center_z, index):
+    hu = _volume()
+    z_mm = np.array([-30.0, -27.0, -24.0, -21.0])
+    _plist(tmp_path / "1.xml", {index: [_roi(NAMES[1], _box(3, 6, 3, 6), center_z, hu[1], 0.5)]})
+    report = coca.RoiReport()
+    out = coca.rasterise_rois(
+        coca.parse_calcium_xml(tmp_path / "1.xml"), hu, z_mm, (0.5, 0.5), 3.0, report
+    )
+    assert out is None
+    assert "Center z mismatch" in report.labels_left_out
+
+
+def test_bad_xml_raises(tmp_path):
+    (tmp_path / "a.xml").write_text("not a plist")
+    with pytest.raises(coca.CocaError, match="not a readable plist"):
+        coca.parse_calcium_xml(tmp_path / "a.xml")
+    with (tmp_path / "b.xml").open("wb") as f:
+        plistlib.dump({"Frames": []}, f)
+    with pytest.raises(coca.CocaError, match="'Images'"):
+        coca.parse_calcium_xml(tmp_path / "b.xml")
+    _plist(tmp_path / "c.xml", {0: [{"Name": NAMES[1], "Point_px": ["(1, 2, 3)"]}]})
+    with pytest.raises(coca.CocaError, match="expected 2 numbers"):
+        coca.parse_calcium_xml(tmp_path / "c.xml")
+
+
+def test_nongated_ids():
+    assert coca.nongated_folder_id("12A") == "12"
+    assert coca.nongated_folder_id(" 12 ") == "12"
+    assert coca.nongated_folder_id("nongated-7") == "7"
+    assert coca.nongated_study_id("012B") == "nongated-12"
+    with pytest.raises(coca.CocaError):
+        coca.nongated_folder_id("A12")
+
+
+@pytest.mark.parametrize("header", ["filename ", "filename"])
+def test_scores_sheet(tmp_path, header):
+    folder = tmp_path / coca.NONGATED_DIR
+    folder.mkdir()
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append([header, "LCA", "LAD", "LCX", "RCA", "total"])
+    sheet.append(["12A", 0, 10.5, 2, 0, 12.5])
+    sheet.append(["3A", 1, 1, 1, 1, 7])  # total is not the vessel sum
+    sheet.append(["5", None, 0, 0, 0, 0])
+    book.save(folder / "scores.xlsx")
+    scores = coca.load_nongated_scores(tmp_path)
+    assert scores["12A"] == {
+        "RCA": 0.0, "LAD": 10.5, "LCA": 0.0, "LCX": 2.0, "total": 12.5, "total_mismatch": False
+    }  # fmt: skip
+    assert scores["3A"]["total"] == 7 and scores["3A"]["total_mismatch"]
+    assert scores["5"]["LCA"] == 0.0
+    sheet.append(["12A", 0, 0, 0, 0, 0])
+    book.save(folder / "scores.xlsx")
+    with pytest.raises(coca.CocaError, match="twice"):
+        coca.load_nongated_scores(tmp_path)
+
+
+def test_list_gated_patients(tmp_path):
+    base = tmp_path / coca.GATED_DIR
+    for pid in (0, 2, 10):
+        (base / "patient" / str(pid) / "series").mkdir(parents=True)
+    (base / "patient" / ".DS_Store").write_text("")
+    (base / "calcium_xml").mkdir()
+    for pid in (2, 10, 11):
+        (base / "calcium_xml" / f"{pid}.xml").write_text("")
+    got = coca.list_gated_patients(tmp_path)
+    assert got.with_dicom == [0, 2, 10] and got.annotated == [2, 10]
+    assert got.no_xml == [0] and got.xml_only == [11] and got.ignored == [".DS_Store"]
+    with pytest.raises(coca.CocaError, match="gated folder not found"):
+        coca.list_gated_patients(tmp_path / "nothing")
+
+
+def _write_ct(folder: Path, hu: np.ndarray, z_mm: np.ndarray, spacing: float, uid: str | None):
+    """Tiny CT series; InstanceNumber 1 and file 0001 are the most superior slice."""
+    folder.mkdir(parents=True)
+    order = np.argsort(-z_mm)
+    for n, k in enumerate(order, start=1):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = f"1.2.3.{n}"
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(
+            str(folder / f"IM-0001-{n:04d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128
+        )
+        ds.SOPClassUID = CTImageStorage
+        ds.Modality = "CT"
+        ds.PatientName = "Doe^Hidden"
+        ds.PatientID = "PHI-424242"
+        if uid:
+            ds.SeriesInstanceUID = uid
+        ds.SeriesNumber = 2
+        ds.InstanceNumber = n
+        ds.ImagePositionPatient = [-40.0, -40.0, float(z_mm[k])]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [spacing, spacing]
+        ds.SliceThickness = 3.0
+        ds.KVP = 120
+        ds.Rows, ds.Columns = hu.shape[1:]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+        ds.PixelData = (hu[k].astype(np.int32) + 1024).astype(np.uint16).tobytes()
+        ds.save_as(folder / f"IM-0001-{n:04d}.dcm", enforce_file_format=True)
+
+
+def test_hand_built_release_reversed_image_index(tmp_path):
+    hu = _volume(nz=4, n=16, seed=3)
+    z_mm = np.array([-30.0, -27.0, -24.0, -21.0])
+    gated = tmp_path / coca.GATED_DIR
+    _write_ct(gated / "patient" / "0" / "Pro_Gated_CS_3.0", hu, z_mm, 0.5, "1.2.9.1")
+    _write_ct(gated / "patient" / "1" / "PRO_GATED", hu[::-1].copy(), z_mm, 0.5, "1.2.9.2")
+    (gated / "calcium_xml").mkdir()
+    # ImageIndex 1 is z = -27 (second from the bottom), i.e. file IM-0001-0003.
+    _plist(
+        gated / "calcium_xml" / "0.xml", {1: [_roi(NAMES[2], _box(3, 6, 3, 6), -27.0, hu[1], 0.5)]}
+    )
+    _write_ct(tmp_path / coca.NONGATED_DIR / "12" / "12", hu, z_mm - 100, 0.5, None)
+
+    study = coca.load_gated_study(tmp_path, 0)
+    assert study.study_id == "gated-0000" and study.kind == "gated"
+    np.testing.assert_array_equal(study.hu, hu)
+    np.testing.assert_array_equal(study.z_mm, z_mm)
+    assert study.pixel_mm == (0.5, 0.5) and study.slice_thickness_mm == 3.0 and study.kvp == 120
+    expected = np.zeros(hu.shape, np.uint8)
+    expected[1, 3:7, 3:7] = 2
+    expected[hu < 130] = 0
+    np.testing.assert_array_equal(study.labels, expected)
+    assert study.report.has_xml and study.report.self_check.n_exact == 1
+
+    no_xml = coca.load_gated_study(tmp_path, 1)
+    np.testing.assert_array_equal(no_xml.hu, hu[::-1])
+    assert not no_xml.labels.any() and not no_xml.report.has_xml
+
+    for sid in ("12A", "12", "nongated-12"):
+        ng = coca.load_nongated_study(tmp_path, sid)
+        assert ng.study_id == "nongated-12" and ng.labels is None
+        np.testing.assert_array_equal(ng.z_mm, z_mm - 100)
+    assert coca.list_nongated_studies(tmp_path) == ["12"]
+    assert "Hidden" not in repr(study) and "424242" not in repr(study)
+    with pytest.raises(coca.CocaError, match="no DICOM folder"):
+        coca.load_gated_study(tmp_path, 7)
+
+
+@pytest.fixture(scope="module")
+def tiny_phantom(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phantom")
+    truth = phantom.make_release(root, n_gated=6, n_nongated=2, seed=3, size=64, slices=(6, 9))
+    return root, truth
+
+
+def test_phantom_labels_reproduce_truth(tiny_phantom):
+    root, truth = tiny_phantom
+    listing = coca.list_gated_patients(root)
+    assert listing.with_dicom == list(range(6))
+    assert listing.xml_only == [
+        int(p) for p, t in truth["gated"].items() if t["has_xml"] and not t["has_dicom"]
+    ]
+    assert listing.no_xml == [
+        int(p) for p, t in truth["gated"].items() if t["has_dicom"] and not t["has_xml"]
+    ]
+    instance_one = set()
+    for pid in listing.with_dicom:
+        t = truth["gated"][str(pid)]
+        study = coca.load_gated_study(root, pid)
+        instance_one.add(t["instance_one"])
+        assert np.all(np.diff(study.z_mm) > 0) and study.hu.shape[0] == t["n_slices"]
+        assert study.slice_thickness_mm == pytest.approx(t["slice_thickness_mm"])
+        # Calcified slices land where the phantom put them, whichever way files run.
+        calcified = np.flatnonzero(study.labels.reshape(len(study.labels), -1).any(axis=1))
+        assert calcified.tolist() == t["calcified_slices"]
+        sc = study.report.self_check
+        assert sc.n_checked == t["n_rois"] and sc.n_exact == sc.n_checked
+        skipped = [s.reason for s in study.report.skipped_rois]
+        assert skipped.count("empty placeholder") == t["n_empty_rois"]
+        assert sum(r.startswith("junk name") for r in skipped) == t["n_junk_rois"]
+        score = agatston.agatston(study.hu, study.labels, study.pixel_mm, study.slice_thickness_mm)
+        for v in (*coca.VESSELS, "total"):
+            got = score.total if v == "total" else score.per_vessel[v]
+            assert got == t[v], (pid, v)
+    assert instance_one == {"superior", "inferior"}  # both file orders were exercised
+    scores = coca.load_nongated_scores(root)
+    for name, t in truth["nongated"].items():
+        assert scores[name]["total"] == t["xlsx_total"]
+        assert scores[name]["total_mismatch"] == t["total_mismatch"]
+        study = coca.load_nongated_study(root, name)
+        assert study.labels is None and study.hu.shape[0] == t["n_slices"]

@@ -1,0 +1,223 @@
+"""COCA -> ArrayRecord conversion (data/convert.py) on a tiny phantom release."""
+
+from __future__ import annotations
+
+import json
+import plistlib
+import subprocess
+import sys
+from pathlib import Path
+
+import grain
+import numpy as np
+import pytest
+
+from dinolg_jax.data import coca, convert, manifest, phantom, records
+
+REPO = Path(__file__).resolve().parents[1]
+N_GATED = 12
+MISMATCH_PID = 10  # one ROI's Center z is moved to another slice: labels left out
+
+
+def _shift_one_center(xml: Path) -> None:
+    with xml.open("rb") as f:
+        data = plistlib.load(f)
+    for image in data["Images"]:
+        for roi in image["ROIs"]:
+            if roi["NumberOfPoints"]:
+                x, y, z = (float(v) for v in roi["Center"].strip("()").split(","))
+                roi["Center"] = f"({x}, {y}, {z + 9.0})"
+                with xml.open("wb") as f:
+                    plistlib.dump(data, f)
+                return
+    raise AssertionError("no ROI to shift")
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    base = tmp_path_factory.mktemp("convert")
+    release = base / "release"
+    truth = phantom.make_release(
+        release, n_gated=N_GATED, n_nongated=2, seed=1, size=64, slices=(5, 8)
+    )
+    _shift_one_center(release / coca.GATED_DIR / "calcium_xml" / f"{MISMATCH_PID}.xml")
+    out = base / "out"
+    report = convert.convert_release(
+        release, out, seed=0, workers=1, shards_per_split=2, progress=False
+    )
+    return release, truth, out, report
+
+
+def _read_split(out: Path, split: str) -> list[dict]:
+    m = manifest.load(out)
+    paths = m.shard_paths(split)
+    if not paths:
+        return []
+    source = grain.sources.ArrayRecordDataSource(paths)
+    return [records.decode(source[i]) for i in range(len(source))]
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != "report.json"
+    }
+
+
+def test_records_equal_study_slices_and_truth(converted):
+    release, truth, out, _ = converted
+    m = manifest.load(out)
+    assert m.seed == 0 and m.data["record_version"] == records.VERSION
+    for split in manifest.SPLITS:
+        recs = _read_split(out, split)
+        assert len(recs) == m.num_records(split)
+        assert sum(r["has_calcium"] for r in recs) == m.splits[split]["num_positive"]
+        assert len(m.studies_in(split)) == m.splits[split]["num_studies"]
+        for sid in m.studies_in(split):
+            kind, ident = sid.split("-")
+            if kind == "gated":
+                study = coca.load_gated_study(release, int(ident))
+            else:
+                study = coca.load_nongated_study(release, ident)
+            rng = m.study_range(sid, split)
+            assert len(rng) == study.hu.shape[0]
+            for z, i in enumerate(rng):
+                r = recs[i]
+                assert (r["study"], r["slice"], r["num_slices"]) == (sid, z, len(rng))
+                np.testing.assert_array_equal(r["image"], study.hu[z])
+                want = np.zeros_like(r["labels"]) if study.labels is None else study.labels[z]
+                np.testing.assert_array_equal(r["labels"], want)
+                assert r["z_mm"] == study.z_mm[z] and r["kind"] == kind
+                np.testing.assert_array_equal(r["pixel_mm"], np.float32(study.pixel_mm))
+                assert len(r["lesion_centers"]) == len(r["lesion_vessels"])
+                assert r["has_calcium"] == bool(want.any())
+    # Scores in the manifest are those of the phantom's own label volumes, exactly.
+    for pid in range(N_GATED):
+        entry = m.studies[coca.gated_study_id(pid)]
+        t = truth["gated"][str(pid)]
+        if pid == MISMATCH_PID:
+            assert entry["agatston"] is None and entry["split"] == "pretrain"
+            continue
+        assert entry["agatston"] == {v: t[v] for v in (*coca.VESSELS, "total")}
+        assert entry["category"] == t["category_paper4"]
+        assert entry["calcified_slices"] == len(t["calcified_slices"])
+    assert m.studies["nongated-0"]["agatston"]["total"] == truth["nongated"]["0A"]["xlsx_total"]
+
+
+def test_report_lists_every_skip(converted):
+    _, truth, out, report = converted
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["counts"] == report["counts"]
+    gated = [t for t in truth["gated"].values() if t["has_dicom"]]
+    c = report["counts"]
+    xml_only = [int(p) for p, t in truth["gated"].items() if t["has_xml"] and not t["has_dicom"]]
+    assert xml_only == [N_GATED] and c["gated_xml_only_skipped"] == 1
+    assert report["skipped_patients"] == [
+        {"study": coca.gated_study_id(N_GATED), "reason": "calcium XML but no DICOM folder"}
+    ]
+    assert c["rois_skipped"]["empty placeholder"] == sum(t["n_empty_rois"] for t in gated)
+    assert c["rois_skipped"].get("junk name", 0) == sum(t["n_junk_rois"] for t in gated) > 0
+    assert [e["study"] for e in report["labels_left_out"]] == [coca.gated_study_id(MISMATCH_PID)]
+    assert c["gated_no_xml_zero_labels"] == sum(not t["has_xml"] for t in gated)
+    sc = report["self_check"]
+    assert sc["n_exact"] == sc["n_checked"] > 0 and not sc["mismatches"]
+    traps = [t for t in gated if {"duplicate_series", "scout"} & set(t["traps"])]
+    assert traps and c["files_dropped"] == len(report["skipped_files"]) > 0
+    assert all(not f["path"].startswith("/") for f in report["skipped_files"])
+    assert report["scores"]["total_mismatch"] == ["0A"]
+    assert report["timings"]["slices_per_s"] > 0
+
+
+def test_split_stratification(converted):
+    out = converted[2]
+    m = manifest.load(out)
+    held_out = {s for s in m.studies if m.studies[s]["split"] in ("val", "test")}
+    assert not held_out & set(m.studies_in("pretrain"))
+    assert set(m.studies_in("pretrain")) == set(m.studies) - held_out
+    by_cat: dict[str, list[str]] = {}
+    for e in m.studies.values():
+        if e["kind"] == "gated" and e["agatston"] is not None:
+            by_cat.setdefault(e["category"], []).append(e["split"])
+    for splits in by_cat.values():
+        if len(splits) >= 3:
+            assert splits.count("val") >= 1 and splits.count("test") >= 1
+            assert splits.count("train") >= 1
+        else:
+            assert set(splits) == {"train"}
+    # Table 2 sized cohort (56/147/122/118 per category): ~80/10/10, per category.
+    cats = [("low", 56), ("moderate", 147), ("high", 122), ("very high", 118)]
+    cohort = {f"g{c}{i}": c for c, n in cats for i in range(n)}
+    split = convert.assign_splits(cohort, seed=0)
+    counts = {k: sum(v == k for v in split.values()) for k in ("train", "val", "test")}
+    assert counts == {"train": 353, "val": 45, "test": 45}  # paper: 354/44/45
+    for c, n in cats:
+        assert sum(split[f"g{c}{i}"] == "val" for i in range(n)) == round(n / 10)
+    assert convert.assign_splits(cohort, seed=0) == split
+    assert convert.assign_splits(cohort, seed=1) != split
+
+
+def test_lesion_centers_four_connected():
+    lab = np.zeros((8, 10), np.uint8)
+    lab[1:3, 1:3] = 2  # 2x2 square
+    lab[5, 5] = 2
+    lab[6, 6] = 2  # diagonal neighbour: separate under 4-connectivity
+    lab[5, 6] = 1  # touches both, other vessel
+    lab[0, 7:10] = 4
+    centers, vessels = convert.lesion_centers(lab)
+    np.testing.assert_allclose(centers, [[5, 6], [1.5, 1.5], [5, 5], [6, 6], [0, 8]])
+    np.testing.assert_array_equal(vessels, [1, 2, 2, 2, 4])
+    empty_c, empty_v = convert.lesion_centers(np.zeros((4, 4), np.uint8))
+    assert empty_c.shape == (0, 2) and empty_v.shape == (0,)
+
+
+def test_rerun_workers_seed_and_no_phi(converted, tmp_path):
+    release, truth, out, _ = converted
+    first = _files(out)
+    # Re-run into the same folder with 2 workers and a kept cache, then again from cache.
+    convert.convert_release(
+        release, out, seed=0, workers=2, shards_per_split=2, keep_cache=True, progress=False
+    )
+    cached = _files(out)
+    assert {k: v for k, v in cached.items() if not k.startswith("cache/")} == first
+    convert.convert_release(release, out, seed=0, shards_per_split=2, progress=False)
+    assert _files(out) == first
+    other = tmp_path / "seed1"
+    convert.convert_release(release, other, seed=1, shards_per_split=2, progress=False)
+    m0, m1 = manifest.load(out), manifest.load(other)
+    assert m0.data["splits"] != m1.data["splits"]
+    assert {s: e["agatston"] for s, e in m0.studies.items()} == {
+        s: e["agatston"] for s, e in m1.studies.items()
+    }
+    # No PHI in any output byte (shards, manifest, report, cache).
+    markers = [m.encode() for m in truth["phi_markers"]]
+    assert len(markers) > 10
+    for folder in (out, other):
+        for p in folder.rglob("*"):
+            if p.is_file():
+                data = p.read_bytes()
+                assert not [m for m in markers if m in data], p
+    for name, data in cached.items():
+        assert not [m for m in markers if m in data], name
+    # Another shard count: the old shards go, the records stay the same.
+    convert.convert_release(release, other, seed=1, shards_per_split=3, progress=False)
+    assert not list(other.glob("*-of-00002.array_record"))
+    assert manifest.load(other).num_records("pretrain") == m1.num_records("pretrain")
+
+
+def test_not_a_release(tmp_path):
+    with pytest.raises(coca.CocaError, match="not found"):
+        convert.convert_release(tmp_path, tmp_path / "out", progress=False)
+
+
+def test_tool_converts(converted, tmp_path):
+    release = converted[0]
+    out = tmp_path / "tool"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "convert_coca.py"), f"--release={release}",
+         f"--out={out}", "--shards_per_split=2"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "self-check" in proc.stdout and "slices_per_s" in proc.stdout
+    assert _files(out) == _files(converted[2])
