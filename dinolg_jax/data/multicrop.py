@@ -1,0 +1,249 @@
+"""DINO multi-crop with label-guided local crops (the paper's section 3.2, Tables 1 and 3).
+
+One slice record becomes ``n_global`` global crops and ``n_local_random +
+n_local_guided`` local crops. Each crop: random resized crop (scale range of its kind,
+aspect ratio in `ratio`), vertical and horizontal flips, Gaussian blur (probability per
+crop as in DINO: first global 1.0, second global 0.1, locals 0.5), brightness shift,
+additive noise. A guided local crop on a slice with calcium is centred on a lesion
+centre drawn from ``lesion_centers``, moved by a random offset (uniform per axis, at
+most ``guided_offset_px`` and at most half the crop side minus 2 px), with a random size
+from the local scale range, then shifted inside the image; it always contains that
+lesion centre (for crop sides >= 4 px). On a slice without calcium it is an ordinary
+random local crop. The local crops are ordered random first, guided last.
+
+Output of `MultiCrop.random_map` (per slice)::
+
+    "global":      float32 [n_global, G, G, 1], normalised (see transforms.normalize_hu)
+    "local":       float32 [n_local, L, L, 1]
+    "guided_hit":  bool [n_local], True where a guided crop was centred on a lesion
+    "has_calcium": bool
+  and with ``debug=True`` also
+    "boxes":       int32 [n_global + n_local, 4] (top, left, height, width), source px
+    "flips":       bool [n_global + n_local, 2] (vertical, horizontal)
+    "lesion":      float32 [n_local, 2] (row, col) lesion centre a guided crop targeted,
+                   NaN where none
+    "blur_sigma":  float32 [n_global + n_local], 0 where the crop was not blurred
+    "study", "slice": the record's, when present
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+
+from dinolg_jax.data import transforms
+
+
+class MultiCrop(grain.transforms.RandomMap):
+    """DINO / DINO-LG multi-crop of a decoded slice record (a Grain `RandomMap`).
+
+    Input element: a dict with ``image`` int16 [H, W] HU, ``lesion_centers`` float32
+    [K, 2] (row, col) and ``has_calcium``; other fields are ignored.
+    """
+
+    def __init__(
+        self,
+        *,
+        hu_window: Sequence[float] = transforms.DEFAULT_HU_WINDOW,
+        global_size: int = 224,
+        local_size: int = 96,
+        global_scale: Sequence[float] = (0.4, 1.0),
+        local_scale: Sequence[float] = (0.05, 0.4),
+        ratio: Sequence[float] = (3 / 4, 4 / 3),
+        n_global: int = 2,
+        n_local_random: int = 12,
+        n_local_guided: int = 4,
+        guided_offset_px: float = 8.0,
+        blur_probs: Sequence[float] = (1.0, 0.1, 0.5),
+        blur_sigma: Sequence[float] = (0.1, 2.0),
+        blur_truncate: float = 3.0,
+        hflip_prob: float = 0.5,
+        vflip_prob: float = 0.5,
+        brightness_prob: float = 0.8,
+        brightness_delta: float = 0.1,
+        noise_prob: float = 0.5,
+        noise_std: float = 0.02,
+        debug: bool = False,
+    ):
+        if n_global < 1 or n_local_random < 0 or n_local_guided < 0:
+            raise ValueError(
+                f"crop counts must be n_global >= 1, locals >= 0; got {n_global}, "
+                f"{n_local_random}, {n_local_guided}"
+            )
+        if len(blur_probs) != 3:
+            raise ValueError(f"blur_probs is (first global, other globals, locals): {blur_probs}")
+        if guided_offset_px < 0:
+            raise ValueError(f"guided_offset_px must be >= 0, got {guided_offset_px}")
+        self.hu_window = tuple(float(v) for v in hu_window)
+        self.global_size, self.local_size = int(global_size), int(local_size)
+        self.global_scale, self.local_scale = tuple(global_scale), tuple(local_scale)
+        self.ratio = tuple(ratio)
+        self.n_global, self.n_local_random = int(n_global), int(n_local_random)
+        self.n_local_guided = int(n_local_guided)
+        self.guided_offset_px = float(guided_offset_px)
+        self.blur_probs = tuple(float(p) for p in blur_probs)
+        self.blur_sigma, self.blur_truncate = tuple(blur_sigma), float(blur_truncate)
+        self.hflip_prob, self.vflip_prob = float(hflip_prob), float(vflip_prob)
+        self.brightness_prob = float(brightness_prob)
+        self.brightness_delta = float(brightness_delta)
+        self.noise_prob, self.noise_std = float(noise_prob), float(noise_std)
+        self.debug = bool(debug)
+
+    @classmethod
+    def from_config(cls, data: ml_collections.ConfigDict, *, debug: bool = False) -> MultiCrop:
+        """Builds the op from a ``config.data`` section (see pipeline.default_data_config)."""
+        return cls(
+            hu_window=tuple(data.hu_window),
+            global_size=data.global_size,
+            local_size=data.local_size,
+            global_scale=tuple(data.global_scale),
+            local_scale=tuple(data.local_scale),
+            ratio=tuple(data.ratio),
+            n_global=data.n_global,
+            n_local_random=data.n_local_random,
+            n_local_guided=data.n_local_guided,
+            guided_offset_px=data.guided_offset_px,
+            blur_probs=tuple(data.blur_probs),
+            blur_sigma=tuple(data.blur_sigma),
+            blur_truncate=data.blur_truncate,
+            hflip_prob=data.hflip_prob,
+            vflip_prob=data.vflip_prob,
+            brightness_prob=data.brightness_prob,
+            brightness_delta=data.brightness_delta,
+            noise_prob=data.noise_prob,
+            noise_std=data.noise_std,
+            debug=debug,
+        )
+
+    @property
+    def n_local(self) -> int:
+        return self.n_local_random + self.n_local_guided
+
+    @property
+    def guided_mask(self) -> np.ndarray:
+        """bool [n_local]: which local crops are guided (the last `n_local_guided`)."""
+        return np.arange(self.n_local) >= self.n_local_random
+
+    def _guided_boxes(
+        self, rng: np.random.Generator, boxes: np.ndarray, centers: np.ndarray, shape: tuple
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Re-positions `boxes` (sizes kept) around random lesion centres; -> (boxes, lesion)."""
+        height, width = shape
+        pick = rng.integers(0, len(centers), size=len(boxes))
+        unit = rng.uniform(-1.0, 1.0, size=(len(boxes), 2))
+        lesion = centers[pick].astype(np.float64)
+        lesion[:, 0] = np.clip(lesion[:, 0], 0, height - 1)
+        lesion[:, 1] = np.clip(lesion[:, 1], 0, width - 1)
+        hw = boxes[:, 2:].astype(np.float64)
+        # |offset| <= side / 2 - 2 keeps the centre inside the box before and after the
+        # shift into the image (see tests/multicrop_test.py).
+        reach = np.clip(np.minimum(self.guided_offset_px, hw / 2 - 2), 0, None)
+        start = np.rint(lesion + unit * reach - hw / 2).astype(np.int64)
+        limit = np.array([height, width]) - boxes[:, 2:]
+        out = boxes.copy()
+        out[:, :2] = np.clip(start, 0, limit)
+        return out, lesion.astype(np.float32)
+
+    def _augment(
+        self,
+        rng: np.random.Generator,
+        image: np.ndarray,
+        pairs: np.ndarray,
+        boxes: np.ndarray,
+        size: int,
+        blur_p: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Resize, flip, blur, brightness, noise of crops of one size -> (crops, flips, sigma)."""
+        n = len(boxes)
+        u = rng.random((n, 4))
+        flips = u[:, :2] < np.array([self.vflip_prob, self.hflip_prob])
+        sigma = rng.uniform(self.blur_sigma[0], self.blur_sigma[1], size=n)
+        delta = rng.uniform(-self.brightness_delta, self.brightness_delta, size=n)
+        crops = transforms.resized_crops(image, boxes, size, flips[:, 0], flips[:, 1], pairs=pairs)
+        blur = u[:, 2] < blur_p
+        if blur.any():
+            crops[blur] = transforms.gaussian_blur(crops[blur], sigma[blur], self.blur_truncate)
+        delta = np.where(rng.random(n) < self.brightness_prob, delta, 0.0).astype(np.float32)
+        crops += delta[:, None, None]
+        stds = np.where(u[:, 3] < self.noise_prob, self.noise_std, 0.0)
+        transforms.add_noise(crops, stds, rng)
+        return crops, flips, np.where(blur, sigma, 0.0).astype(np.float32)
+
+    def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        hu = np.asarray(element["image"])
+        if hu.ndim != 2:
+            raise ValueError(f"record image must be [H, W], got {hu.shape}")
+        shape = hu.shape
+        # The normalised slice is only read by the crops, through its pair table: both
+        # live in reused per-thread buffers.
+        image = transforms.normalize_hu(
+            hu, self.hu_window, transforms.scratch_buffer("slice", shape, np.float32)
+        )
+        pairs = transforms.pair_table(
+            image, transforms.scratch_buffer("slice_pairs", shape, np.complex64)
+        )
+        centers = np.asarray(element.get("lesion_centers", np.zeros((0, 2))), np.float32)
+        centers = centers.reshape(-1, 2)
+        guided = bool(element.get("has_calcium", False)) and len(centers) > 0
+
+        gboxes = transforms.sample_boxes(rng, self.n_global, *shape, self.global_scale, self.ratio)
+        lboxes = transforms.sample_boxes(rng, self.n_local, *shape, self.local_scale, self.ratio)
+        lesion = np.full((self.n_local, 2), np.nan, dtype=np.float32)
+        hit = np.zeros(self.n_local, dtype=bool)
+        if guided and self.n_local_guided:
+            g = self.guided_mask
+            lboxes[g], lesion[g] = self._guided_boxes(rng, lboxes[g], centers, shape)
+            hit[g] = True
+
+        gblur = np.full(self.n_global, self.blur_probs[1])
+        gblur[0] = self.blur_probs[0]
+        gcrops, gflips, gsigma = self._augment(rng, image, pairs, gboxes, self.global_size, gblur)
+        out: dict[str, Any] = {"global": gcrops[..., None]}
+        if self.n_local:
+            lblur = np.full(self.n_local, self.blur_probs[2])
+            lcrops, lflips, lsigma = self._augment(
+                rng, image, pairs, lboxes, self.local_size, lblur
+            )
+        else:
+            lcrops = np.zeros((0, self.local_size, self.local_size), np.float32)
+            lflips, lsigma = np.zeros((0, 2), bool), np.zeros(0, np.float32)
+        out["local"] = lcrops[..., None]
+        out["guided_hit"] = hit
+        out["has_calcium"] = np.bool_(element.get("has_calcium", False))
+        if self.debug:
+            out["boxes"] = np.concatenate([gboxes, lboxes]).astype(np.int32)
+            out["flips"] = np.concatenate([gflips, lflips])
+            out["lesion"] = lesion
+            out["blur_sigma"] = np.concatenate([gsigma, lsigma])
+            for key in ("study", "slice"):
+                if key in element:
+                    out[key] = element[key]
+        return out
+
+
+def crop_position(
+    box: Sequence[int], size: int, flip: Sequence[bool], point: Sequence[float]
+) -> tuple[float, float]:
+    """Where a source pixel position lands in a resized (and flipped) crop.
+
+    Args:
+      box: (top, left, height, width) source pixels.
+      size: crop output side, pixels.
+      flip: (vertical, horizontal).
+      point: (row, col) in source pixels.
+
+    Returns:
+      (row, col) in crop output pixels (inverse of the half-pixel sampling grid).
+    """
+    top, left, h, w = box
+    r = (point[0] - top + 0.5) * size / h - 0.5
+    c = (point[1] - left + 0.5) * size / w - 0.5
+    if flip[0]:
+        r = size - 1 - r
+    if flip[1]:
+        c = size - 1 - c
+    return r, c
