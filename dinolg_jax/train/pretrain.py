@@ -1,0 +1,435 @@
+"""DINO / DINO-LG pretraining: the run around the step (data, resume, logging, guards).
+
+``pretrain(config, workdir)`` is the whole run; ``tools/pretrain.py`` only parses flags.
+What it writes under ``workdir`` (process 0 for the text files)::
+
+    config.json          the resolved config
+    metrics.jsonl        one JSON line per logged step: step, loss, loss_window_mean
+                         (mean since the last line), lr, wd, momentum (teacher EMA),
+                         teacher_temp, grad_norm (before clipping), param_norm,
+                         update_norm, steps_per_s, eta_s
+    tensorboard/         the same scalars as TensorBoard events (``config.tensorboard``)
+    checkpoints/<step>/  Orbax: train state + Grain iterator state + config (last k kept)
+    encoder/             the teacher backbone (``runtime.checkpoint.save_encoder``)
+    summary.json         final step, last metrics, params_checksum, status
+    phantom/             only when ``config.data.manifest`` is empty: a small phantom
+                         release and its conversion, made on the first run
+
+Re-running with the same workdir resumes from the latest checkpoint: the train state
+and the data iterator continue exactly (``fold_in(key, step)`` inside the step), so a
+resumed run ends with the same bytes as an uninterrupted one. SIGTERM: the current step
+finishes, a checkpoint is written, the run returns with status ``"preempted"``. A
+non-finite loss raises :class:`NonFiniteLossError` before anything from that state is
+saved; the last good checkpoint stays as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from dinolg_jax.runtime import checkpoint as ckpt_lib
+from dinolg_jax.runtime import mesh as mesh_lib
+from dinolg_jax.train import state as state_lib
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The DINO recipe shared by every pretraining config (official ``main_dino.py`` values).
+
+    Experiment files (``configs/dino_*.py``, ``configs/smoke.py``) start from this and set
+    the model, the crops, the batch and the length. Groups: ``model`` (the ViT),
+    ``dino`` (head, temperatures, momenta), ``optim``, ``data`` (the Grain pipeline's
+    ``default_data_config()``; ``data.batch_size`` is the global batch, ``data.seed`` a
+    reference to the one ``seed``), ``mesh``, ``checkpoint``, ``phantom`` (used only
+    when ``data.manifest`` is empty), ``debug``.
+    """
+    from dinolg_jax.data.pipeline import default_data_config
+
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.num_epochs = 100.0  # schedule length in epochs (may be fractional)
+    c.num_steps = 0  # > 0: stop after this many steps (schedules keep num_epochs)
+    c.log_every = 10  # steps between metrics lines
+    c.tensorboard = False  # also write TensorBoard event files
+    c.model = ml_collections.ConfigDict()
+    c.model.variant = "S/8"
+    c.model.dtype = "float32"  # compute dtype; params stay float32
+    c.model.drop_path_rate = 0.1  # student only
+    c.model.attention_impl = ""  # "" / "xla" (CPU) or "cudnn" (GPU, bf16)
+    c.model.pad_tokens_to = 0  # cuDNN: pad tokens to a multiple of 64
+    c.model.remat = False
+    c.model.remat_policy = ""
+    c.dino = ml_collections.ConfigDict()
+    c.dino.out_dim = 65536
+    c.dino.hidden_dim = 2048
+    c.dino.bottleneck_dim = 256
+    c.dino.norm_last_layer = True
+    c.dino.student_temp = 0.1
+    c.dino.warmup_teacher_temp = 0.04
+    c.dino.teacher_temp = 0.07
+    c.dino.warmup_teacher_temp_epochs = 30.0
+    c.dino.momentum_teacher = 0.996
+    c.dino.center_momentum = 0.9
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 5e-4  # per 256 images
+    c.optim.min_lr = 1e-6
+    c.optim.warmup_epochs = 10.0
+    c.optim.weight_decay = 0.04
+    c.optim.weight_decay_end = 0.4
+    c.optim.clip_grad = 3.0
+    c.optim.freeze_last_layer = 1.0  # epochs
+    c.data = default_data_config("dinolg")
+    c.data.manifest = ""  # "" -> a phantom under the workdir
+    c.data.batch_size = 256  # GLOBAL batch: images per step over all devices
+    c.data.seed = c.get_ref("seed")  # one seed for the whole run
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.fsdp_min_size = 2**18
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 1000
+    c.checkpoint.keep = 3
+    c.checkpoint.async_save = True
+    c.phantom = ml_collections.ConfigDict()
+    c.phantom.n_gated = 6
+    c.phantom.n_nongated = 2
+    c.phantom.seed = 0
+    c.phantom.size = 128
+    c.debug = ml_collections.ConfigDict()
+    c.debug.nan_at_step = -1  # make the loss NaN in the step from this step (tests the guard)
+    c.debug.step_sleep_s = 0.0  # sleep after each step (widens test windows; no effect on results)
+    return c
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped without saving that state."""
+
+
+def prepare_manifest(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
+    """Path of the manifest to train on; makes a small phantom when none is configured.
+
+    With ``config.data.manifest`` empty, a phantom release with ``config.phantom``'s
+    sizes is written to ``workdir/phantom/release`` and converted to
+    ``workdir/phantom/data`` (once; later runs reuse it). Only process 0 writes.
+    """
+    if config.data.get("manifest"):
+        path = Path(config.data.manifest)
+        if path.is_dir():
+            path = path / "manifest.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"config.data.manifest: no manifest at {path}")
+        return path
+    root = Path(workdir) / "phantom"
+    manifest = root / "data" / "manifest.json"
+    if jax.process_index() == 0 and not manifest.is_file():
+        from dinolg_jax.data import convert, phantom
+
+        ph = config.phantom
+        logging.info("no data configured: making a phantom under %s", root)
+        phantom.make_release(
+            root / "release",
+            n_gated=int(ph.n_gated),
+            n_nongated=int(ph.n_nongated),
+            seed=int(ph.seed),
+            size=int(ph.size),
+        )
+        convert.convert_release(root / "release", root / "data", seed=int(ph.seed), progress=False)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("prepare_manifest")
+    if not manifest.is_file():
+        raise FileNotFoundError(f"phantom conversion did not produce {manifest}")
+    return manifest
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag checked between steps (agreed across processes)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> _Preemption:
+        if jax.process_count() == 1:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        del signum, frame
+        self.requested = True
+
+    def should_stop(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            # JAX's preemption notifier (installed by jax.distributed) syncs all processes.
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli), as TFRecord framing needs; bytewise, fine for small records."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def _crc_table() -> list[int]:
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+class TensorBoardWriter:
+    """Minimal TensorBoard event-file writer for scalars (no TensorFlow needed).
+
+    Writes ``events.out.tfevents.<time>.dinolg`` in TFRecord framing (length, masked
+    CRC-32C, payload, masked CRC-32C) with hand-encoded ``Event`` protos: a
+    ``file_version`` header, then one ``Event{wall_time, step, summary{value{tag,
+    simple_value}}}`` per scalar.
+    """
+
+    def __init__(self, logdir: Path) -> None:
+        logdir.mkdir(parents=True, exist_ok=True)
+        self.path = logdir / f"events.out.tfevents.{int(time.time())}.dinolg"
+        self._file = self.path.open("ab")
+        self._write(self._event(time.time(), 0, b"\x1a" + _bytes_field(b"brain.Event:2")))
+
+    @staticmethod
+    def _event(wall_time: float, step: int, body: bytes) -> bytes:
+        return b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(step) + body
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        """Appends one scalar summary."""
+        val = b"\x0a" + _bytes_field(tag.encode()) + b"\x15" + struct.pack("<f", value)
+        summary = b"\x0a" + _bytes_field(val)
+        self._write(self._event(time.time(), step, b"\x2a" + _bytes_field(summary)))
+
+    def _write(self, record: bytes) -> None:
+        header = struct.pack("<Q", len(record))
+        self._file.write(header + struct.pack("<I", _masked_crc(header)))
+        self._file.write(record + struct.pack("<I", _masked_crc(record)))
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _masked_crc(data: bytes) -> int:
+    crc = _crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _bytes_field(payload: bytes) -> bytes:
+    return _varint(len(payload)) + payload
+
+
+class _MetricsLog:
+    """Buffers per-step device metrics; checks them for non-finite loss; writes JSON lines."""
+
+    def __init__(self, path: Path, total_steps: int, tensorboard: Any = None) -> None:
+        self.path = path
+        self.total_steps = total_steps
+        self.pending: list[tuple[int, dict[str, jax.Array]]] = []
+        self.last: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []
+        self._t0 = time.perf_counter()
+        self._step0: int | None = None
+        self._tb = tensorboard
+
+    def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+        if self._step0 is None:
+            self._step0 = step - 1
+            self._t0 = time.perf_counter()
+        self.pending.append((step, metrics))
+
+    def flush(self, write: bool) -> None:
+        """Fetches pending metrics, raises on a non-finite loss, optionally logs the last."""
+        if not self.pending:
+            return
+        fetched = jax.device_get(self.pending)
+        self.pending = []
+        for step, m in fetched:
+            loss = float(m["loss"])
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"non-finite loss ({loss}) at step {step}: stopping; this state is not saved"
+                )
+        step, m = fetched[-1]
+        self.last = {k: float(v) for k, v in m.items()}
+        self.last["loss_window_mean"] = float(np.mean([float(x["loss"]) for _, x in fetched]))
+        if not write or jax.process_index() != 0:
+            return
+        elapsed = time.perf_counter() - self._t0
+        done = step - (self._step0 or 0)
+        steps_per_s = done / elapsed if elapsed > 0 else 0.0
+        line = {"step": step, **self.last, "steps_per_s": steps_per_s}
+        line["eta_s"] = (self.total_steps - step) / steps_per_s if steps_per_s > 0 else None
+        self.history.append(line)
+        with self.path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+        if self._tb is not None:
+            for k, v in line.items():
+                if isinstance(v, float):
+                    self._tb.scalar(k, v, step)
+        logging.info(
+            "step %d/%d loss %.4f lr %.2e %.2f steps/s",
+            step,
+            self.total_steps,
+            self.last["loss"],
+            self.last["lr"],
+            steps_per_s,
+        )
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    if jax.process_index() != 0:
+        return
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    tmp.replace(path)
+
+
+def _crops_only(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {"global": batch["global"], "local": batch["local"]}
+
+
+def pretrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
+    """Runs (or resumes) DINO pretraining; see the module docstring.
+
+    Args:
+      config: a pretraining config (``configs/dino_*.py``, ``configs/smoke.py``).
+      workdir: output folder; an existing one is resumed.
+
+    Returns:
+      The summary (also written to ``workdir/summary.json``): ``step``, ``total_steps``,
+      ``status`` ("done" or "preempted"), ``metrics`` (last logged), ``params_checksum``
+      (:func:`runtime.checkpoint.params_checksum` of ``{"params": student, "teacher":
+      teacher}``), ``wall_s``.
+
+    Raises:
+      NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
+    """
+    from dinolg_jax.data import manifest as manifest_lib
+    from dinolg_jax.data import pipeline
+
+    t_start = time.perf_counter()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_dict = config.to_dict()
+    _write_json(workdir / "config.json", config_dict)
+    manifest = prepare_manifest(config, workdir)
+    data_config = ml_collections.ConfigDict(config.data.to_dict())
+    data_config.manifest = str(manifest)
+    mesh = mesh_lib.mesh_from_config(config.mesh)
+
+    n_records = manifest_lib.load(manifest).num_records("pretrain")
+    batch_size = int(config.data.batch_size)
+    steps_per_epoch = max(1, n_records // batch_size)
+    trainer = state_lib.make_trainer(config, mesh, steps_per_epoch)
+    total_steps = trainer.schedules.total_steps
+    if int(config.num_steps) > 0:
+        total_steps = min(total_steps, int(config.num_steps))
+    dataset = pipeline.pretrain_dataset(manifest, data_config)
+    data_iter = iter(dataset)
+
+    ckpt = ckpt_lib.Checkpointer(
+        workdir / ckpt_lib.CHECKPOINT_DIR,
+        max_to_keep=int(config.checkpoint.keep),
+        async_save=bool(config.checkpoint.async_save),
+    )
+    if ckpt.latest_step() is not None:
+        state, data_state, _ = ckpt.restore(None, trainer.abstract_state)
+        data_iter.set_state(data_state)
+        logging.info("resumed from step %d", int(state.step))
+    else:
+        state = trainer.init_state()
+    nan_at_step = jax.device_put(
+        jnp.asarray(int(config.debug.nan_at_step), jnp.int32), mesh_lib.replicated(mesh)
+    )
+
+    tb = None
+    if config.tensorboard and jax.process_index() == 0:
+        tb = TensorBoardWriter(workdir / "tensorboard")
+    log = _MetricsLog(workdir / "metrics.jsonl", total_steps, tb)
+    step = int(state.step)
+    status = "done"
+    log_every, ckpt_every = int(config.log_every), int(config.checkpoint.every_steps)
+    try:
+        with _Preemption() as preempt:
+            while step < total_steps:
+                batch = pipeline.device_put_batch(
+                    _crops_only(next(data_iter)), mesh, data_axis=mesh_lib.BATCH_AXES
+                )
+                state, metrics = trainer.step(state, batch, trainer.step_key, nan_at_step)
+                step += 1
+                log.add(step, metrics)
+                if config.debug.step_sleep_s > 0:
+                    time.sleep(float(config.debug.step_sleep_s))
+                stop = preempt.should_stop(step)
+                last = step == total_steps
+                if step % log_every == 0 or last or stop:
+                    log.flush(write=True)
+                if step % ckpt_every == 0 or last or stop:
+                    log.flush(write=False)
+                    ckpt.save(step, state, data_iter.get_state(), config_dict)
+                if stop and not last:
+                    status = "preempted"
+                    logging.warning("SIGTERM: checkpoint written at step %d, exiting", step)
+                    break
+    finally:
+        ckpt.close()
+        if tb is not None:
+            tb.close()
+
+    if status == "done":
+        ckpt_lib.save_encoder(
+            workdir / ckpt_lib.ENCODER_DIR, state.teacher["backbone"], config.model.to_dict()
+        )
+    metrics = log.last
+    if not metrics and (workdir / "summary.json").is_file():  # re-run of a finished run
+        metrics = json.loads((workdir / "summary.json").read_text()).get("metrics", {})
+    summary = {
+        "step": step,
+        "total_steps": total_steps,
+        "steps_per_epoch": steps_per_epoch,
+        "status": status,
+        "metrics": metrics,
+        "params_checksum": ckpt_lib.params_checksum(
+            {"params": state.params, "teacher": state.teacher}
+        ),
+        "wall_s": time.perf_counter() - t_start,
+    }
+    _write_json(workdir / "summary.json", summary)
+    return summary

@@ -1,0 +1,422 @@
+"""The DINO train state, its sharded creation and the (pure) training step.
+
+State (a pytree; every leaf is a ``jax.Array`` placed by :mod:`dinolg_jax.runtime.mesh`'s
+shape rule)::
+
+    step       int32 []       optimiser steps taken so far
+    params     student {"backbone": ViT params, "head": DINOHead params}, float32
+    teacher    same tree: exponential moving average of the student
+    opt_state  optax state of the student's optimiser
+    center     float32 [K]    DINO's running mean of the teacher's outputs
+
+The step (:func:`make_train_step`) takes a crops-major batch ``{"global": [n_global, B,
+G, G, 1], "local": [n_local, B, L, L, 1]}`` float32, sends every crop of one resolution
+through the backbone in one call (batch-major merge ``[B * n, H, W, 1]`` so the batch
+sharding survives the reshape), applies the head to all crops at once, and computes the
+DINO loss of the student (all crops, drop path on) against the teacher (global crops,
+no drop path). Randomness: ``fold_in(key, step)``, so a resumed run draws exactly what
+an uninterrupted run draws.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from dinolg_jax.dino.loss import dino_loss, update_center
+from dinolg_jax.dino.optim import optimizer_from_schedules
+from dinolg_jax.dino.schedules import DinoSchedules
+from dinolg_jax.models.heads import DINOHead
+from dinolg_jax.models.vit import ViT
+from dinolg_jax.runtime import mesh as mesh_lib
+
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Student, teacher, optimiser state and DINO center (see module docstring)."""
+
+    step: jax.Array
+    params: Any
+    teacher: Any
+    opt_state: Any
+    center: jax.Array
+
+
+def init_train_state(
+    key: jax.Array,
+    backbone: nn.Module,
+    head: nn.Module,
+    tx: optax.GradientTransformation,
+    *,
+    crop_size: int,
+    in_channels: int = 1,
+) -> TrainState:
+    """Initialises a state (pure; meant to run inside ``jit``).
+
+    The teacher starts as an exact copy of the student (as in DINO).
+
+    Args:
+      key: PRNG key for the parameter init.
+      backbone: the ViT (Linen module).
+      head: the DINO head.
+      tx: the student's optimiser.
+      crop_size: side of the dummy image used to trace the init, pixels.
+      in_channels: image channels.
+    """
+    k_backbone, k_head = jax.random.split(key)
+    dummy = jnp.zeros((1, crop_size, crop_size, in_channels), jnp.float32)
+    backbone_params = backbone.init({"params": k_backbone}, dummy, train=False)["params"]
+    feats = jax.eval_shape(
+        lambda p: backbone.apply({"params": p}, dummy, train=False)[0], backbone_params
+    )
+    feats = jnp.zeros(feats.shape, jnp.float32)  # only its shape matters
+    head_params = head.init({"params": k_head}, feats)["params"]
+    out_dim = jax.eval_shape(lambda p: head.apply({"params": p}, feats), head_params).shape[-1]
+    params = {"backbone": backbone_params, "head": head_params}
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        teacher=jax.tree.map(jnp.copy, params),
+        opt_state=tx.init(params),
+        center=jnp.zeros((out_dim,), jnp.float32),
+    )
+
+
+def abstract_train_state(
+    mesh: Mesh, init_fn: Callable[[jax.Array], TrainState], fsdp_min_size: int = 2**18
+) -> tuple[TrainState, TrainState]:
+    """Shapes and shardings of the state, without allocating it.
+
+    Args:
+      mesh: the (data, fsdp) mesh.
+      init_fn: ``key -> TrainState`` (e.g. :func:`init_train_state` partially applied).
+      fsdp_min_size: arrays smaller than this stay replicated under FSDP.
+
+    Returns:
+      ``(abstract, shardings)``: a state of ``jax.ShapeDtypeStruct`` with ``sharding``
+      set, and the matching pytree of ``NamedSharding``.
+    """
+    shapes = jax.eval_shape(init_fn, jax.random.key_data(jax.random.key(0)))
+    shardings = mesh_lib.state_shardings(mesh, shapes, fsdp_min_size)
+    abstract = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+    )
+    return abstract, shardings
+
+
+def create_train_state(
+    key: jax.Array,
+    mesh: Mesh,
+    init_fn: Callable[[jax.Array], TrainState],
+    fsdp_min_size: int = 2**18,
+) -> tuple[TrainState, TrainState]:
+    """Creates the state directly in its sharded layout (jitted init with out_shardings).
+
+    Args:
+      key: raw uint32 [2] PRNG key for the init.
+      mesh: the (data, fsdp) mesh.
+      init_fn: ``key -> TrainState``.
+      fsdp_min_size: see :func:`abstract_train_state`.
+
+    Returns:
+      ``(state, shardings)``.
+    """
+    _, shardings = abstract_train_state(mesh, init_fn, fsdp_min_size)
+    init = jax.jit(init_fn, in_shardings=mesh_lib.replicated(mesh), out_shardings=shardings)
+    return init(key), shardings
+
+
+def _crops_through_backbone(
+    backbone: nn.Module, params: Any, crops: jax.Array, *, train: bool, rng: jax.Array | None
+) -> jax.Array:
+    """Runs all crops of one resolution through the backbone in one call.
+
+    Args:
+      crops: [n, B, H, W, C] crops-major.
+
+    Returns:
+      [B, n, D] CLS features (batch-major, so the batch sharding is kept).
+    """
+    n, b = crops.shape[:2]
+    x = jnp.swapaxes(crops, 0, 1).reshape((b * n, *crops.shape[2:]))  # [B*n, H, W, C]
+    rngs = {"dropout": rng} if train else None
+    cls, _ = backbone.apply({"params": params}, x, train=train, rngs=rngs)
+    return cls.reshape(b, n, cls.shape[-1])
+
+
+def _dino_outputs(
+    backbone: nn.Module,
+    head: nn.Module,
+    params: Any,
+    views: list[jax.Array],
+    *,
+    train: bool,
+    rng: jax.Array | None,
+) -> jax.Array:
+    """Backbone per resolution, then the head on every crop at once.
+
+    Args:
+      views: list of crops-major arrays [n_i, B, H_i, W_i, C], global crops first.
+
+    Returns:
+      [sum n_i, B, K] head outputs, crops-major in the order of ``views``.
+    """
+    feats = []
+    for i, crops in enumerate(views):
+        r = None if rng is None else jax.random.fold_in(rng, i)
+        feats.append(
+            _crops_through_backbone(backbone, params["backbone"], crops, train=train, rng=r)
+        )
+    f = jnp.concatenate(feats, axis=1)  # [B, n, D]
+    b, n, d = f.shape
+    out = head.apply({"params": params["head"]}, f.reshape(b * n, d))
+    return jnp.swapaxes(out.reshape(b, n, out.shape[-1]), 0, 1).astype(jnp.float32)
+
+
+def make_train_step(
+    backbone: nn.Module,
+    head: nn.Module,
+    tx: optax.GradientTransformation,
+    schedules: Any,
+    *,
+    student_temp: float,
+    center_momentum: float,
+) -> Callable[[TrainState, Batch, jax.Array, jax.Array], tuple[TrainState, Metrics]]:
+    """Builds the pure DINO step ``(state, batch, key, nan_at_step) -> (state, metrics)``.
+
+    ``key`` is the run's step key (raw uint32 [2]); the step draws from
+    ``fold_in(key, state.step)``. ``nan_at_step`` (int32 scalar, -1 = never) is a debug
+    hook: at that step the loss, and so the update, is made NaN. It is a runtime
+    argument, so the guard can be tested with the same compiled program.
+
+    Args:
+      backbone: the ViT (student and teacher share the module, not the params).
+      head: the DINO head.
+      tx: the student's optimiser (its own schedules run on its step count).
+      schedules: a ``dino.schedules.DinoSchedules`` (per-step callables ``lr``,
+        ``weight_decay``, ``teacher_momentum``, ``teacher_temp``).
+      student_temp: student softmax temperature.
+      center_momentum: EMA rate of the center.
+
+    Returns:
+      The step. ``metrics`` (float32 scalars): loss, lr, wd, momentum, teacher_temp,
+      grad_norm (before clipping), param_norm and update_norm of the student.
+    """
+
+    def step_fn(
+        state: TrainState, batch: Batch, key: jax.Array, nan_at_step: jax.Array
+    ) -> tuple[TrainState, Metrics]:
+        rng = jax.random.fold_in(key, state.step)
+        global_crops = batch["global"]
+        views = [global_crops]
+        if "local" in batch and batch["local"].shape[0] > 0:
+            views.append(batch["local"])
+        teacher_temp = jnp.asarray(schedules.teacher_temp(state.step), jnp.float32)
+        momentum = jnp.asarray(schedules.teacher_momentum(state.step), jnp.float32)
+
+        teacher_out = _dino_outputs(
+            backbone, head, state.teacher, [global_crops], train=False, rng=None
+        )
+        teacher_out = jax.lax.stop_gradient(teacher_out)
+
+        def loss_fn(params: Any) -> jax.Array:
+            student_out = _dino_outputs(backbone, head, params, views, train=True, rng=rng)
+            loss = dino_loss(
+                student_out,
+                teacher_out,
+                state.center,
+                student_temp=student_temp,
+                teacher_temp=teacher_temp,
+            )
+            return loss * jnp.where(state.step == nan_at_step, jnp.nan, 1.0)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        teacher = jax.tree.map(
+            lambda t, s: momentum * t + (1.0 - momentum) * s, state.teacher, params
+        )
+        center = update_center(state.center, teacher_out, center_momentum)
+        metrics = {
+            "loss": loss,
+            "lr": jnp.asarray(schedules.lr(state.step), jnp.float32),
+            "wd": jnp.asarray(schedules.weight_decay(state.step), jnp.float32),
+            "momentum": momentum,
+            "teacher_temp": teacher_temp,
+            "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(params),
+            "update_norm": optax.tree.norm(updates),
+        }
+        new_state = TrainState(
+            step=state.step + 1,
+            params=params,
+            teacher=teacher,
+            opt_state=opt_state,
+            center=center,
+        )
+        return new_state, metrics
+
+    return step_fn
+
+
+def jit_train_step(
+    step_fn: Callable[..., tuple[TrainState, Metrics]],
+    mesh: Mesh,
+    state_shardings: TrainState,
+) -> Callable[..., tuple[TrainState, Metrics]]:
+    """Jits the step with explicit shardings; the input state is donated.
+
+    Batch arrays are crops-major with the batch on dimension 1, split over every device.
+    The key, ``nan_at_step`` and the metrics are replicated.
+    """
+    crops = mesh_lib.batch_sharding(mesh, batch_dim=1)
+    rep = mesh_lib.replicated(mesh)
+    return jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, {"global": crops, "local": crops}, rep, rep),
+        out_shardings=(state_shardings, rep),
+        donate_argnums=(0,),
+    )
+
+
+def build_models(config: ml_collections.ConfigDict) -> tuple[ViT, DINOHead]:
+    """The backbone (student and teacher) and the DINO head from ``config.model/dino``."""
+    m, d = config.model, config.dino
+    dtype = jnp.dtype(m.dtype)
+    backbone = ViT(
+        variant=m.variant,
+        dtype=dtype,
+        drop_path_rate=float(m.drop_path_rate),
+        attention_impl=m.attention_impl or None,
+        pad_tokens_to=int(m.pad_tokens_to),
+        remat=bool(m.remat),
+        remat_policy=m.remat_policy or None,
+    )
+    head = DINOHead(
+        out_dim=int(d.out_dim),
+        hidden_dim=int(d.hidden_dim),
+        bottleneck_dim=int(d.bottleneck_dim),
+        norm_last_layer=bool(d.norm_last_layer),
+        dtype=dtype,
+    )
+    return backbone, head
+
+
+def build_schedules(config: ml_collections.ConfigDict, steps_per_epoch: int) -> DinoSchedules:
+    """The DINO schedules of a run (global batch = ``config.data.batch_size``)."""
+    o, d = config.optim, config.dino
+    return DinoSchedules.create(
+        epochs=float(config.num_epochs),
+        steps_per_epoch=int(steps_per_epoch),
+        global_batch=int(config.data.batch_size),
+        base_lr=float(o.lr),
+        min_lr=float(o.min_lr),
+        warmup_epochs=float(o.warmup_epochs),
+        weight_decay=float(o.weight_decay),
+        weight_decay_end=float(o.weight_decay_end),
+        momentum_teacher=float(d.momentum_teacher),
+        warmup_teacher_temp=float(d.warmup_teacher_temp),
+        teacher_temp=float(d.teacher_temp),
+        warmup_teacher_temp_epochs=float(d.warmup_teacher_temp_epochs),
+        freeze_last_layer=float(o.freeze_last_layer),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """Everything a training loop needs, built once from the config."""
+
+    mesh: Mesh  # the (data, fsdp) mesh
+    backbone: ViT  # student and teacher backbone module
+    head: DINOHead  # DINO head module
+    schedules: DinoSchedules  # per-step lr, wd, momentum, teacher temperature
+    tx: optax.GradientTransformation  # the student's optimiser
+    abstract_state: TrainState  # ShapeDtypeStructs with shardings (for restore)
+    shardings: TrainState  # NamedShardings of the state
+    step: Callable[..., tuple[TrainState, Metrics]]  # jitted, donating step
+    init_fn: Callable[[jax.Array], TrainState]  # key -> state (pure)
+    fsdp_min_size: int  # arrays smaller than this stay replicated
+    init_key: jax.Array  # raw key of the parameter init
+    step_key: jax.Array  # raw key folded with the step number inside the step
+
+    def init_state(self) -> TrainState:
+        """A fresh state, created directly in its sharded layout."""
+        state, _ = create_train_state(self.init_key, self.mesh, self.init_fn, self.fsdp_min_size)
+        return state
+
+
+def make_trainer(config: ml_collections.ConfigDict, mesh: Mesh, steps_per_epoch: int) -> Trainer:
+    """Builds models, schedules, optimiser, state shardings and the jitted step.
+
+    Keys: one seed (``config.seed``) split once into the init key and the step key.
+    """
+    backbone, head = build_models(config)
+    schedules = build_schedules(config, steps_per_epoch)
+    tx = optimizer_from_schedules(schedules, clip_norm=float(config.optim.clip_grad) or None)
+
+    def init_fn(key: jax.Array) -> TrainState:
+        return init_train_state(key, backbone, head, tx, crop_size=int(config.data.global_size))
+
+    min_size = int(config.mesh.fsdp_min_size)
+    abstract, shardings = abstract_train_state(mesh, init_fn, min_size)
+    step = jit_train_step(
+        make_train_step(
+            backbone,
+            head,
+            tx,
+            schedules,
+            student_temp=float(config.dino.student_temp),
+            center_momentum=float(config.dino.center_momentum),
+        ),
+        mesh,
+        shardings,
+    )
+    init_key, step_key = jax.random.split(jax.random.PRNGKey(int(config.seed)))
+    return Trainer(
+        mesh=mesh,
+        backbone=backbone,
+        head=head,
+        schedules=schedules,
+        tx=tx,
+        abstract_state=abstract,
+        shardings=shardings,
+        step=step,
+        init_fn=init_fn,
+        fsdp_min_size=min_size,
+        init_key=init_key,
+        step_key=jax.device_put(step_key, mesh_lib.replicated(mesh)),
+    )
+
+
+def synthetic_batch(config: ml_collections.ConfigDict, mesh: Mesh, seed: int = 0) -> Batch:
+    """A random crops-major batch with the config's shapes, sharded on the mesh.
+
+    For benchmarks and tests without data; the same on every process (each copies only
+    its devices' slices). Values are standard normal, float32.
+
+    Returns:
+      ``{"global": [n_global, B, G, G, 1], "local": [n_local, B, L, L, 1]}``.
+    """
+    d = config.data
+    rng = np.random.default_rng(seed)
+    b = int(d.batch_size)
+    n_local = int(d.n_local_random) + int(d.n_local_guided)
+    g = rng.standard_normal((int(d.n_global), b, d.global_size, d.global_size, 1), np.float32)
+    loc = rng.standard_normal((n_local, b, d.local_size, d.local_size, 1), np.float32)
+    return {
+        "global": mesh_lib.global_batch_from_numpy(g, mesh, batch_dim=1),
+        "local": mesh_lib.global_batch_from_numpy(loc, mesh, batch_dim=1),
+    }

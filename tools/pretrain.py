@@ -1,0 +1,53 @@
+"""DINO / DINO-LG pretraining entry point.
+
+    python tools/pretrain.py --config configs/smoke.py --workdir /tmp/smoke
+    python tools/pretrain.py --config configs/dinolg_vitb8.py --workdir W \
+        --config.data.manifest=/data/coca_converted/manifest.json
+
+Re-running with the same ``--workdir`` resumes. Several processes (one per host):
+pass ``--coordinator_address host:port --num_processes N --process_id i`` (or the
+``DINOLG_COORDINATOR`` / ``DINOLG_NUM_PROCESSES`` / ``DINOLG_PROCESS_ID`` variables; SLURM
+and Open MPI launches are detected). Exit status: 0 when done or after a SIGTERM
+checkpoint, 1 on a non-finite loss.
+"""
+
+import json
+import logging as std_logging
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from dinolg_jax.runtime import mesh as mesh_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Pretraining config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output (and resume) directory.")
+_COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PID = flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _quiet_orbax(record: std_logging.LogRecord) -> bool:
+    """Drops Orbax's per-save INFO chatter; keeps its warnings and errors."""
+    return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_quiet_orbax)
+    mesh_lib.maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
+    from dinolg_jax.train import pretrain  # after distributed init: it touches devices
+
+    try:
+        summary = pretrain.pretrain(_CONFIG.value, _WORKDIR.value)
+    except pretrain.NonFiniteLossError as err:
+        logging.error("%s", err)
+        print(f"ERROR: {err}", file=sys.stderr)
+        sys.exit(1)
+    print(json.dumps({k: summary[k] for k in ("step", "status", "params_checksum")}))
+
+
+if __name__ == "__main__":
+    app.run(main)
