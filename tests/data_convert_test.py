@@ -205,6 +205,17 @@ def test_rerun_workers_seed_and_no_phi(converted, tmp_path):
     assert manifest.load(other).num_records("pretrain") == m1.num_records("pretrain")
 
 
+def test_tiny_release_with_empty_splits(tmp_path):
+    # Two patients: too few per category for val/test, which stay empty but valid.
+    phantom.make_release(tmp_path / "rel", n_gated=2, n_nongated=0, seed=2, size=48, slices=(4, 5))
+    convert.convert_release(tmp_path / "rel", tmp_path / "out", seed=0, progress=False)
+    m = manifest.load(tmp_path / "out")
+    assert m.num_records("val") == 0 and m.shard_paths("val") == []
+    assert m.num_records("test") == 0
+    assert m.num_records("train") > 0
+    assert m.num_records("pretrain") == m.num_records("train")
+
+
 def test_not_a_release(tmp_path):
     with pytest.raises(coca.CocaError, match="not found"):
         convert.convert_release(tmp_path, tmp_path / "out", progress=False)

@@ -279,6 +279,8 @@ def _plan_split(
 ) -> tuple[list[tuple[str, list[tuple[str, int, int]]]], dict[str, int]]:
     """Shard tasks (path, cache segments) of one split and each study's first index."""
     total = sum(s["num_slices"] for s in studies)
+    if total == 0:  # an empty split (e.g. a tiny release without val/test patients)
+        return [], {}
     k = min(shards, total)
     bounds = [total * i // k for i in range(k + 1)]
     starts, index = {}, 0
