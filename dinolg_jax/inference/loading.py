@@ -1,0 +1,250 @@
+"""Builds the pipeline's models from training workdirs (the trained encoder, probe, U-Net).
+
+* Segmenter: ``WORKDIR/config.json`` (the resolved ``configs/segment_*.py``) rebuilds the
+  model through ``train.segment.build_model``; its params come from the latest
+  ``WORKDIR/checkpoints/<step>/state`` (only the ``params`` subtree is read, as host
+  numpy arrays, whatever the optimiser was).
+* Gate: ``train.probe``'s export (encoder + probe params and the threshold chosen on
+  val), see :func:`load_gate`.
+
+Input preparation is the training pipeline's own: ``data.transforms.normalize_hu`` with
+the workdir's ``data.hu_window`` and, when its ``data.eval_size`` is set, the bilinear
+``transforms.resized_crops`` resize of ``data.pipeline.SliceExample``. The segmenter must
+see slices at their own resolution (its labels are scored on the HU grid), so a
+segmenter workdir with an ``eval_size`` other than 0 or the slice size is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from dinolg_jax.data import transforms
+from dinolg_jax.inference.pipeline import SliceModel
+from dinolg_jax.runtime import checkpoint as ckpt_lib
+
+
+class WorkdirError(FileNotFoundError):
+    """A workdir without the files a model needs (config.json, a checkpoint, an export)."""
+
+
+def make_prepare(hu_window: Sequence[float], size: int = 0):
+    """The training pipeline's slice preparation: ``hu [B, H, W] -> float32 [B, s, s, 1]``.
+
+    Args:
+      hu_window: (lo, hi) HU mapped to [-1, 1] (``transforms.normalize_hu``).
+      size: 0 keeps the slice size; else bilinear resize of the whole slice to size x size.
+    """
+    window = tuple(float(v) for v in hu_window)
+    size = int(size)
+
+    def prepare(hu: np.ndarray) -> np.ndarray:
+        x = transforms.normalize_hu(hu, window)
+        if size and x.shape[1:] != (size, size):
+            h, w = x.shape[1:]
+            x = np.stack([transforms.resized_crops(im, [(0, 0, h, w)], size)[0] for im in x])
+        return x[..., None].astype(np.float32)
+
+    return prepare
+
+
+def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+    """``WORKDIR/config.json`` as a ConfigDict."""
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        raise WorkdirError(f"no config.json in {workdir}")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def restore_params(workdir: str | os.PathLike, step: int | None = None) -> tuple[Any, int]:
+    """The ``params`` subtree of a checkpointed train state, as host numpy arrays.
+
+    Args:
+      workdir: a training workdir (``checkpoints/<step>/state``).
+      step: which step; None = the latest.
+
+    Returns:
+      (params, step).
+    """
+    root = Path(workdir).absolute() / ckpt_lib.CHECKPOINT_DIR
+    steps = sorted(int(p.name) for p in root.glob("*") if p.name.isdigit()) if root.is_dir() else []
+    if not steps:
+        raise WorkdirError(f"no checkpoint under {root}")
+    step = steps[-1] if step is None else int(step)
+    path = root / str(step) / "state"
+    if not path.is_dir():
+        raise WorkdirError(f"no checkpoint state at {path}")
+    with ocp.PyTreeCheckpointer() as ckptr:
+        meta = ckptr.metadata(path)
+        tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
+        if "params" not in tree:
+            raise WorkdirError(f"checkpoint {path} has no 'params' (keys {sorted(tree)})")
+        args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        state = ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
+    return state["params"], step
+
+
+def load_segmenter(workdir: str | os.PathLike, slice_size: int | None = None) -> SliceModel:
+    """The trained segmenter of a ``tools/segment.py`` workdir as a :class:`SliceModel`.
+
+    Args:
+      workdir: the segmentation workdir.
+      slice_size: side of the slices it will see, to check ``data.eval_size`` against.
+
+    Raises:
+      WorkdirError: missing config or checkpoint.
+      ValueError: a workdir trained on resized slices.
+    """
+    from dinolg_jax.train import segment
+
+    config = read_config(workdir)
+    size = int(config.data.get("eval_size", 0) or 0)
+    if size and (slice_size is None or size != int(slice_size)):
+        raise ValueError(
+            f"segmenter in {workdir} was trained on slices resized to {size}; inference "
+            "scores labels on the original grid, so it needs a segmenter trained at full size"
+        )
+    model, _ = segment.build_model(config)  # vit_unet: reads the variant from config.encoder
+    params, step = restore_params(workdir)
+
+    def apply(p, x):
+        return model.apply({"params": p}, x, train=False)
+
+    name = f"{config.model.name}@{step}"
+    return SliceModel(apply, params, make_prepare(config.data.hu_window), name)
+
+
+def load_gate(
+    probe_workdir: str | os.PathLike, encoder: str | os.PathLike | None = None
+) -> tuple[SliceModel, float]:
+    """The gate of a ``train/probe.py`` workdir and the threshold it chose on val.
+
+    Args:
+      probe_workdir: the probe workdir (``probe/`` export + ``config.json``).
+      encoder: the encoder (pretraining workdir or export); None = the probe config's
+        ``encoder``.
+
+    Returns:
+      (gate, threshold).
+
+    Raises:
+      FileNotFoundError: no probe export or encoder.
+      ValueError: the encoder is not the one the probe was trained on (checksums differ).
+    """
+    from dinolg_jax.train import probe as probe_lib
+
+    _, probe_params, pcfg = probe_lib.load_probe(probe_workdir)
+    run_config = read_config(probe_workdir)
+    encoder = encoder or run_config.get("encoder", "")
+    if not encoder:
+        raise WorkdirError(f"{probe_workdir}/config.json names no encoder")
+    enc_params, enc_cfg = ckpt_lib.load_encoder(encoder)
+    checksum = ckpt_lib.params_checksum(enc_params)
+    if pcfg.get("encoder_checksum") and pcfg["encoder_checksum"] != checksum:
+        raise ValueError(
+            f"encoder {encoder} is not the one the probe in {probe_workdir} was trained on "
+            "(params checksums differ)"
+        )
+    gate = gate_from_parts(
+        enc_cfg,
+        enc_params,
+        pcfg["name"],
+        dict(pcfg.get("kwargs", {})),
+        probe_params,
+        n_last_blocks=int(pcfg["n_last_blocks"]),
+        token_pool=int(pcfg["token_pool"]),
+        hu_window=pcfg["hu_window"],
+        eval_size=int(pcfg.get("eval_size", 0)),
+        dtype=run_config.get("features", {}).get("dtype") or None,
+        name=f"{enc_cfg.get('variant', '?')}+{pcfg['name']}",
+    )
+    return gate, float(pcfg["threshold"])
+
+
+def build_pipeline(config: ml_collections.ConfigDict, mesh, *, need_gate: bool = True):
+    """A :class:`~dinolg_jax.inference.pipeline.CacPipeline` from a ``configs/infer.py`` config.
+
+    Args:
+      config: ``probe_workdir``, ``segmenter_workdir``, ``threshold`` (-1: the probe's),
+        ``batch_size``, ``seg_batch_size``, ``scoring``.
+      mesh: the device mesh.
+      need_gate: load the gate (False for a U-Net-only run, which needs no probe).
+    """
+    from dinolg_jax.inference.pipeline import CacPipeline
+
+    if not config.segmenter_workdir:
+        raise ValueError("config.segmenter_workdir is empty")
+    segmenter = load_segmenter(config.segmenter_workdir)
+    gate, threshold = None, 0.5
+    if need_gate:
+        if not config.probe_workdir:
+            raise ValueError("the gated mode needs config.probe_workdir")
+        gate, threshold = load_gate(config.probe_workdir, config.get("encoder_workdir") or None)
+    if float(config.get("threshold", -1.0)) >= 0.0:
+        threshold = float(config.threshold)
+    return CacPipeline(
+        segmenter,
+        mesh,
+        gate=gate,
+        threshold=threshold,
+        batch_size=int(config.batch_size),
+        seg_batch_size=int(config.get("seg_batch_size", 0)) or None,
+        scoring=dict(config.scoring),
+    )
+
+
+def gate_from_parts(
+    encoder_config: dict[str, Any],
+    encoder_params: Any,
+    probe_name: str,
+    probe_kwargs: dict[str, Any],
+    probe_params: Any,
+    *,
+    n_last_blocks: int,
+    token_pool: int,
+    hu_window: Sequence[float],
+    eval_size: int = 0,
+    dtype: str | None = None,
+    name: str = "",
+) -> SliceModel:
+    """The gate as one :class:`SliceModel`: frozen encoder -> probe feature -> p(calcium).
+
+    The feature is computed by ``train.features.pooled_and_tokens`` (the function the
+    probe's training features were extracted with), so the gate sees exactly what the
+    probe was trained on; the probe's logit goes through a sigmoid.
+
+    Args:
+      encoder_config: the encoder export's model config (``variant``, ...).
+      encoder_params: the encoder's params.
+      probe_name: "linear" or "transformer" (``models.probes.PROBES``).
+      probe_kwargs: the probe's dataclass fields.
+      probe_params: the probe's params.
+      n_last_blocks: CLS tokens of the last n blocks in the pooled feature.
+      token_pool: patch-token pooling of the transformer probe's input.
+      hu_window: the feature extraction's HU window.
+      eval_size: the feature extraction's slice resize (0: none).
+      dtype: encoder compute dtype (None: the export's).
+      name: for logs.
+    """
+    from dinolg_jax.models.probes import PROBE_INPUTS, build_probe
+    from dinolg_jax.train.features import encoder_model, pooled_and_tokens
+
+    vit = encoder_model(encoder_config, n_last_blocks, dtype or None)
+    probe = build_probe(probe_name, **probe_kwargs)
+    use_pooled = PROBE_INPUTS[probe_name] == "pooled"
+
+    def apply(params, x):
+        pooled, tokens = pooled_and_tokens(vit, params["encoder"], x, token_pool)
+        logits = probe.apply({"params": params["probe"]}, pooled if use_pooled else tokens)
+        return jax.nn.sigmoid(logits)
+
+    params = {"encoder": encoder_params, "probe": probe_params}
+    return SliceModel(apply, params, make_prepare(hu_window, eval_size), name or probe_name)

@@ -1,0 +1,346 @@
+"""The calcified-slice probe on the frozen DINO-LG encoder (the paper's Fig. 5 and Fig. 6).
+
+1. Features of the train, val and test splits, extracted once by a jitted pass sharded over
+   the mesh and cached (``train/features.py``).
+2. A probe from ``models.probes.PROBES`` (``linear`` or ``transformer``) trained on the
+   train features with a class-weighted binary cross-entropy: positives weigh
+   ``pos_weight`` (``"balanced"``: n_negative / n_positive, ~6-9 for 10-15 % calcified
+   slices), so both classes weigh the same in total.
+3. The decision threshold is the largest score threshold whose recall on **val** is at
+   least ``eval.target_recall`` (default 0.95: a missed calcified slice is never
+   segmented), from ``eval.metrics.threshold_for_recall``.
+4. Val and test: TP/TN/FP/FN, precision, recall, specificity, F1, accuracy at that
+   threshold and ROC-AUC; a confusion-matrix PNG of test; ``summary.json``.
+
+The trained probe is saved to ``WORKDIR/probe/`` (Orbax params + ``probe_config.json``
+holding the probe name and fields, the feature settings and the threshold), which
+:func:`load_probe` reads back for the integrated system.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import matplotlib
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from dinolg_jax.data import pipeline
+from dinolg_jax.eval import metrics as metrics_lib
+from dinolg_jax.models.probes import PROBE_INPUTS, build_probe
+from dinolg_jax.runtime import checkpoint as ckpt_lib
+from dinolg_jax.runtime import mesh as mesh_lib
+from dinolg_jax.train import features as features_lib
+
+matplotlib.use("Agg")
+
+PROBE_DIR = "probe"
+
+
+def base_config(probe: str = "linear") -> ml_collections.ConfigDict:
+    """Probe defaults (GPU scale); configs override fields. ``probe``: a PROBES name."""
+    from dinolg_jax.train.pretrain import base_config as pretrain_config
+
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.encoder = ""  # pretraining workdir (or its encoder/ folder): required
+    c.data = pipeline.default_data_config()
+    c.data.manifest = ""  # "" -> a phantom under the workdir (config.phantom)
+    c.data.seed = c.get_ref("seed")
+    c.data.batch_size = 64  # global batch of the feature extraction pass
+    c.data.eval_size = 0  # keep the record size
+    c.features = ml_collections.ConfigDict()
+    c.features.n_last_blocks = 4  # CLS of the last n blocks in the linear feature (DINO: 4)
+    c.features.token_pool = 4  # transformer input: patch-token grid pooled 4x4 (64x64 -> 16x16)
+    c.features.cache_dir = ""  # "" -> WORKDIR/features
+    c.features.dtype = ""  # encoder compute dtype; "" -> the export's
+    c.probe = ml_collections.ConfigDict()
+    c.probe.name = probe
+    c.probe.kwargs = {"linear": {}, "transformer": {"width": 128, "depth": 2, "heads": 4}}[probe]
+    c.optim = ml_collections.ConfigDict(
+        {"lr": 1e-3, "epochs": 10, "batch_size": 256, "weight_decay": 0.0}
+    )  # the paper trains the linear classifier for 10 epochs
+    c.loss = ml_collections.ConfigDict({"pos_weight": "balanced"})
+    c.eval = ml_collections.ConfigDict(
+        {"target_recall": 0.95, "train_split": "train", "val_split": "val", "test_split": "test"}
+    )
+    pre = pretrain_config()
+    c.mesh, c.phantom = pre.mesh, pre.phantom
+    return c
+
+
+def weighted_bce(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
+    """``sum_i w_i * BCE(logit_i, y_i) / sum_i w_i``; logits, labels (0/1), weights [B]."""
+    y = labels.astype(jnp.float32)
+    per = optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), y)
+    return jnp.sum(weights * per) / jnp.maximum(jnp.sum(weights), 1e-12)
+
+
+def resolve_pos_weight(pos_weight: Any, labels: np.ndarray) -> float:
+    """``"balanced"`` -> n_neg / n_pos of ``labels``; a number is used as is."""
+    labels = np.asarray(labels, bool)
+    if pos_weight == "balanced":
+        n_pos = int(labels.sum())
+        if n_pos == 0:
+            raise ValueError("the probe's training split has no slice with calcium")
+        return float((labels.size - n_pos) / n_pos)
+    return float(pos_weight)
+
+
+def _rows(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Rows of a (possibly memory-mapped) array as float32, read in index order."""
+    order = np.argsort(idx)
+    out = np.empty((len(idx), *x.shape[1:]), np.float32)
+    out[order] = np.asarray(x[idx[order]], np.float32)
+    return out
+
+
+def train_probe(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    lr: float,
+    epochs: int,
+    batch_size: int,
+    pos_weight: float,
+    seed: int,
+    weight_decay: float = 0.0,
+) -> tuple[Any, list[float]]:
+    """Trains a probe with AdamW and the weighted BCE on host features.
+
+    Each epoch visits every row once in an order drawn from ``(seed, epoch)``; the last
+    batch is padded with zero-weight rows so every step has one shape.
+
+    Args:
+      model: a probe; x: [N, ...] features (numpy or memmap); y: [N] bool labels.
+      lr, epochs, batch_size, weight_decay: optimiser settings.
+      pos_weight: loss weight of a positive row (negatives weigh 1).
+      seed: init and shuffling seed.
+
+    Returns:
+      (params, mean loss per epoch).
+    """
+    y = np.asarray(y, bool)
+    n = len(y)
+    if n == 0:
+        raise ValueError("no training rows for the probe")
+    batch_size = min(int(batch_size), n)
+    key = jax.random.key(int(seed), impl="rbg")  # fast to compile, see segment.init_key
+    params = jax.jit(model.init)(key, _rows(x, np.arange(1)))["params"]
+    tx = optax.adamw(lr, weight_decay=weight_decay)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state, xb, yb, wb):
+        def loss_fn(p):
+            return weighted_bce(model.apply({"params": p}, xb, train=True), yb, wb)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    history = []
+    for epoch in range(int(epochs)):
+        order = np.random.default_rng([int(seed), epoch]).permutation(n)
+        losses = []
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            pad = batch_size - len(idx)
+            full = np.concatenate([idx, np.zeros(pad, idx.dtype)])
+            w = np.where(y[full], pos_weight, 1.0).astype(np.float32)
+            w[len(idx) :] = 0.0
+            params, opt_state, loss = step(params, opt_state, _rows(x, full), y[full], w)
+            losses.append(float(loss))
+        history.append(float(np.mean(losses)))
+    return params, history
+
+
+def predict_scores(
+    model: nn.Module, params: Any, x: np.ndarray, batch_size: int = 256
+) -> np.ndarray:
+    """sigmoid(logit) per row, float64 [N]."""
+    fn = jax.jit(lambda p, xb: jax.nn.sigmoid(model.apply({"params": p}, xb)))
+    out = []
+    for start in range(0, len(x), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(x)))
+        out.append(np.asarray(fn(params, _rows(x, idx)), np.float64))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def score_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Binary metrics at ``score >= threshold`` plus ROC-AUC (NaN -> None for JSON)."""
+    out = metrics_lib.binary_metrics(labels, scores >= threshold)
+    out["roc_auc"] = metrics_lib.roc_auc(scores, labels)
+    out["threshold"] = float(threshold)
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in out.items()}
+
+
+def confusion_png(m: dict[str, Any], path: str | os.PathLike, title: str) -> None:
+    """Writes the 2x2 confusion matrix (rows: truth, columns: prediction) as a PNG."""
+    import matplotlib.pyplot as plt
+
+    cm = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]])
+    fig, ax = plt.subplots(figsize=(4.2, 3.8), dpi=120)
+    ax.imshow(cm, cmap="Blues")
+    names = ["no calcium", "calcium"]
+    ax.set_xticks([0, 1], names)
+    ax.set_yticks([0, 1], names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    tags = [["TN", "FP"], ["FN", "TP"]]
+    for i in range(2):
+        for j in range(2):
+            color = "white" if cm[i, j] > cm.max() / 2 else "black"
+            ax.text(j, i, f"{tags[i][j]}\n{cm[i, j]}", ha="center", va="center", color=color)
+    f1 = m.get("f1")
+    ax.set_title(f"{title}  F1={f1:.3f}" if f1 is not None else title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def save_probe(directory: str | os.PathLike, params: Any, probe_config: dict[str, Any]) -> Path:
+    """Orbax params + ``probe_config.json`` in ``directory`` (replaced if present)."""
+    root = Path(directory).absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(root / "params", params, force=True)
+        ckptr.wait_until_finished()
+    if jax.process_index() == 0:
+        tmp = root / "probe_config.json.tmp"
+        tmp.write_text(json.dumps(probe_config, indent=2, sort_keys=True))
+        tmp.replace(root / "probe_config.json")
+    return root
+
+
+def load_probe(directory: str | os.PathLike) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """Reads a saved probe (a probe workdir or its ``probe/``): (model, params, config)."""
+    root = Path(directory).absolute()
+    if not (root / "probe_config.json").is_file() and (root / PROBE_DIR).is_dir():
+        root = root / PROBE_DIR
+    if not (root / "probe_config.json").is_file():
+        raise FileNotFoundError(f"no saved probe (probe_config.json) in {directory}")
+    cfg = json.loads((root / "probe_config.json").read_text())
+    with ocp.StandardCheckpointer() as ckptr:
+        params = ckptr.restore(root / "params")
+    return build_probe(cfg["name"], **cfg["kwargs"]), params, cfg
+
+
+def make_score_fn(
+    vit: nn.Module, probe_model: nn.Module, probe_config: dict[str, Any], mesh: jax.sharding.Mesh
+):
+    """Jitted gate for the integrated system: images -> calcium scores in [0, 1].
+
+    ``(encoder_params, probe_params, images [B, H, W, 1]) -> float32 [B]``, the batch split
+    over the mesh. The features are computed exactly as for training
+    (``features.pooled_and_tokens``); compare the scores with ``probe_config["threshold"]``.
+
+    Args:
+      vit: ``features.encoder_model(encoder_config, probe_config["n_last_blocks"])``.
+      probe_model, probe_config: from :func:`load_probe`.
+      mesh: the (data, fsdp) mesh.
+    """
+    kind, pool = probe_config["input"], int(probe_config["token_pool"])
+
+    def scores(enc_params, probe_params, images):
+        pooled, tokens = features_lib.pooled_and_tokens(vit, enc_params, images, pool)
+        x = pooled if kind == "pooled" else tokens
+        return jax.nn.sigmoid(probe_model.apply({"params": probe_params}, x.astype(jnp.float32)))
+
+    rep, batch = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
+    return jax.jit(scores, in_shardings=(rep, rep, batch), out_shardings=batch)
+
+
+def run_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
+    """Features -> probe -> val threshold -> val/test metrics, PNG, saved probe, summary.
+
+    Returns:
+      The summary (also ``workdir/summary.json``): ``probe``, ``pos_weight``, ``history``
+      (loss per epoch), ``threshold``, ``val`` and ``test`` metrics, split sizes,
+      ``encoder_checksum``, ``params_checksum``, ``wall_s``.
+    """
+    from dinolg_jax.train.pretrain import prepare_manifest
+
+    t_start = time.perf_counter()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
+    if not config.encoder:
+        raise ValueError("config.encoder must point at a pretraining workdir or encoder export")
+    manifest = prepare_manifest(config, workdir)
+    enc_params, enc_cfg = ckpt_lib.load_encoder(config.encoder)
+    enc_sum = ckpt_lib.params_checksum(enc_params)
+    f = config.features
+    vit = features_lib.encoder_model(enc_cfg, f.n_last_blocks, f.dtype or None)
+    mesh = mesh_lib.mesh_from_config(config.mesh)
+    cache = Path(f.cache_dir) if f.cache_dir else workdir / "features"
+    feats = {
+        s: features_lib.extract_features(
+            vit, enc_params, manifest, config.eval[f"{s}_split"], config.data, mesh,
+            token_pool=int(f.token_pool), cache_dir=cache, encoder_checksum=enc_sum,
+        )
+        for s in ("train", "val", "test")
+    }  # fmt: skip
+    name = str(config.probe.name)
+    kind = PROBE_INPUTS[name]
+    model = build_probe(name, **dict(config.probe.kwargs))
+    y_train = feats["train"]["has_calcium"]
+    pos_weight = resolve_pos_weight(config.loss.pos_weight, y_train)
+    params, history = train_probe(
+        model, feats["train"][kind], y_train,
+        lr=float(config.optim.lr), epochs=int(config.optim.epochs),
+        batch_size=int(config.optim.batch_size), pos_weight=pos_weight,
+        seed=int(config.seed), weight_decay=float(config.optim.weight_decay),
+    )  # fmt: skip
+    scores = {s: predict_scores(model, params, feats[s][kind]) for s in ("val", "test")}
+    y_val = feats["val"]["has_calcium"]
+    target = float(config.eval.target_recall)
+    threshold = metrics_lib.threshold_for_recall(scores["val"], y_val, target)
+    val = score_metrics(scores["val"], y_val, threshold)
+    test = score_metrics(scores["test"], feats["test"]["has_calcium"], threshold)
+    if jax.process_index() == 0:
+        confusion_png(test, workdir / "confusion_test.png", f"{name} probe, test")
+        np.save(workdir / "test_scores.npy", scores["test"])
+    probe_config = {
+        "name": name,
+        "kwargs": dict(config.probe.kwargs),
+        "input": kind,
+        "n_last_blocks": int(f.n_last_blocks),
+        "token_pool": int(f.token_pool),
+        "hu_window": list(config.data.hu_window),
+        "eval_size": int(config.data.eval_size),
+        "threshold": threshold,
+        "target_recall": target,
+        "encoder_checksum": enc_sum,
+    }
+    save_probe(workdir / PROBE_DIR, params, probe_config)
+    summary = {
+        "probe": name,
+        "pos_weight": pos_weight,
+        "history": history,
+        "threshold": threshold,
+        "target_recall": target,
+        "val": val,
+        "test": test,
+        "num_slices": {s: len(feats[s]["has_calcium"]) for s in feats},
+        "num_calcium_slices": {s: int(np.sum(feats[s]["has_calcium"])) for s in feats},
+        "encoder_checksum": enc_sum,
+        "params_checksum": ckpt_lib.params_checksum(params),
+        "wall_s": time.perf_counter() - t_start,
+    }
+    if jax.process_index() == 0:
+        tmp = workdir / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
+        tmp.replace(workdir / "summary.json")
+    return summary

@@ -1,0 +1,501 @@
+"""Tests for dinolg_jax.inference (pipeline, sources, run) with stand-in models."""
+
+from __future__ import annotations
+
+import csv
+import json
+import zlib
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+from dinolg_jax.inference import nifti, pipeline, run, sources
+from dinolg_jax.runtime import mesh as mesh_lib
+from dinolg_jax.scoring.agatston import agatston
+
+Z, S = 10, 16
+PIXEL_MM = (0.5, 0.5)
+THICK = 3.0
+
+
+def make_study(study_id: str = "s0") -> pipeline.StudyVolume:
+    """Slices 2 and 5 hold bright calcium (600 HU, gate flags them); slice 7 a faint one
+    (300 HU, below the gate, found by the U-Net alone); bone-free background at 40 HU."""
+    hu = np.full((Z, S, S), 40, np.int16)
+    hu[2, 3:6, 1:3] = 600  # columns 0-3 -> vessel 1 (RCA) in the stand-in segmenter
+    hu[5, 8:10, 9:12] = 450  # columns 8-11 -> vessel 3 (LCA)
+    hu[5, 12, 13] = 600  # columns 12-15 -> vessel 4 (LCX); 1 px = 0.25 mm2 < 1 mm2: dropped
+    hu[7, 10:13, 5:8] = 300  # columns 4-7 -> vessel 2 (LAD)
+    labels = np.zeros_like(hu, np.uint8)
+    labels[2][hu[2] >= 130] = 1
+    return pipeline.StudyVolume(
+        study_id, hu, PIXEL_MM, THICK, z_mm=np.arange(Z) * THICK, labels=labels
+    )
+
+
+def gate_apply(params, x):
+    """p(calcium) = max normalised HU of the slice, scaled: >= 0.5 iff a pixel >= 500 HU."""
+    return jnp.clip(jnp.max(x[..., 0], axis=(1, 2)) * params["scale"], 0.0, 1.0)
+
+
+def seg_apply(params, x):
+    """Class = 1 + column // 4 where HU >= 130, background elsewhere, as logits."""
+    del params
+    w = x.shape[2]
+    vessel = 1 + jnp.arange(w) // (w // 4)
+    cls = jnp.where(x[..., 0] >= 0.13, vessel[None, None, :], 0)
+    return jax.nn.one_hot(cls, 5) * 10.0
+
+
+def expected_labels(hu: np.ndarray, slices) -> np.ndarray:
+    """Independent numpy version of the stand-in segmenter on the given slices."""
+    out = np.zeros(hu.shape, np.uint8)
+    vessel = 1 + np.arange(hu.shape[2]) // (hu.shape[2] // 4)
+    for z in slices:
+        out[z] = np.where(hu[z] >= 130, vessel[None, :], 0)
+    return out
+
+
+class Spy:
+    """Host-side prepare that records every HU slice it is handed."""
+
+    def __init__(self):
+        self.seen: list[np.ndarray] = []
+
+    def __call__(self, hu: np.ndarray) -> np.ndarray:
+        self.seen.extend(np.asarray(hu))
+        return (hu.astype(np.float32) / 1000.0)[..., None]
+
+
+def build(mesh, batch_size=8, spy=None):
+    gate = pipeline.SliceModel(gate_apply, {"scale": jnp.float32(1.0)}, Spy(), "gate")
+    seg = pipeline.SliceModel(seg_apply, {}, spy or Spy(), "seg")
+    return pipeline.CacPipeline(seg, mesh, gate=gate, threshold=0.5, batch_size=batch_size)
+
+
+@pytest.fixture(scope="module")
+def mesh8():
+    return mesh_lib.make_mesh()
+
+
+def test_gate_selects_flagged_slices_and_unet_runs_only_there(mesh8) -> None:
+    study = make_study()
+    spy = Spy()
+    pipe = build(mesh8, spy=spy)
+    res = pipe.score(study, "gated", keep_labels=True)
+    expected_p = [0.04, 0.04, 0.6, 0.04, 0.04, 0.6, 0.04, 0.3, 0.04, 0.04]
+    np.testing.assert_allclose(res.probabilities, expected_p, rtol=1e-6)
+    np.testing.assert_array_equal(res.flagged, [2, 5])
+    # The U-Net saw exactly slices 2 and 5, once each, in one padded batch of 8.
+    assert len(spy.seen) == 2
+    np.testing.assert_array_equal(np.stack(spy.seen), study.hu[[2, 5]])
+    assert pipe.seg_runner.calls == 1 and pipe.seg_runner.slices == 2
+    assert pipe.gate_runner.slices == Z and pipe.gate_runner.calls == 2  # 10 -> 8 + 2 (padded)
+    np.testing.assert_array_equal(res.labels, expected_labels(study.hu, [2, 5]))
+    ref = agatston(study.hu, expected_labels(study.hu, [2, 5]), PIXEL_MM, THICK)
+    assert res.scores.per_vessel == ref.per_vessel and res.scores.total == ref.total
+    # By hand: slice 2 RCA 3x2 px of 0.25 mm2 at 600 HU: 1.5 mm2 x 4; slice 5 LCA 2x3 px
+    # at 450 HU: 1.5 x 4; the 1-px LCX spot is under 1 mm2. Thickness 3 mm: factor 1.
+    assert res.summary["per_vessel"] == {"RCA": 6.0, "LAD": 0.0, "LCA": 6.0, "LCX": 0.0}
+    assert res.summary["total"] == 12.0
+    assert res.summary["paper4"] == "moderate" and res.summary["standard5"] == "11-100"
+    assert res.summary["cac_drs"] == "A1/N2"
+    # Ground truth (RCA only on slice 2) scored with the same convention.
+    assert res.truth["per_vessel"]["RCA"] == 6.0 and res.truth["total"] == 6.0
+    assert set(res.timings) == {"gate", "segment", "score"}
+
+
+def test_unet_only_segments_every_slice_and_finds_the_faint_lesion(mesh8) -> None:
+    study = make_study()
+    spy = Spy()
+    pipe = build(mesh8, spy=spy)
+    res = pipe.score(study, "unet_only", keep_labels=True)
+    assert res.probabilities is None
+    np.testing.assert_array_equal(res.flagged, np.arange(Z))
+    assert len(spy.seen) == Z and pipe.gate_runner.calls == 0
+    # Slice 7's LAD lesion: 3x3 px = 2.25 mm2 at 300 HU -> weight 3 -> 6.75.
+    assert res.summary["per_vessel"] == {"RCA": 6.0, "LAD": 6.75, "LCA": 6.0, "LCX": 0.0}
+    assert res.summary["cac_drs"] == "A1/N3"
+    np.testing.assert_array_equal(res.labels, expected_labels(study.hu, range(Z)))
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_batch_size_and_sharding_do_not_change_results(mesh8, batch_size) -> None:
+    study = make_study()
+    ref = build(mesh8, batch_size=8).score(study, "gated", keep_labels=True)
+    one = mesh_lib.make_mesh(devices=jax.devices()[:1])
+    for mesh in (one, mesh8):
+        got = build(mesh, batch_size=batch_size).score(study, "gated", keep_labels=True)
+        np.testing.assert_array_equal(got.probabilities, ref.probabilities)
+        np.testing.assert_array_equal(got.labels, ref.labels)
+        assert got.summary == ref.summary
+    assert build(one, batch_size=batch_size).seg_runner.batch_size == batch_size
+    assert build(mesh8, batch_size=batch_size).seg_runner.batch_size == 8 * -(-batch_size // 8)
+
+
+def test_pipeline_rejects_bad_inputs(mesh8) -> None:
+    seg = pipeline.SliceModel(seg_apply, {}, Spy())
+    with pytest.raises(ValueError, match="threshold"):
+        pipeline.CacPipeline(seg, mesh8, threshold=1.5)
+    with pytest.raises(ValueError, match="scoring options"):
+        pipeline.CacPipeline(seg, mesh8, scoring={"thresh": 1})
+    pipe = pipeline.CacPipeline(seg, mesh8)
+    with pytest.raises(ValueError, match="no gate"):
+        pipe.score(make_study(), "gated")
+    with pytest.raises(ValueError, match="mode"):
+        pipe.score(make_study(), "both")
+    shrink = pipeline.SliceModel(lambda p, x: seg_apply(p, x)[:, ::2, ::2], {}, Spy())
+    with pytest.raises(ValueError, match="input resolution"):
+        pipeline.CacPipeline(shrink, mesh8).score(make_study(), "unet_only")
+
+
+# ----------------------------------------------------------------------------- sources, run
+
+
+def write_dicom_series(folder: Path, hu: np.ndarray, z0: float = 0.0) -> None:
+    """A minimal axial CT series (stored = HU + 1024, slope 1, intercept -1024)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(hu.shape[0]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.{zlib.crc32(folder.name.encode())}.{k + 1}"
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.PatientName = "Secret^Person"
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.Modality = "CT"
+        ds.SeriesInstanceUID = "1.2.826.0.1.77"
+        ds.SeriesNumber = 1
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [0.0, 0.0, z0 + THICK * k]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing = list(PIXEL_MM)
+        ds.SliceThickness = THICK
+        ds.KVP = 120
+        ds.Rows, ds.Columns = hu.shape[1:]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 0
+        ds.RescaleSlope = 1
+        ds.RescaleIntercept = -1024
+        ds.PixelData = (hu[k].astype(np.int32) + 1024).astype(np.uint16).tobytes()
+        ds.save_as(folder / f"IM-{k + 1:04d}.dcm", enforce_file_format=True)
+
+
+def test_corrupt_study_gets_error_row_and_others_complete(tmp_path: Path, mesh8) -> None:
+    study = make_study()
+    root = tmp_path / "dicoms"
+    for name in ("a", "b", "c/series_1"):  # a study folder may hold series subfolders
+        write_dicom_series(root / name, study.hu)
+    bad = root / "b" / "IM-0004.dcm"
+    bad.write_bytes(bad.read_bytes()[:-100])  # truncated pixel data
+    tasks = sources.dicom_tasks(root)
+    assert [t.study_id for t in tasks] == ["a", "b", "c"]
+    out = tmp_path / "out"
+    summary = run.run_inference(
+        build(mesh8),
+        tasks,
+        out,
+        modes=("gated", "unet_only"),
+        write_nifti=True,
+        source_roots=[root],
+    )
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["study"], r["mode"], r["status"]) for r in rows] == [
+        ("a", "gated", "ok"),
+        ("a", "unet_only", "ok"),
+        ("b", "gated", "error"),
+        ("b", "unet_only", "error"),
+        ("c", "gated", "ok"),
+        ("c", "unet_only", "ok"),
+    ]
+    b = rows[2]
+    assert b["error_stage"] == "read" and b["error_type"] == "NotDicomError"
+    assert "truncated" in b["error_message"] and str(tmp_path) not in b["error_message"]
+    assert b["error_message"].startswith("b/IM-0004.dcm")
+    a_g, a_u = rows[0], rows[1]
+    assert a_g["flagged_slices"] == "2 5" and a_g["num_flagged"] == "2"
+    assert (float(a_g["total"]), float(a_u["total"]), float(a_u["LAD"])) == (12.0, 18.75, 6.75)
+    assert a_g["paper4"] == "moderate" and a_u["cac_drs"] == "A1/N3"
+    assert a_g["true_total"] == ""  # DICOM folders carry no ground truth
+    for key in ("t_read_s", "t_gate_s", "t_segment_s", "t_score_s", "t_total_s"):
+        assert float(a_g[key]) >= 0.0
+    per_study = json.loads((out / "studies" / "a.gated.json").read_text())
+    assert per_study["flagged_slices"] == [2, 5]
+    assert per_study["prediction"]["per_vessel"]["LCA"] == 6.0
+    assert per_study["convention"]["threshold_hu"] == 130.0
+    err = json.loads((out / "studies" / "b.unet_only.json").read_text())
+    assert err["error"]["type"] == "NotDicomError"
+    text = "".join(p.read_text() for p in out.rglob("*.json")) + (out / "results.csv").read_text()
+    assert "Secret" not in text
+    # Summary: 2 of 3 studies per mode, throughput counted over the good ones.
+    s = json.loads((out / "summary.json").read_text())
+    gated = s["modes"]["gated"]
+    assert (gated["studies"], gated["ok"], gated["slices"], gated["segmented_slices"]) == (
+        3,
+        2,
+        20,
+        4,
+    )
+    assert gated["errors"][0]["study"] == "b" and gated["slices_per_s"] > 0
+    assert s["modes"]["unet_only"]["segmented_slices"] == 20
+    assert summary["modes"]["gated"]["ok"] == 2
+    # NIfTI: predicted labels and the CT on the same grid.
+    labels, hdr = nifti.read_nifti(out / "nifti" / "a.unet_only.labels.nii.gz")
+    np.testing.assert_array_equal(labels, expected_labels(study.hu, range(Z)))
+    ct, _ = nifti.read_nifti(out / "nifti" / "a.ct.nii.gz")
+    np.testing.assert_array_equal(ct, study.hu)
+    assert hdr["pixdim"][1:4] == (0.5, 0.5, 3.0)
+    assert not (out / "nifti" / "b.ct.nii.gz").exists()
+
+
+def test_dicom_tasks_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        sources.dicom_tasks(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="no"):
+        sources.dicom_tasks(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def seg_workdir(tmp_path_factory):
+    """A tiny U-Net checkpoint written the way train/segment.py writes it."""
+    from dinolg_jax.runtime import checkpoint as ckpt_lib
+    from dinolg_jax.train import segment
+
+    config = segment.base_config("unet")
+    config.model.kwargs = {"filters": 4, "depth": 2}
+    workdir = tmp_path_factory.mktemp("seg")
+    (workdir / "config.json").write_text(json.dumps(config.to_dict(), default=str))
+    model, _ = segment.build_model(config)
+    tx = segment.build_optimizer(config.optim, 10)
+
+    # Host arrays from the init's shapes (nothing compiled): a quick, realistic save.
+    rng = np.random.default_rng(0)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, S, S, 1)))
+    params = jax.tree.map(lambda a: 0.3 * rng.standard_normal(a.shape, np.float32), shapes)
+    params = params["params"]
+    opt = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), jax.eval_shape(tx.init, params))
+    state = segment.SegState(np.int32(7), params, opt)
+    ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", async_save=False)
+    ckpt.save(7, state, None, config.to_dict())
+    ckpt.close()
+    return workdir, config, model, state
+
+
+def test_load_segmenter_from_a_workdir(tmp_path: Path, mesh8, seg_workdir) -> None:
+    """The checkpointed segmenter restores to the same net and the training preparation."""
+    from dinolg_jax.inference import loading
+    from dinolg_jax.runtime import checkpoint as ckpt_lib
+
+    workdir, config, model, state = seg_workdir
+    seg = loading.load_segmenter(workdir, slice_size=S)
+    assert seg.name == "unet@7"
+    assert ckpt_lib.params_checksum(seg.params) == ckpt_lib.params_checksum(state.params)
+    hu = make_study().hu
+    x = seg.prepare(hu)
+    np.testing.assert_allclose(x[..., 0], np.clip(hu, -1000, 1000) / 1000.0, atol=1e-6)
+    pipe = pipeline.CacPipeline(seg, mesh8, batch_size=8)
+    got = pipe.segment(hu, range(Z))
+    ref = np.argmax(jax.jit(model.apply)({"params": state.params}, jnp.asarray(x)), -1)
+    np.testing.assert_array_equal(got, ref)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    resized = config.copy_and_resolve_references()
+    resized.data.eval_size = 8
+    (bad / "config.json").write_text(json.dumps(resized.to_dict(), default=str))
+    with pytest.raises(ValueError, match="resized"):
+        loading.load_segmenter(bad, slice_size=S)
+    with pytest.raises(loading.WorkdirError, match=r"config\.json"):
+        loading.load_segmenter(tmp_path)
+
+
+def test_manifest_source_and_infer_from_config(tmp_path: Path, seg_workdir) -> None:
+    """A manifest split regrouped per study (across shards), scored U-Net-only with report."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "infer_config", Path(__file__).parents[1] / "configs" / "infer.py"
+    )
+    infer_config = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(infer_config)
+    from dinolg_jax.data import synthetic_records
+
+    manifest = synthetic_records.write_dataset(
+        tmp_path / "records", size=S, studies=3, slices_per_study=5, shards=2, splits=("test",)
+    )
+    tasks = sources.manifest_tasks(manifest, "test")
+    assert [t.study_id for t in tasks] == [f"synthetic-{i:04d}" for i in range(3)]
+    import grain
+
+    from dinolg_jax.data import manifest as manifest_lib
+    from dinolg_jax.data import records
+
+    man = manifest_lib.load(manifest)
+    src = grain.sources.ArrayRecordDataSource(man.shard_paths("test"))
+    vol = tasks[1].load()  # records 5..9: straddles the two shards (8 + 7 records)
+    recs = [records.decode(src[i]) for i in range(5, 10)]
+    np.testing.assert_array_equal(vol.hu, np.stack([r["image"] for r in recs]))
+    np.testing.assert_array_equal(vol.labels, np.stack([r["labels"] for r in recs]))
+    assert vol.pixel_mm == tuple(float(v) for v in recs[0]["pixel_mm"])
+
+    config = infer_config.get_config()
+    config.segmenter_workdir = str(seg_workdir[0])
+    config.source.path = str(manifest)
+    config.out_dir = str(tmp_path / "out")
+    config.mode = "unet_only"
+    config.note = "Demo-size run."
+    summary = run.infer_from_config(config)
+    m = summary["modes"]["unet_only"]
+    assert (m["studies"], m["ok"], m["slices"], m["segmented_slices"]) == (3, 3, 15, 15)
+    text = Path(summary["report"]).read_text()
+    assert "Agatston convention: threshold_hu = 130.0, connectivity = 4" in text
+    assert "Demo-size run." in text and "## U-Net only" in text
+    with (tmp_path / "out" / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    # Ground truth: the records' labels, scored with the same convention.
+    truth = agatston(vol.hu, vol.labels, vol.pixel_mm, vol.slice_thickness_mm)
+    assert float(rows[1]["true_total"]) == pytest.approx(truth.total, abs=1e-4)
+
+
+@pytest.mark.parametrize("probe_name", ["linear", "transformer"])
+def test_gate_from_parts_matches_features_then_probe(mesh8, probe_name) -> None:
+    """Encoder + probe as one jitted, sharded gate == features.pooled_and_tokens -> probe."""
+    from dinolg_jax.inference import loading
+    from dinolg_jax.models.probes import build_probe
+    from dinolg_jax.train.features import encoder_model, pooled_and_tokens
+
+    enc_cfg = {"variant": "mu/8", "ref_image_size": 16}
+    vit = encoder_model(enc_cfg, 2)
+    x = jnp.zeros((1, S, S, 1))
+    rng = np.random.default_rng(2)
+
+    def random_params(module, *args):  # shapes by eval_shape: nothing compiled for init
+        shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), *args)["params"]
+        return jax.tree.map(lambda a: 0.2 * rng.standard_normal(a.shape, np.float32), shapes)
+
+    enc_params = random_params(vit, x)
+    kwargs = (
+        {"width": 8, "depth": 1, "heads": 2, "max_tokens": 16} if probe_name != "linear" else {}
+    )
+    probe = build_probe(probe_name, **kwargs)
+    feats = jax.eval_shape(lambda p, x: pooled_and_tokens(vit, p, x, 1), enc_params, x)
+    feat = feats[0] if probe_name == "linear" else feats[1]
+    probe_params = random_params(probe, jnp.zeros(feat.shape, feat.dtype))
+    gate = loading.gate_from_parts(
+        enc_cfg, enc_params, probe_name, kwargs, probe_params,
+        n_last_blocks=2, token_pool=1, hu_window=(-1000, 1000),
+    )  # fmt: skip
+    seg = pipeline.SliceModel(seg_apply, {}, Spy())
+    pipe = pipeline.CacPipeline(seg, mesh8, gate=gate, batch_size=8)
+    hu = np.random.default_rng(5).integers(-1000, 1000, (Z, S, S)).astype(np.int16)
+    got = pipe.gate_probabilities(hu)
+    xs = jnp.asarray(np.clip(hu, -1000, 1000)[..., None] / 1000.0, jnp.float32)
+
+    def ref_fn(pe, pp, xs):
+        pooled, tokens = pooled_and_tokens(vit, pe, xs, 1)
+        logits = probe.apply({"params": pp}, pooled if probe_name == "linear" else tokens)
+        return jax.nn.sigmoid(logits)
+
+    ref = np.asarray(jax.jit(ref_fn)(enc_params, probe_params, xs))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    assert got.std() > 1e-4  # the probabilities do depend on the slice
+
+
+def test_load_gate_from_probe_workdir(tmp_path: Path, mesh8) -> None:
+    """Encoder export + probe export + config.json -> the same gate and its threshold."""
+    from dinolg_jax.inference import loading
+    from dinolg_jax.runtime import checkpoint as ckpt_lib
+    from dinolg_jax.train import probe as probe_lib
+    from dinolg_jax.train.features import encoder_model
+
+    rng = np.random.default_rng(3)
+    enc_cfg = {"variant": "mu/8", "ref_image_size": 16}
+    vit = encoder_model(enc_cfg, 1)
+    shapes = jax.eval_shape(vit.init, jax.random.PRNGKey(0), jnp.zeros((1, S, S, 1)))["params"]
+    enc = jax.tree.map(lambda a: 0.2 * rng.standard_normal(a.shape, np.float32), shapes)
+    ckpt_lib.save_encoder(tmp_path / "pre" / "encoder", enc, enc_cfg)
+    width = 2 * 32  # CLS of 1 block + mean patch token, mu width 32
+    probe_params = {"Dense_0": {"kernel": rng.standard_normal((width, 1), np.float32),
+                                "bias": np.array([0.1], np.float32)}}  # fmt: skip
+    pcfg = {"name": "linear", "kwargs": {}, "input": "pooled", "n_last_blocks": 1,
+            "token_pool": 1, "hu_window": [-1000.0, 1000.0], "eval_size": 0,
+            "threshold": 0.37, "encoder_checksum": ckpt_lib.params_checksum(enc)}  # fmt: skip
+    work = tmp_path / "probe_run"
+    probe_lib.save_probe(work / probe_lib.PROBE_DIR, probe_params, pcfg)
+    (work / "config.json").write_text(json.dumps({"encoder": str(tmp_path / "pre")}))
+    gate, threshold = loading.load_gate(work)
+    assert threshold == 0.37 and gate.name == "mu/8+linear"
+    direct = loading.gate_from_parts(
+        enc_cfg, enc, "linear", {}, probe_params,
+        n_last_blocks=1, token_pool=1, hu_window=(-1000, 1000),
+    )  # fmt: skip
+    seg = pipeline.SliceModel(seg_apply, {}, Spy())
+    hu = rng.integers(-1000, 1000, (4, S, S)).astype(np.int16)
+    p1 = pipeline.CacPipeline(seg, mesh8, gate=gate, batch_size=8).gate_probabilities(hu)
+    p2 = pipeline.CacPipeline(seg, mesh8, gate=direct, batch_size=8).gate_probabilities(hu)
+    np.testing.assert_array_equal(p1, p2)
+    pcfg["encoder_checksum"] = "0" * 64
+    probe_lib.save_probe(work / probe_lib.PROBE_DIR, probe_params, pcfg)
+    with pytest.raises(ValueError, match="checksums differ"):
+        loading.load_gate(work)
+
+
+def test_study_report_text_and_overlays(tmp_path: Path, mesh8) -> None:
+    from dinolg_jax.inference import study_report
+
+    study = make_study()
+    res = build(mesh8).score(study, "unet_only", keep_labels=True)
+    res.timings["read"] = 0.5
+    text = study_report.format_report(res)
+    lines = text.splitlines()
+    assert "RCA            6.0         4.5        1" in lines  # 1.5 mm2 x 3 mm
+    assert "LAD            6.8         6.8        1" in lines  # 6.75, 2.25 mm2 x 3 mm
+    assert "total         18.8        15.8        3" in lines  # 4.5 + 6.75 + 4.5 mm3
+    assert "Risk category: moderate (paper, 4 classes); 11-100 (standard, 5 classes)" in lines
+    assert "CAC-DRS: A1/N3" in lines
+    assert any(line.startswith("Convention: HU >= 130, 4-connectivity") for line in lines)
+    paths = study_report.write_overlays(tmp_path, study, res, res.labels)
+    assert [p.name for p in paths] == ["slice_0002.png", "slice_0005.png", "slice_0007.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+    err = pipeline.StudyResult("x", "gated", error={"stage": "read", "type": "E", "message": "m"})
+    assert study_report.format_report(err) == "Study x: FAILED at read: E: m"
+
+
+def test_release_source_truth_matches_phantom_and_no_phi(tmp_path: Path, mesh8) -> None:
+    """Gated phantom patients scored with their annotations as truth; non-gated vs sheet."""
+    from dinolg_jax.data import coca, phantom
+    from dinolg_jax.eval import report
+
+    rel = tmp_path / "release"
+    truth = phantom.make_release(rel, n_gated=2, n_nongated=1, seed=1, size=32, slices=(8, 10))
+    tasks = sources.release_tasks(rel, "gated")
+    assert [t.study_id for t in tasks] == ["gated-0000", "gated-0001"]  # pid 2: XML only
+    out = tmp_path / "out"
+    run.run_inference(build(mesh8), tasks, out, modes=("unet_only",), source_roots=[rel])
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    for row, pid in zip(rows, ("0", "1"), strict=True):
+        assert row["status"] == "ok"
+        for key in ("RCA", "LAD", "LCA", "LCX", "total"):
+            assert float(row[f"true_{key}"]) == pytest.approx(truth["gated"][pid][key], abs=1e-4)
+        assert row["true_paper4"] == truth["gated"][pid]["category_paper4"]
+    ng_tasks = sources.release_tasks(rel, "nongated")
+    assert [t.study_id for t in ng_tasks] == ["nongated-0"]
+    out_ng = tmp_path / "out_ng"
+    summary = run.run_inference(build(mesh8), ng_tasks, out_ng, modes=("unet_only",))
+    pred = {r.study_id: {**r.summary["per_vessel"], "total": r.summary["total"]}
+            for r in summary["results"]["unet_only"]}  # fmt: skip
+    ev = report.evaluate_nongated(pred, coca.load_nongated_scores(rel))
+    assert ev["studies"] == ["nongated-0"] and ev["missing_prediction"] == []
+    text = "".join(p.read_text() for d in (out, out_ng) for p in d.rglob("*.*"))
+    assert not [m for m in truth["phi_markers"] if m in text]

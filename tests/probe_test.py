@@ -1,0 +1,173 @@
+"""Probe: loss and threshold by hand, separable cases, sharded == single-device features."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dinolg_jax.data.synthetic_records import write_dataset
+from dinolg_jax.models.probes import build_probe
+from dinolg_jax.models.vit import ViT
+from dinolg_jax.runtime import checkpoint as ckpt_lib
+from dinolg_jax.runtime import mesh as mesh_lib
+from dinolg_jax.train import features, probe
+
+
+def test_weighted_bce_by_hand():
+    logits = jnp.array([0.0, 2.0, -1.0])
+    labels = jnp.array([1, 0, 1])
+    w = jnp.array([3.0, 1.0, 3.0])
+    bce = [np.log(2.0), np.log1p(np.exp(2.0)), np.log1p(np.exp(1.0))]
+    want = (3 * bce[0] + bce[1] + 3 * bce[2]) / 7
+    np.testing.assert_allclose(float(probe.weighted_bce(logits, labels, w)), want, rtol=1e-6)
+    assert probe.resolve_pos_weight("balanced", np.array([1, 0, 0, 0, 0, 1])) == 2.0
+    assert probe.resolve_pos_weight(5, np.array([1, 0])) == 5.0
+    with pytest.raises(ValueError, match="no slice with calcium"):
+        probe.resolve_pos_weight("balanced", np.zeros(4, bool))
+
+
+def test_threshold_meets_target_recall_on_constructed_case():
+    # 40 positives with scores 0.31..0.70 and 160 negatives with scores 0.000..0.398.
+    pos = 0.30 + 0.01 * np.arange(1, 41)
+    neg = np.linspace(0.0, 0.398, 160)
+    scores = np.concatenate([pos, neg])
+    labels = np.concatenate([np.ones(40, bool), np.zeros(160, bool)])
+    from dinolg_jax.eval.metrics import threshold_for_recall
+
+    t = threshold_for_recall(scores, labels, 0.95)
+    m = probe.score_metrics(scores, labels, t)
+    # 38 of 40 positives needed: the threshold is the 38th largest positive score, 0.33.
+    assert t == pytest.approx(0.33)
+    assert m["recall"] == pytest.approx(38 / 40) and m["tp"] == 38 and m["fn"] == 2
+    assert m["fp"] == int(np.sum(neg >= 0.33))  # negatives at or above 0.33
+    assert m["tn"] + m["fp"] == 160
+    # A higher threshold (next positive score) misses the target.
+    assert probe.score_metrics(scores, labels, 0.34)["recall"] < 0.95
+
+
+def _separable(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    y = rng.random(n) < 0.12  # imbalanced, like calcified slices
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    x[:, 0] += np.where(y, 3.0, -3.0)  # separable along one axis
+    return x, y
+
+
+def test_linear_probe_learns_a_separable_case():
+    x, y = _separable(400, 0)
+    model = build_probe("linear")
+    pw = probe.resolve_pos_weight("balanced", y)
+    params, hist = probe.train_probe(
+        model, x, y, lr=0.05, epochs=15, batch_size=64, pos_weight=pw, seed=0
+    )
+    assert hist[-1] < 0.3 * hist[0]
+    xt, yt = _separable(300, 1)
+    s = probe.predict_scores(model, params, xt)
+    m = probe.score_metrics(s, yt, 0.5)
+    assert m["roc_auc"] > 0.999 and m["recall"] == 1.0 and m["specificity"] > 0.97
+
+
+def test_transformer_probe_learns_a_token_level_case():
+    # Positive slices have one "bright" token at a random place; negatives have none.
+    rng = np.random.default_rng(2)
+    n, t, d = 160, 9, 8
+    y = rng.random(n) < 0.25
+    x = rng.normal(0, 0.3, (n, t, d)).astype(np.float16)
+    where = rng.integers(0, t, n)
+    x[np.flatnonzero(y), where[y], 0] += 3.0
+    model = build_probe("transformer", width=16, depth=1, heads=2, max_tokens=16)
+    params, hist = probe.train_probe(
+        model, x, y, lr=3e-3, epochs=25, batch_size=32, pos_weight=3.0, seed=0
+    )
+    s = probe.predict_scores(model, params, x)
+    assert hist[-1] < 0.5 * hist[0]
+    assert probe.score_metrics(s, y, 0.5)["roc_auc"] > 0.95
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("probe")
+    manifest = write_dataset(root / "data", size=32, studies=2, slices_per_study=6)
+    vit = ViT(variant="mu/8", ref_image_size=32, n_last_blocks=2)
+    params = jax.jit(vit.init)(jax.random.key(0, impl="rbg"), jnp.zeros((1, 32, 32, 1)))["params"]
+    enc_dir = ckpt_lib.save_encoder(
+        root / "pre" / "encoder", params, {"variant": "mu/8", "ref_image_size": 32}
+    )
+    return manifest, vit, params, enc_dir
+
+
+def _data_config(batch: int):
+    c = probe.base_config().data
+    c.batch_size = batch
+    return c
+
+
+def test_sharded_features_equal_single_device_and_cache(tiny_encoder, tmp_path):
+    manifest, vit, params, _ = tiny_encoder
+    mesh8 = mesh_lib.make_mesh()
+    mesh1 = mesh_lib.make_mesh(devices=jax.devices()[:1])
+    kw = dict(token_pool=2, progress=False)
+    f8 = features.extract_features(vit, params, manifest, "test", _data_config(8), mesh8, **kw)
+    f1 = features.extract_features(vit, params, manifest, "test", _data_config(5), mesh1, **kw)
+    np.testing.assert_allclose(f8["pooled"], f1["pooled"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        f8["tokens"].astype(np.float32), f1["tokens"].astype(np.float32), atol=2e-3
+    )
+    # 12 slices (2 studies x 6); 4*2 grid pooled by 2 -> 4 tokens; pooled = (2 + 1) * 32.
+    assert f8["pooled"].shape == (12, 96) and f8["tokens"].shape == (12, 4, 32)
+    np.testing.assert_array_equal(f8["has_calcium"], np.tile([1, 0, 0, 1, 0, 0], 2).astype(bool))
+    # The mean patch token part equals the mean of the ViT's own final tokens.
+    from dinolg_jax.data import pipeline
+
+    batch = next(iter(pipeline.eval_dataset(manifest, "test", _data_config(12))))
+    _, aux = vit.apply({"params": params}, batch["image"])
+    np.testing.assert_allclose(f8["pooled"][:, 64:], aux["tokens"][:, 1:].mean(1), atol=1e-5)
+    # Cached: a second call reads the .npy files back, keyed by encoder + split.
+    cached = features.extract_features(
+        vit, params, manifest, "test", _data_config(8), mesh8, cache_dir=tmp_path, **kw
+    )
+    again = features.extract_features(
+        vit, params, manifest, "test", _data_config(8), mesh8, cache_dir=tmp_path, **kw
+    )
+    np.testing.assert_array_equal(cached["pooled"], f8["pooled"])
+    np.testing.assert_array_equal(again["tokens"], cached["tokens"])
+    assert len(list(tmp_path.iterdir())) == 1
+    assert features.feature_key("a", "val", {}) != features.feature_key("a", "test", {})
+
+
+def test_run_probe_end_to_end(tiny_encoder, tmp_path):
+    manifest, _, _, enc_dir = tiny_encoder
+    c = probe.base_config("linear")
+    c.encoder = str(enc_dir)
+    c.data.manifest = str(manifest)
+    c.data.batch_size = 8
+    c.features.n_last_blocks = 2
+    c.features.token_pool = 1
+    c.optim.epochs = 30
+    c.optim.batch_size = 12
+    c.optim.lr = 0.05
+    summary = probe.run_probe(c, tmp_path)
+    assert summary["num_slices"] == {"train": 12, "val": 12, "test": 12}
+    assert summary["pos_weight"] == 2.0  # 4 positives, 8 negatives
+    # val == test here (write_dataset puts the same studies in every split), so the
+    # val-chosen threshold meets the recall target on test too.
+    assert summary["test"]["recall"] >= 0.95
+    m = summary["test"]
+    assert m["tp"] + m["fn"] == 4 and m["tn"] + m["fp"] == 8
+    assert (tmp_path / "confusion_test.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "summary.json").read_text())["threshold"] == summary["threshold"]
+    model, params, cfg = probe.load_probe(tmp_path)
+    assert cfg["threshold"] == summary["threshold"] and cfg["input"] == "pooled"
+    # The gate used by inference reproduces the test scores straight from images.
+    enc_params, enc_cfg = ckpt_lib.load_encoder(enc_dir)
+    vit = features.encoder_model(enc_cfg, cfg["n_last_blocks"])
+    mesh = mesh_lib.make_mesh()
+    from dinolg_jax.data import pipeline
+
+    batch = next(iter(pipeline.eval_dataset(manifest, "test", _data_config(16))))
+    images = mesh_lib.global_batch_from_numpy(np.asarray(batch["image"]), mesh)
+    gate = probe.make_score_fn(vit, model, cfg, mesh)(enc_params, params, images)
+    want = np.load(tmp_path / "test_scores.npy")
+    np.testing.assert_allclose(np.asarray(gate)[:12], want, rtol=1e-5, atol=1e-6)

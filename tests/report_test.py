@@ -1,0 +1,163 @@
+"""Tests for dinolg_jax.eval.report against hand-computed small cases."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dinolg_jax.eval import report
+from dinolg_jax.inference.run import CSV_COLUMNS
+
+
+def s(rca=0.0, lad=0.0, lca=0.0, lcx=0.0):
+    return {"RCA": rca, "LAD": lad, "LCA": lca, "LCX": lcx, "total": rca + lad + lca + lcx}
+
+
+# Four patients; paper4 categories: p1 moderate, p2 very high, p3 low, p4 low.
+TRUTH = {"p1": s(rca=50), "p2": s(lad=200, lcx=300), "p3": s(), "p4": s(rca=5)}
+PRED = {
+    # RCA ok, LAD false positive (p1), LCX missed (p2), LCA false positive (p3).
+    "unet_only": {"p1": s(rca=40, lad=10), "p2": s(lad=150), "p3": s(lca=20), "p4": s(rca=5)},
+    # RCA missed on p4 only.
+    "gated": {"p1": s(rca=50), "p2": s(lad=200, lcx=300), "p3": s(), "p4": s()},
+}
+
+
+@pytest.fixture(scope="module")
+def evals():
+    return report.evaluate(TRUTH, PRED)
+
+
+def test_presence_table6_by_hand(evals) -> None:
+    u = evals["unet_only"]["presence"]
+    assert (u["RCA"]["precision"], u["RCA"]["recall"], u["RCA"]["f1"]) == (1.0, 1.0, 1.0)
+    assert (u["LAD"]["precision"], u["LAD"]["recall"]) == (0.5, 1.0)
+    assert u["LAD"]["f1"] == pytest.approx(2 / 3)
+    assert u["LCA"]["precision"] == 0.0 and math.isnan(u["LCA"]["recall"])
+    assert math.isnan(u["LCX"]["precision"]) and u["LCX"]["recall"] == 0.0
+    assert u["mean"]["precision"] == pytest.approx(0.5)  # NaN-ignoring mean of (1, .5, 0)
+    assert u["mean"]["recall"] == pytest.approx(2 / 3)  # of (1, 1, 0)
+    assert u["mean"]["f1"] == pytest.approx((1 + 2 / 3 + 0 + 0) / 4)
+    g = evals["gated"]["presence"]
+    assert (g["RCA"]["precision"], g["RCA"]["recall"]) == (1.0, 0.5)
+    assert g["RCA"]["f1"] == pytest.approx(2 / 3)
+    assert math.isnan(g["LCA"]["f1"])
+    assert g["mean"]["f1"] == pytest.approx((2 / 3 + 1 + 1) / 3)
+
+
+def test_risk_confusion_accuracy_and_linear_kappa_by_hand(evals) -> None:
+    r = evals["unet_only"]["risk"]["paper4"]
+    assert r["classes"] == ["low", "moderate", "high", "very high"]
+    # true rows: low (p3 -> moderate, p4 -> low), moderate (p1 ok), very high (p2 -> high).
+    assert r["confusion"] == [[1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0]]
+    assert r["accuracy"] == 0.5
+    # Weighted disagreement observed 1/6, expected 3/8 (marginals [2,1,0,1]/4, [1,2,1,0]/4).
+    assert r["kappa_linear"] == pytest.approx(1 - (1 / 6) / (3 / 8))
+    g = evals["gated"]["risk"]
+    assert g["paper4"]["accuracy"] == 1.0 and g["paper4"]["kappa_linear"] == pytest.approx(1.0)
+    # standard5 separates p4 (5 -> "1-10") from its prediction (0 -> "0").
+    assert g["standard5"]["accuracy"] == 0.75
+    assert g["standard5"]["confusion"][1] == [1, 0, 0, 0, 0]
+
+
+def test_agreement_against_direct_formulas(evals) -> None:
+    a = evals["gated"]["agreement"]
+    t = np.array([50.0, 500.0, 0.0, 5.0])
+    p = np.array([50.0, 500.0, 0.0, 0.0])
+    assert a["n"] == 4
+    assert a["pearson"] == pytest.approx(np.corrcoef(t, p)[0, 1])
+    assert a["bland_altman"]["bias"] == pytest.approx(-1.25)
+    sd = np.std(p - t, ddof=1)
+    assert a["bland_altman"]["loa_upper"] == pytest.approx(-1.25 + 1.96 * sd)
+    # ICC(2,1) from the two-way ANOVA written out.
+    x = np.stack([t, p], 1)
+    n, k = x.shape
+    g = x.mean()
+    msr = k * ((x.mean(1) - g) ** 2).sum() / (n - 1)
+    msc = n * ((x.mean(0) - g) ** 2).sum() / (k - 1)
+    mse = (((x - x.mean(1, keepdims=True) - x.mean(0) + g) ** 2).sum()) / ((n - 1) * (k - 1))
+    icc = (msr - mse) / (msr + (k - 1) * mse + k * (msc - mse) / n)
+    assert a["icc"] == pytest.approx(icc)
+    # Spearman: ranks t (3, 4, 1, 2) vs p (3, 4, 1.5, 1.5).
+    rt, rp = np.array([3, 4, 1, 2.0]), np.array([3, 4, 1.5, 1.5])
+    assert a["spearman"] == pytest.approx(np.corrcoef(rt, rp)[0, 1])
+
+
+def test_markdown_report_holds_the_values(tmp_path: Path, evals) -> None:
+    ng = report.evaluate_nongated(
+        {"nongated-1": s(rca=12), "nongated-2": s(), "nongated-9": s(lad=1)},
+        {"1A": {**s(rca=10), "total_mismatch": False}, "2A": {**s(), "total_mismatch": False}},
+    )
+    assert ng["studies"] == ["nongated-1", "nongated-2"] and ng["missing_reference"] == [
+        "nongated-9"
+    ]
+    assert ng["risk"]["paper4"]["accuracy"] == 0.5  # 12 -> moderate vs 10 -> low
+    conv = {"threshold_hu": 130, "connectivity": 4, "min_area_mm2": 1.0}
+    path = report.write_report(tmp_path, evals, conv, nongated=ng, notes=["Demo-size run."])
+    text = path.read_text()
+    assert "Agatston convention: threshold_hu = 130, connectivity = 4, min_area_mm2 = 1.0." in text
+    assert "Demo-size run." in text
+    # Table 6 rows: U-Net only (P, R, F1) then integrated (P, R, F1).
+    assert "| LAD | 0.50 | 1.00 | 0.67 | 1.00 | 1.00 | 1.00 |" in text
+    assert "| LCA | 0.00 | n/a | 0.00 | n/a | n/a | n/a |" in text
+    assert "| RCA | 1.00 | 1.00 | 1.00 | 1.00 | 0.50 | 0.67 |" in text
+    assert "| Average | 0.50 | 0.67 | 0.42 | 1.00 | 0.83 | 0.89 |" in text
+    assert "accuracy 0.500, linearly weighted kappa 0.556" in text
+    assert "| very high | 0 | 0 | 1 | 0 |" in text
+    assert "| 4 |" in text and "| -1.25 |" in text
+    assert "| p2 | 500.0 (very high) | 150.0 (high) | 500.0 (very high) |" in text
+    assert "| p3 | 0.0 (low) | 20.0 (moderate) | 0.0 (low) |" in text
+    for name in ("gated_scatter.png", "gated_bland_altman.png", "nongated_scatter.png"):
+        assert f"]({name})" in text
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scores_from_results_csv(tmp_path: Path) -> None:
+    path = tmp_path / "results.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        base = dict.fromkeys(CSV_COLUMNS, "")
+        w.writerow(
+            {
+                **base,
+                "study": "a",
+                "mode": "gated",
+                "status": "ok",
+                "RCA": 3,
+                "LAD": 0,
+                "LCA": 0,
+                "LCX": 1,
+                "total": 4,
+                "true_RCA": 2,
+                "true_LAD": 0,
+                "true_LCA": 0,
+                "true_LCX": 0,
+                "true_total": 2,
+            }
+        )
+        w.writerow({**base, "study": "b", "mode": "gated", "status": "error"})
+        w.writerow(
+            {
+                **base,
+                "study": "c",
+                "mode": "unet_only",
+                "status": "ok",
+                "RCA": 0,
+                "LAD": 0,
+                "LCA": 0,
+                "LCX": 0,
+                "total": 0,
+            }
+        )
+    truth, preds = report.scores_from_results_csv(path)
+    assert truth == {"a": {"RCA": 2.0, "LAD": 0.0, "LCA": 0.0, "LCX": 0.0, "total": 2.0}}
+    assert preds["gated"] == {"a": {"RCA": 3.0, "LAD": 0.0, "LCA": 0.0, "LCX": 1.0, "total": 4.0}}
+    assert set(preds["unet_only"]) == {"c"}
+    ev = report.evaluate(truth, preds)
+    assert ev["unet_only"]["studies"] == [] and ev["unet_only"]["missing_reference"] == ["c"]
+    assert math.isnan(ev["gated"]["agreement"]["icc"])  # one patient: undefined

@@ -1,0 +1,50 @@
+"""Calcified-slice probe entry point: features -> probe -> threshold -> metrics.
+
+    python tools/probe.py --config configs/probe_smoke.py:linear --workdir /tmp/probe \
+        --config.encoder=/tmp/dinolg_smoke
+    python tools/probe.py --config configs/probe_linear.py --workdir W \
+        --config.encoder=PRETRAIN_WORKDIR --config.data.manifest=/data/coca/manifest.json
+
+Probe types by name: linear, transformer (``--config.probe.name``). Features are cached
+under ``WORKDIR/features`` (keyed by encoder checksum and split), so a re-run only
+retrains the probe. Prints the test confusion counts and scores; everything is in
+``WORKDIR/summary.json`` and ``WORKDIR/confusion_test.png``.
+"""
+
+import json
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from dinolg_jax.runtime import mesh as mesh_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Probe config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
+_COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PID = flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    mesh_lib.maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
+    from dinolg_jax.train import probe  # after distributed init: it touches devices
+
+    summary = probe.run_probe(_CONFIG.value, _WORKDIR.value)
+    keys = ("tp", "tn", "fp", "fn", "precision", "recall", "specificity", "f1", "roc_auc")
+    print(
+        json.dumps(
+            {
+                "probe": summary["probe"],
+                "threshold": summary["threshold"],
+                "val_recall": summary["val"]["recall"],
+                "test": {k: summary["test"][k] for k in keys},
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)

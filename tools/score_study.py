@@ -1,0 +1,56 @@
+"""Score one DICOM study and print its report; PNG overlays of the slices with calcium.
+
+    python tools/score_study.py DICOM_DIR --workdir runs/demo \
+        [--probe_workdir runs/demo/probe] [--segmenter_workdir runs/demo/segment] \
+        [--out score_out] [--mode gated|unet_only] [--threshold_hu 130]
+
+``--workdir W`` stands for ``--probe_workdir W/probe --segmenter_workdir W/segment``.
+"""
+
+from pathlib import Path
+
+import ml_collections
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder holding probe/ and segment/.")
+_PROBE = flags.DEFINE_string("probe_workdir", None, "Probe workdir (default WORKDIR/probe).")
+_SEG = flags.DEFINE_string("segmenter_workdir", None, "U-Net workdir (default WORKDIR/segment).")
+_OUT = flags.DEFINE_string("out", None, "Overlay folder (default ./score_<folder name>).")
+_MODE = flags.DEFINE_enum("mode", "gated", ["gated", "unet_only"], "Integrated or U-Net only.")
+_THRESHOLD_HU = flags.DEFINE_float("threshold_hu", 130.0, "Calcium threshold (147 at 100 kVp).")
+_CONNECTIVITY = flags.DEFINE_enum("connectivity", "4", ["4", "8"], "Lesion connectivity.")
+_MIN_AREA = flags.DEFINE_float("min_area_mm2", 1.0, "Minimum lesion area, mm^2.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 2:
+        raise app.UsageError("usage: score_study.py DICOM_DIR --workdir W")
+    from dinolg_jax.inference import loading, study_report
+    from dinolg_jax.runtime import mesh as mesh_lib
+
+    folder = Path(argv[1])
+    base = Path(_WORKDIR.value) if _WORKDIR.value else None
+    config = ml_collections.ConfigDict(
+        {
+            "probe_workdir": _PROBE.value or (str(base / "probe") if base else ""),
+            "segmenter_workdir": _SEG.value or (str(base / "segment") if base else ""),
+            "threshold": -1.0,
+            "batch_size": 16,
+            "seg_batch_size": 0,
+            "scoring": {
+                "threshold_hu": _THRESHOLD_HU.value,
+                "connectivity": int(_CONNECTIVITY.value),
+                "min_area_mm2": _MIN_AREA.value,
+            },
+        }
+    )
+    pipe = loading.build_pipeline(config, mesh_lib.make_mesh(), need_gate=_MODE.value == "gated")
+    study, result, labels = study_report.score_folder(pipe, folder, _MODE.value)
+    print(study_report.format_report(result))
+    out = Path(_OUT.value or f"score_{folder.name}")
+    paths = study_report.write_overlays(out, study, result, labels)
+    print(f"overlays: {len(paths)} PNG in {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,59 @@
+"""Segmentation (U-Net family) training and test evaluation entry point.
+
+    python tools/segment.py --config configs/segment_smoke.py:unet --workdir /tmp/seg
+    python tools/segment.py --config configs/segment_unet.py --workdir W \
+        --config.data.manifest=/data/coca_converted/manifest.json
+
+Models by name (``configs/segment_smoke.py:<name>`` or ``--config.model.name``): unet,
+attention_unet, swin_unet, vit_unet (the last needs ``--config.encoder=PRETRAIN_WORKDIR``).
+Re-running with the same ``--workdir`` resumes. Prints the per-artery Dice on the
+evaluation split; everything is in ``WORKDIR/summary.json``. Exit status 1 on a
+non-finite loss.
+"""
+
+import json
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from dinolg_jax.runtime import mesh as mesh_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Segmentation config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output (and resume) directory.")
+_COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PID = flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    mesh_lib.maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
+    from dinolg_jax.train import segment  # after distributed init: it touches devices
+
+    try:
+        summary = segment.train_segmenter(_CONFIG.value, _WORKDIR.value)
+    except segment.NonFiniteLossError as err:
+        logging.error("%s", err)
+        print(f"ERROR: {err}", file=sys.stderr)
+        sys.exit(1)
+    ev = summary["eval"]
+    print(
+        json.dumps(
+            {
+                "model": summary["model"],
+                "step": summary["step"],
+                "first_loss": summary["first_loss"],
+                "loss": summary["metrics"].get("loss"),
+                "dice_all_slices": {k: v["dice"] for k, v in ev["all_slices"].items()},
+                "dice_calcium_slices": {k: v["dice"] for k, v in ev["calcium_slices"].items()},
+                "params_checksum": summary["params_checksum"],
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)
