@@ -12,23 +12,10 @@ Expect the DINO loss to fall from ~11 (ln 65536) towards ~3-5 over training; the
 teacher backbone lands in ``runs/dino_vitb8/encoder`` for the probe and U-Net.
 """
 
-from dinolg_jax.train.pretrain import base_config
+from dinolg_jax.train.pretrain import paper_config
 
 
 def get_config(arg=None):
-    del arg
-    c = base_config()
-    c.model.variant = "B/8"
-    c.model.dtype = "bfloat16"
-    c.model.attention_impl = "cudnn"
-    c.model.pad_tokens_to = 64
-    c.num_epochs = 150.0
-    c.data.batch_size = 256
-    c.data.n_global = 2
-    c.data.global_size = 224
-    c.data.local_size = 96
-    c.data.n_local_random = 16
-    c.data.n_local_guided = 0
-    c.checkpoint.every_steps = 1000
-    c.log_every = 50
-    return c
+    if arg:
+        raise ValueError(f"configs/dino_vitb8.py takes no argument, got {arg!r}")
+    return paper_config("B/8", n_local_guided=0, batch_size=256)

@@ -26,8 +26,8 @@ import pytest
 from dinolg_jax.data.synthetic_records import write_dataset
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
+from dinolg_jax.runtime.tensorboard import TensorBoardWriter
 from dinolg_jax.train import state as state_lib
-from dinolg_jax.train.pretrain import TensorBoardWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "pretrain.py"

@@ -29,7 +29,6 @@ import json
 import math
 import os
 import signal
-import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from jax.experimental import multihost_utils
 
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
+from dinolg_jax.runtime.tensorboard import TensorBoardWriter
 from dinolg_jax.train import state as state_lib
 
 
@@ -114,6 +114,38 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def paper_config(variant: str, n_local_guided: int, batch_size: int) -> ml_collections.ConfigDict:
+    """The paper's Table 3 run on GPUs: 150 epochs, 2 x 224 px global + 16 x 96 px local crops.
+
+    Args:
+      variant: ViT variant, ``"B/8"`` (the paper) or ``"S/8"``.
+      n_local_guided: label-guided local crops out of 16 (DINO 0, DINO-LG 4); the rest
+        are random local crops.
+      batch_size: global batch (images per step over all devices).
+
+    Returns:
+      ``base_config()`` with bf16 compute, cuDNN attention (tokens padded to a multiple
+      of 64), the crops and the length set; ``configs/dino*_vit*.py`` are this.
+    """
+    if not 0 <= n_local_guided <= 16:
+        raise ValueError(f"n_local_guided must be in [0, 16], got {n_local_guided}")
+    c = base_config()
+    c.model.variant = variant
+    c.model.dtype = "bfloat16"
+    c.model.attention_impl = "cudnn"
+    c.model.pad_tokens_to = 64
+    c.num_epochs = 150.0
+    c.data.batch_size = batch_size
+    c.data.n_global = 2
+    c.data.global_size = 224
+    c.data.local_size = 96
+    c.data.n_local_random = 16 - n_local_guided
+    c.data.n_local_guided = n_local_guided
+    c.checkpoint.every_steps = 1000
+    c.log_every = 50
+    return c
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped without saving that state."""
 
@@ -179,80 +211,6 @@ class _Preemption:
     def __exit__(self, *exc: Any) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
-
-
-def _crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli), as TFRecord framing needs; bytewise, fine for small records."""
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-def _crc_table() -> list[int]:
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_CRC_TABLE = _crc_table()
-
-
-class TensorBoardWriter:
-    """Minimal TensorBoard event-file writer for scalars (no TensorFlow needed).
-
-    Writes ``events.out.tfevents.<time>.dinolg`` in TFRecord framing (length, masked
-    CRC-32C, payload, masked CRC-32C) with hand-encoded ``Event`` protos: a
-    ``file_version`` header, then one ``Event{wall_time, step, summary{value{tag,
-    simple_value}}}`` per scalar.
-    """
-
-    def __init__(self, logdir: Path) -> None:
-        logdir.mkdir(parents=True, exist_ok=True)
-        self.path = logdir / f"events.out.tfevents.{int(time.time())}.dinolg"
-        self._file = self.path.open("ab")
-        self._write(self._event(time.time(), 0, b"\x1a" + _bytes_field(b"brain.Event:2")))
-
-    @staticmethod
-    def _event(wall_time: float, step: int, body: bytes) -> bytes:
-        return b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(step) + body
-
-    def scalar(self, tag: str, value: float, step: int) -> None:
-        """Appends one scalar summary."""
-        val = b"\x0a" + _bytes_field(tag.encode()) + b"\x15" + struct.pack("<f", value)
-        summary = b"\x0a" + _bytes_field(val)
-        self._write(self._event(time.time(), step, b"\x2a" + _bytes_field(summary)))
-
-    def _write(self, record: bytes) -> None:
-        header = struct.pack("<Q", len(record))
-        self._file.write(header + struct.pack("<I", _masked_crc(header)))
-        self._file.write(record + struct.pack("<I", _masked_crc(record)))
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def _masked_crc(data: bytes) -> int:
-    crc = _crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _bytes_field(payload: bytes) -> bytes:
-    return _varint(len(payload)) + payload
 
 
 class _MetricsLog:

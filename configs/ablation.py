@@ -1,0 +1,150 @@
+"""DINO vs DINO-LG ablation: same data and seeds, only the guided-crop count differs.
+
+    python tools/ablate.py --config configs/ablation.py --workdir runs/ablation
+    python tools/ablate.py --config configs/ablation.py:tiny --workdir /tmp/abl_tiny
+    XLA_FLAGS=--xla_gpu_deterministic_ops=true python tools/ablate.py \
+        --config configs/ablation.py:gpu --workdir runs/ablation_gpu \
+        --config.data_manifest=/data/coca_converted/manifest.json
+
+Variants (``get_config(arg)``):
+
+* default (``cpu``): the CPU size, about 10 minutes on 2 cores: a 40-patient phantom at
+  64 px, the ``mu/8`` ViT for 150 steps per arm (2 x 64 px global + 8 x 32 px local
+  crops: DINO 8 random + 0 guided, DINO-LG 4 random + 4 guided), a linear probe, an
+  8-filter U-Net (600 steps), seeds 0 and 1. A demo-size comparison, not the paper's
+  numbers: at this budget the DINO loss has not left ln(out_dim) (the uniform phase),
+  so both encoders are close to their common initialisation and their probes are at
+  chance; the comparison only becomes informative at the ``gpu`` scale.
+* ``tiny``: the test size (``tests/ablation_test.py``): 10 patients at 32 px, a few steps
+  of everything, one seed; seconds per stage.
+* ``gpu``: the paper's settings (Table 3 and 4): ViT-B/8, 150 epochs, 2 x 224 px global +
+  16 x 96 px local crops (DINO 16/0, DINO-LG 12/4), global batch 256, bf16 with cuDNN
+  attention; linear probe (10 epochs, threshold for 95 % recall on val); U-Net with 64
+  filters at 512 px, batch 64, lr 1e-4, 100 epochs; seeds 0, 1, 2; on the converted COCA
+  release (``--config.data_manifest``).
+
+Determinism: the same config and seeds reproduce ``WORKDIR/results.json`` byte for byte
+on CPU, also after an interruption (every stage resumes from its own checkpoint). On GPU
+set ``XLA_FLAGS=--xla_gpu_deterministic_ops=true``: XLA then picks deterministic
+reductions, scatters and convolution algorithms, and asks cuDNN for its deterministic
+fused-attention backward (openxla/xla#14125); without it the numbers vary in the last
+bits from run to run. (Not measured on a GPU in this project yet.)
+
+Expect ``WORKDIR/report/report.md`` with: the probes' calcified-slice F1 / precision /
+recall / ROC-AUC (mean ± SD over seeds) and their confusion matrices (Fig. 6), per-artery
+precision / recall / F1 of the integrated system per arm and of the U-Net alone
+(Table 6), risk-category confusion matrices with accuracy and kappa (Fig. 8), and a
+per-seed table; ``WORKDIR/results.json`` holds every number.
+"""
+
+from dinolg_jax.experiments.ablation import base_config
+
+
+def _cpu(c, size):
+    """Shared CPU settings: mu/8 ViT, float32, XLA attention, small heads and nets."""
+    c.pretrain.model.variant = "mu/8"
+    c.pretrain.model.dtype = "float32"
+    c.pretrain.model.attention_impl = "xla"
+    c.pretrain.dino.warmup_teacher_temp_epochs = 1.0
+    c.pretrain.optim.lr = 5e-3  # per 256 images
+    c.pretrain.data.worker_count = 0
+    c.pretrain.checkpoint.keep = 2
+    c.probe.features.n_last_blocks = 2  # mu has 2 blocks
+    c.probe.features.token_pool = 1
+    c.probe.data.worker_count = 0
+    c.segment.model.kwargs = {"filters": 8}
+    c.segment.data.worker_count = 0
+    c.segment.optim.lr = 1e-3
+    c.segment.checkpoint.keep = 2
+    c.phantom.size = size
+    c.convert.shards_per_split = 1
+    return c
+
+
+def get_config(arg=None):
+    arg = arg or "cpu"
+    if arg not in ("cpu", "tiny", "gpu"):
+        raise ValueError(f"configs/ablation.py takes 'cpu', 'tiny' or 'gpu', got {arg!r}")
+    c = base_config()
+    if arg == "gpu":
+        c.seeds = (0, 1, 2)
+        c.n_local = 16
+        c.arms = {"dino": 0, "dinolg": 4}
+        c.pretrain.model.variant = "B/8"
+        c.pretrain.model.dtype = "bfloat16"
+        c.pretrain.model.attention_impl = "cudnn"
+        c.pretrain.model.pad_tokens_to = 64
+        c.pretrain.num_epochs = 150.0
+        c.pretrain.data.batch_size = 256
+        c.pretrain.data.global_size = 224
+        c.pretrain.data.local_size = 96
+        c.pretrain.data.worker_count = 8
+        c.probe.data.worker_count = 8
+        c.segment.model.dtype = "bfloat16"
+        c.segment.data.worker_count = 8
+        c.infer.batch_size = 64
+        return c
+    if arg == "tiny":
+        c = _cpu(c, 32)
+        c.seeds = (0,)
+        c.n_local = 2
+        c.arms = {"dino": 0, "dinolg": 1}
+        c.phantom.n_gated = 10
+        c.phantom.slices = (8, 10)
+        c.pretrain.dino.out_dim = 256
+        c.pretrain.dino.hidden_dim = 32
+        c.pretrain.dino.bottleneck_dim = 16
+        c.pretrain.num_epochs = 2.0
+        c.pretrain.num_steps = 4
+        c.pretrain.optim.warmup_epochs = 0.5
+        c.pretrain.data.batch_size = 8
+        c.pretrain.data.global_size = 32
+        c.pretrain.data.local_size = 16
+        c.pretrain.data.guided_offset_px = 2.0
+        c.pretrain.log_every = 1
+        c.pretrain.checkpoint.every_steps = 2
+        c.probe.data.batch_size = 16
+        c.probe.optim.epochs = 3
+        c.probe.optim.batch_size = 32
+        c.segment.model.kwargs = {"filters": 8, "depth": 2}
+        c.segment.data.batch_size = 8
+        c.segment.optim.num_steps = 3
+        c.segment.eval.batch_size = 16
+        c.segment.log_every = 1
+        c.segment.checkpoint.every_steps = 3
+        c.infer.batch_size = 16
+        c.note = "Test-size run (tests/ablation_test.py): the numbers mean nothing clinically."
+        return c
+    c = _cpu(c, 64)
+    c.seeds = (0, 1)
+    c.n_local = 8
+    c.arms = {"dino": 0, "dinolg": 4}
+    c.phantom.n_gated = 40
+    c.phantom.slices = (20, 30)
+    c.pretrain.dino.out_dim = 1024
+    c.pretrain.dino.hidden_dim = 128
+    c.pretrain.dino.bottleneck_dim = 64
+    c.pretrain.num_epochs = 10.0
+    c.pretrain.num_steps = 150
+    c.pretrain.optim.warmup_epochs = 1.0
+    c.pretrain.data.batch_size = 16
+    c.pretrain.data.global_size = 64
+    c.pretrain.data.local_size = 32
+    c.pretrain.data.guided_offset_px = 3.0
+    c.pretrain.log_every = 25
+    c.pretrain.checkpoint.every_steps = 50
+    c.probe.data.batch_size = 32
+    c.probe.optim.epochs = 20
+    c.probe.optim.batch_size = 64
+    c.segment.data.batch_size = 8
+    c.segment.optim.lr = 5e-3
+    c.segment.optim.num_steps = 600
+    c.segment.eval.batch_size = 32
+    c.segment.log_every = 50
+    c.segment.checkpoint.every_steps = 200
+    c.infer.batch_size = 32
+    c.note = (
+        "CPU-size ablation on the synthetic phantom: a demo-size comparison, not the paper's "
+        "experiment (see configs/ablation.py:gpu)."
+    )
+    return c
