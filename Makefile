@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 demo: $(STAMP)
-	$(BIN)/python tools/demo.py --workdir demo_out
+	$(BIN)/python tools/demo.py --config configs/demo.py --workdir demo_out
 
 clean:
 	rm -rf demo_out

@@ -1,0 +1,311 @@
+"""DINO vs DINO-LG: the same data and seeds, differing only in the guided-crop count.
+
+For every seed ``s`` in ``config.seeds`` and every arm (``config.arms``: name -> number of
+label-guided local crops, the rest of ``config.n_local`` being random crops)::
+
+    pretrain (seed s, the arm's crops) -> probe on the frozen encoder -> integrated
+    scoring (gate = that probe, U-Net of seed s) of the test split
+
+The data (one phantom, or ``config.data_manifest``) and the U-Net of a seed are shared by
+the arms (the plain U-Nets do not use the pretrained encoder; ``vit_unet`` does, and is
+then trained per arm), so the arms differ only in their encoder, hence in their gate.
+
+Layout under the workdir (every stage resumable, see ``experiments.stages``)::
+
+    data/phantom, data/records          the shared dataset
+    seed<s>/segment                     the seed's U-Net (or seed<s>/<arm>/segment)
+    seed<s>/<arm>/{pretrain,probe,infer}
+    results.json                        every number of the report (no timings)
+    timings.json                        wall times of the stages
+    report/report.md (+ PNG figures)    the report
+
+``results.json`` is a function of the config alone: re-running with the same config
+and seeds reproduces it byte for byte on CPU (and on GPU with XLA's deterministic
+ops, see ``configs/ablation.py``), whether the run was interrupted or not.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from dinolg_jax.experiments import stages
+from dinolg_jax.scoring.agatston import VESSELS
+
+RESULTS = "results.json"
+TIMINGS = "timings.json"
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Experiment defaults at the paper's scale; ``configs/ablation.py`` shrinks them.
+
+    Groups: ``phantom`` and ``convert`` (the shared dataset, unless ``data_manifest``
+    names a converted one), ``pretrain`` / ``probe`` / ``segment`` (the stage configs of
+    ``train.pretrain``, ``train.probe``, ``train.segment``), ``infer``
+    (:func:`stages.infer_config`).
+    """
+    from dinolg_jax.train import pretrain, probe, segment
+
+    c = ml_collections.ConfigDict()
+    c.seeds = (0, 1, 2)  # one pretrain -> probe -> U-Net -> scoring chain per seed and arm
+    c.n_local = 16  # local crops per image in every arm
+    c.arms = ml_collections.ConfigDict({"dino": 0, "dinolg": 4})  # guided local crops per arm
+    c.data_manifest = ""  # a converted dataset (real COCA); "" -> the phantom below
+    c.phantom = ml_collections.ConfigDict(
+        {"n_gated": 60, "n_nongated": 0, "seed": 0, "size": 512, "slices": (34, 60),
+         "workers": 1}
+    )  # fmt: skip
+    c.convert = ml_collections.ConfigDict({"seed": 0, "shards_per_split": 4, "workers": 1})
+    c.pretrain = pretrain.base_config()
+    c.probe = probe.base_config("linear")
+    c.segment = segment.base_config("unet")
+    c.infer = stages.infer_config()
+    c.note = ""  # a line stated at the top of the report
+    return c
+
+
+def arm_pretrain_config(
+    config: ml_collections.ConfigDict, arm: str, seed: int
+) -> ml_collections.ConfigDict:
+    """The pretraining config of one (arm, seed): only crop counts and seeds change."""
+    if arm not in config.arms:
+        raise KeyError(f"unknown arm {arm!r}; configured: {sorted(config.arms)}")
+    guided = int(config.arms[arm])
+    if not 0 <= guided <= int(config.n_local):
+        raise ValueError(f"arm {arm}: {guided} guided crops not in [0, n_local={config.n_local}]")
+    c = stages.seeded(config.pretrain, seed)
+    c.data.n_local_guided = guided
+    c.data.n_local_random = int(config.n_local) - guided
+    return c
+
+
+def prepare_data(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
+    """The shared dataset's manifest: ``config.data_manifest`` or phantom -> convert."""
+    if config.get("data_manifest"):
+        path = Path(config.data_manifest)
+        return path / "manifest.json" if path.is_dir() else path
+    data = Path(workdir) / "data"
+    ph = stages.phantom(data / "phantom", config.phantom)
+    conv = stages.convert(data / "records", ph["release"], config.convert)
+    return Path(conv["manifest"])
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe copy with non-finite floats as None (so equal runs compare equal)."""
+    if isinstance(x, Mapping):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    if isinstance(x, float | np.floating):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def _mode_numbers(ev: Mapping[str, Any]) -> dict[str, Any]:
+    """The Table 6 / Fig. 8 / agreement numbers of one mode's evaluation."""
+    if "presence" not in ev:
+        return {"patients": len(ev.get("studies", []))}
+    presence = {
+        v: {k: ev["presence"][v][k] for k in ("precision", "recall", "f1")}
+        for v in (*VESSELS, "mean")
+    }
+    risk = ev["risk"]["paper4"]
+    agree = ev["agreement"]
+    return {
+        "patients": len(ev["studies"]),
+        "presence": presence,
+        "risk_paper4": {
+            "classes": risk["classes"],
+            "confusion": risk["confusion"],
+            "accuracy": risk["accuracy"],
+            "kappa_linear": risk["kappa_linear"],
+        },
+        "agreement": {k: agree[k] for k in ("icc", "pearson", "spearman")},
+    }
+
+
+def run_numbers(
+    pre: Mapping[str, Any], probe: Mapping[str, Any], infer: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The deterministic numbers of one (seed, arm) chain (no wall times)."""
+    test = probe["test"]
+    out: dict[str, Any] = {
+        "pretrain": {
+            "step": pre["step"],
+            "final_loss": pre["metrics"].get("loss"),
+            "params_checksum": pre["params_checksum"],
+        },
+        "probe": {
+            "threshold": probe["threshold"],
+            "test": {k: test.get(k) for k in ("tp", "tn", "fp", "fn")}
+            | {k: test.get(k) for k in ("precision", "recall", "specificity", "f1", "roc_auc")},
+            "val_f1": probe["val"].get("f1"),
+            "params_checksum": probe["params_checksum"],
+        },
+    }
+    rows = infer["patients"]
+    for mode, ev in infer["evals"].items():
+        out[mode] = _mode_numbers(ev)
+        mine = [r for r in rows if r["mode"] == mode and r["error"] is None]
+        out[mode]["segmented_slices"] = sum(r["num_flagged"] for r in mine)
+        out[mode]["slices"] = sum(r["num_slices"] for r in mine)
+        out[mode]["pred_totals"] = {r["study"]: r["pred_total"] for r in mine}
+    return _clean(out)
+
+
+def scalar_metrics(run: Mapping[str, Any]) -> dict[str, float | None]:
+    """Flat scalar metrics of one run (the quantities averaged over seeds)."""
+    flat: dict[str, float | None] = {}
+    t = run["probe"]["test"]
+    for k in ("f1", "precision", "recall", "specificity", "roc_auc"):
+        flat[f"probe_{k}"] = t[k]
+    flat["probe_threshold"] = run["probe"]["threshold"]
+    flat["pretrain_final_loss"] = run["pretrain"]["final_loss"]
+    for mode in ("gated", "unet_only"):
+        m = run.get(mode)
+        if not m or "presence" not in m:
+            continue
+        for v in (*VESSELS, "mean"):
+            for k in ("precision", "recall", "f1"):
+                flat[f"{mode}_{k}_{v}"] = m["presence"][v][k]
+        flat[f"{mode}_risk_accuracy"] = m["risk_paper4"]["accuracy"]
+        flat[f"{mode}_risk_kappa_linear"] = m["risk_paper4"]["kappa_linear"]
+        flat[f"{mode}_icc"] = m["agreement"]["icc"]
+        flat[f"{mode}_segmented_fraction"] = (
+            m["segmented_slices"] / m["slices"] if m["slices"] else None
+        )
+    return flat
+
+
+def mean_spread(values: Sequence[float | None]) -> dict[str, Any]:
+    """Mean and sample standard deviation (ddof 1) of the defined values; n counts them."""
+    vals = np.asarray([v for v in values if v is not None], np.float64)
+    n = int(vals.size)
+    return {
+        "mean": float(vals.mean()) if n else None,
+        "std": float(vals.std(ddof=1)) if n > 1 else None,
+        "n": n,
+    }
+
+
+def aggregate(runs: Mapping[str, Mapping[str, Any]], arms: Sequence[str]) -> dict[str, Any]:
+    """Per arm: mean/spread of every scalar over seeds and confusion matrices summed.
+
+    Args:
+      runs: {str(seed): {arm: run_numbers(...)}}.
+      arms: arm names.
+    """
+    out: dict[str, Any] = {}
+    for arm in arms:
+        per_seed = [runs[s][arm] for s in sorted(runs, key=int) if arm in runs[s]]
+        flats = [scalar_metrics(r) for r in per_seed]
+        keys = sorted({k for f in flats for k in f})
+        entry: dict[str, Any] = {k: mean_spread([f.get(k) for f in flats]) for k in keys}
+        probe_cm = np.zeros((2, 2), np.int64)
+        for r in per_seed:
+            t = r["probe"]["test"]
+            probe_cm += np.array([[t["tn"], t["fp"]], [t["fn"], t["tp"]]], np.int64)
+        entry["probe_confusion"] = probe_cm.tolist()
+        for mode in ("gated", "unet_only"):
+            cms = [
+                r[mode]["risk_paper4"]["confusion"]
+                for r in per_seed
+                if "risk_paper4" in r.get(mode, {})
+            ]
+            if cms:
+                entry[f"{mode}_risk_confusion"] = np.sum(np.asarray(cms, np.int64), axis=0).tolist()
+        out[arm] = entry
+    return _clean(out)
+
+
+def run_ablation(
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    *,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Runs (or resumes) the whole ablation and writes results.json and the report.
+
+    Args:
+      config: ``configs/ablation.py`` (see :func:`base_config`).
+      workdir: output folder; re-running resumes every unfinished stage.
+      log: progress lines (``print`` by default).
+
+    Returns:
+      The content of ``results.json``: ``arms`` (crop counts), ``seeds``, ``runs``
+      {seed: {arm: run_numbers}}, ``aggregate`` {arm: metrics mean/std/n and summed
+      confusion matrices}, ``report`` (relative path of the Markdown report).
+    """
+    from dinolg_jax.experiments import ablation_report
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    stages.write_json(workdir / "config.json", stages._plain(config))
+    arms = sorted(config.arms)
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        out = fn(*args)
+        timings[name] = round(time.perf_counter() - t0, 3)
+        log(f"[{name}] {timings[name]:.1f} s")
+        return out
+
+    manifest = prepare_data(config, workdir)
+    per_arm_unet = str(config.segment.model.name) == "vit_unet"
+    runs: dict[str, dict[str, Any]] = {}
+    for seed in (int(s) for s in config.seeds):
+        root = workdir / f"seed{seed}"
+        seg_cfg = stages.seeded(config.segment, seed)
+        seg_dir = root / "segment"
+        if not per_arm_unet:
+            timed(f"seed{seed}/segment", stages.segment, seg_dir, seg_cfg, manifest)
+        runs[str(seed)] = {}
+        for arm in arms:
+            d = root / arm
+            name = f"seed{seed}/{arm}"
+            pre_cfg = arm_pretrain_config(config, arm, seed)
+            pre = timed(f"{name}/pretrain", stages.pretrain, d / "pretrain", pre_cfg, manifest)
+            encoder = d / "pretrain"
+            probe_cfg = stages.seeded(config.probe, seed)
+            probe = timed(f"{name}/probe", stages.probe, d / "probe", probe_cfg, manifest, encoder)
+            if per_arm_unet:
+                seg_dir = d / "segment"
+                timed(f"{name}/segment", stages.segment, seg_dir, seg_cfg, manifest, encoder)
+            infer = timed(
+                f"{name}/infer",
+                stages.infer,
+                d / "infer",
+                config.infer,
+                manifest,
+                d / "probe",
+                seg_dir,
+            )
+            runs[str(seed)][arm] = run_numbers(pre, probe, infer)
+    results = {
+        "arms": {
+            a: {
+                "n_local_random": int(config.n_local) - int(config.arms[a]),
+                "n_local_guided": int(config.arms[a]),
+            }
+            for a in arms
+        },
+        "seeds": [int(s) for s in config.seeds],
+        "runs": runs,
+        "aggregate": aggregate(runs, arms),
+    }
+    report = ablation_report.write(workdir / "report", results, config)
+    results["report"] = str(report.relative_to(workdir))
+    stages.write_json(workdir / RESULTS, results)
+    stages.write_json(workdir / TIMINGS, timings)
+    log(f"report: {report}")
+    return results

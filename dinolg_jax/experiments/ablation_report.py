@@ -1,0 +1,232 @@
+"""The ablation's Markdown report and its figures (the paper's Fig. 6, Table 6, Fig. 8).
+
+Input: the ``results.json`` dict of :func:`dinolg_jax.experiments.ablation.run_ablation`.
+Scalars are shown as ``mean ± SD (n)`` over seeds (sample SD; n = seeds where the metric
+is defined, e.g. F1 is undefined when a split has no positive); confusion matrices are
+summed over seeds (true class on rows).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from dinolg_jax.scoring.agatston import RISK_SCHEMES, VESSELS
+
+PROBE_CLASSES = ("no calcium", "calcium")
+
+
+def fmt(stat: Mapping[str, Any] | None, digits: int = 3) -> str:
+    """``mean ± sd (n)`` of a :func:`ablation.mean_spread` entry; ``n/a`` when undefined."""
+    if not stat or stat.get("mean") is None:
+        return "n/a"
+    text = f"{stat['mean']:.{digits}f}"
+    if stat.get("std") is not None:
+        text += f" ± {stat['std']:.{digits}f}"
+    return f"{text} ({stat['n']})"
+
+
+def matrix_table(cm: Sequence[Sequence[int]], classes: Sequence[str]) -> str:
+    """A Markdown confusion matrix, true class on rows."""
+    lines = ["| true \\ predicted | " + " | ".join(classes) + " |"]
+    lines.append("|---" * (len(classes) + 1) + "|")
+    for name, row in zip(classes, cm, strict=True):
+        lines.append(f"| {name} | " + " | ".join(str(int(c)) for c in row) + " |")
+    return "\n".join(lines)
+
+
+def plot_matrices(
+    panels: Sequence[tuple[str, Sequence[Sequence[int]]]],
+    classes: Sequence[str],
+    path: str | os.PathLike,
+) -> None:
+    """One PNG with a confusion-matrix panel per (title, matrix)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(panels)
+    size = 1.0 + 0.75 * len(classes)
+    fig, axes = plt.subplots(1, n, figsize=(size * n + 0.5, size + 0.6), dpi=110, squeeze=False)
+    for ax, (title, cm) in zip(axes[0], panels, strict=True):
+        m = np.asarray(cm, np.int64)
+        ax.imshow(m, cmap="Blues", vmin=0, vmax=max(int(m.max()), 1))
+        ticks = range(len(classes))
+        ax.set_xticks(ticks, classes, fontsize=7, rotation=30)
+        ax.set_yticks(ticks, classes, fontsize=7)
+        ax.set_xlabel("predicted", fontsize=8)
+        ax.set_ylabel("true", fontsize=8)
+        ax.set_title(title, fontsize=8)
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                color = "white" if m[i, j] > m.max() / 2 else "black"
+                ax.text(j, i, str(m[i, j]), ha="center", va="center", color=color, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _arm_label(name: str, crops: Mapping[str, int]) -> str:
+    return f"{name} ({crops['n_local_random']} random + {crops['n_local_guided']} guided)"
+
+
+def _paired_difference(results: Mapping[str, Any], arms: Sequence[str], key: str) -> str:
+    """Per-seed difference of a probe test metric between the last and the first arm."""
+    if len(arms) < 2:
+        return ""
+    a, b = arms[0], arms[-1]
+    diffs = []
+    for seed in sorted(results["runs"], key=int):
+        run = results["runs"][seed]
+        x, y = run[a]["probe"]["test"].get(key), run[b]["probe"]["test"].get(key)
+        if x is not None and y is not None:
+            diffs.append(y - x)
+    if not diffs:
+        return f"{b} − {a} {key}: undefined on every seed."
+    d = np.asarray(diffs)
+    sd = f" ± {d.std(ddof=1):.3f}" if d.size > 1 else ""
+    wins = int(np.sum(d > 0))
+    return (
+        f"Paired per seed, {b} − {a} probe {key}: {d.mean():+.3f}{sd} over {d.size} seed(s); "
+        f"{b} higher on {wins}, lower on {int(np.sum(d < 0))}, equal on {int(np.sum(d == 0))}."
+    )
+
+
+def _setup_lines(results: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+    arms = list(results["arms"])
+    if config.get("data_manifest"):
+        data = f"converted dataset `{config.data_manifest}`"
+    else:
+        ph = config.phantom
+        data = (
+            f"synthetic phantom, {ph.n_gated} gated patients at {ph.size} px "
+            f"({ph.slices[0]}-{ph.slices[1]} slices), phantom seed {ph.seed}"
+        )
+    pre = config.pretrain
+    steps = int(pre.num_steps) if int(pre.num_steps) > 0 else f"{pre.num_epochs} epochs"
+    shared = config.segment.model.name != "vit_unet"
+    unet = "one per seed, shared by the arms" if shared else "trained per arm"
+    return [
+        f"- Data: {data}; the same for every arm and seed.",
+        "- Arms: " + "; ".join(_arm_label(a, results["arms"][a]) for a in arms) + ".",
+        f"- Seeds: {', '.join(str(s) for s in results['seeds'])} (pretraining, probe and "
+        "U-Net seeds; the data and their splits are fixed).",
+        f"- Pretraining: ViT {pre.model.variant}, {pre.data.n_global} x {pre.data.global_size} "
+        f"px global + {config.n_local} x {pre.data.local_size} px local crops, global batch "
+        f"{pre.data.batch_size}, {steps} steps.",
+        f"- Probe: {config.probe.probe.name} on the frozen teacher backbone, threshold for "
+        f"recall {config.probe.eval.target_recall} on val. U-Net: {config.segment.model.name}"
+        f" ({unet}).",
+        "- Scalars: mean ± sample SD (n seeds where defined); matrices summed over seeds.",
+    ]
+
+
+def write(
+    out_dir: str | os.PathLike, results: Mapping[str, Any], config: ml_collections.ConfigDict
+) -> Path:
+    """Writes ``out_dir/report.md`` with fig6_probe_confusion.png, fig8_risk_confusion.png.
+
+    Returns:
+      The report's path.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    arms = list(results["arms"])
+    agg = results["aggregate"]
+    lines = ["# DINO vs DINO-LG ablation", ""]
+    if config.get("note"):
+        lines += [str(config.note), ""]
+    lines += [*_setup_lines(results, config), ""]
+
+    lines += ["## Calcified-slice probe (test split)", ""]
+    keys = ("probe_f1", "probe_precision", "probe_recall", "probe_specificity", "probe_roc_auc",
+            "probe_threshold")  # fmt: skip
+    lines.append("| Arm | F1 | precision | recall | specificity | ROC-AUC | threshold |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for arm in arms:
+        lines.append(f"| {arm} | " + " | ".join(fmt(agg[arm].get(k)) for k in keys) + " |")
+    lines += ["", _paired_difference(results, arms, "f1"), ""]
+    lines += ["### Slice-classification confusion matrices (Fig. 6)", ""]
+    for arm in arms:
+        lines += [f"{arm}:", "", matrix_table(agg[arm]["probe_confusion"], PROBE_CLASSES), ""]
+    plot_matrices(
+        [(arm, agg[arm]["probe_confusion"]) for arm in arms],
+        PROBE_CLASSES,
+        out / "fig6_probe_confusion.png",
+    )
+    lines += ["![fig6](fig6_probe_confusion.png)", ""]
+
+    modes = [("unet_only", arms[0], "U-Net only")] + [
+        ("gated", arm, f"{arm} integrated") for arm in arms
+    ]
+    modes = [m for m in modes if f"{m[0]}_f1_mean" in agg[m[1]]]
+    lines += ["## Calcium presence per artery and patient (Table 6)", ""]
+    lines.append(
+        "Precision / recall / F1 of 'the artery has calcium' (Agatston > 0) per test patient; "
+        "Average = unweighted mean over the arteries."
+    )
+    lines.append("")
+    lines.append("| Artery | " + " | ".join(f"{t} P / R / F1" for _, _, t in modes) + " |")
+    lines.append("|---" * (len(modes) + 1) + "|")
+    for v in (*VESSELS, "mean"):
+        cells = []
+        for mode, arm, _ in modes:
+            a = agg[arm]
+            cells.append(
+                " / ".join(fmt(a.get(f"{mode}_{k}_{v}"), 2) for k in ("precision", "recall", "f1"))
+            )
+        lines.append(f"| {'Average' if v == 'mean' else v} | " + " | ".join(cells) + " |")
+    lines.append("")
+
+    classes = RISK_SCHEMES["paper4"]
+    lines += ["## Risk categories (Fig. 8)", ""]
+    lines.append(
+        "| System | accuracy | linearly weighted kappa | ICC(2,1) of totals | slices segmented |"
+    )
+    lines.append("|---|---|---|---|---|")
+    panels = []
+    for mode, arm, title in modes:
+        a = agg[arm]
+        lines.append(
+            f"| {title} | {fmt(a.get(f'{mode}_risk_accuracy'))} | "
+            f"{fmt(a.get(f'{mode}_risk_kappa_linear'))} | {fmt(a.get(f'{mode}_icc'))} | "
+            f"{fmt(a.get(f'{mode}_segmented_fraction'))} |"
+        )
+        if f"{mode}_risk_confusion" in a:
+            panels.append((title, a[f"{mode}_risk_confusion"]))
+    lines.append("")
+    for title, cm in panels:
+        lines += [f"{title}:", "", matrix_table(cm, classes), ""]
+    if panels:
+        plot_matrices(panels, classes, out / "fig8_risk_confusion.png")
+        lines += ["![fig8](fig8_risk_confusion.png)", ""]
+
+    lines += ["## Per seed", ""]
+    lines.append(
+        "| Seed | Arm | pretrain loss | probe F1 | probe recall | integrated mean F1 | "
+        "risk accuracy |"
+    )
+    lines.append("|---|---|---|---|---|---|---|")
+    for seed in sorted(results["runs"], key=int):
+        for arm in arms:
+            r = results["runs"][seed][arm]
+            g = r.get("gated", {})
+
+            def num(x: Any) -> str:
+                return "n/a" if x is None else f"{x:.3f}"
+
+            lines.append(
+                f"| {seed} | {arm} | {num(r['pretrain']['final_loss'])} | "
+                f"{num(r['probe']['test']['f1'])} | {num(r['probe']['test']['recall'])} | "
+                f"{num(g.get('presence', {}).get('mean', {}).get('f1'))} | "
+                f"{num(g.get('risk_paper4', {}).get('accuracy'))} |"
+            )
+    path = out / "report.md"
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return path

@@ -1,0 +1,395 @@
+"""The pipeline's stages as idempotent, resumable functions over their own workdirs.
+
+::
+
+    phantom  -> <dir>/release (a COCA-format phantom)            summary: truth path
+    convert  -> <dir>/manifest.json + shards + report.json       summary: manifest path
+    pretrain -> train.pretrain.pretrain (encoder/ export)        summary: its summary
+    probe    -> train.probe.run_probe (probe/ export, threshold)  summary: its summary
+    segment  -> train.segment.train_segmenter (checkpoints)      summary: its summary
+    infer    -> <dir>/out (inference.run) + <dir>/out/report     summary: key numbers
+
+Contract of every stage function ``stage(workdir, ...) -> summary``:
+
+* a workdir holding a finished ``summary.json`` (``status`` absent or ``"done"``) is
+  skipped: its summary is returned without recomputing anything;
+* otherwise the stage runs; an interrupted training stage resumes from its own Orbax
+  checkpoint (the libraries do that), the converter from its per-study cache, and the
+  phantom and inference stages (seconds) are simply redone;
+* the resolved config is kept as ``config.json`` in the workdir. Re-running into a
+  workdir whose ``config.json`` differs from the requested config (ignoring the
+  ``debug`` group, which only injects faults or sleeps, and top-level ``workers``, which
+  the data libraries guarantee do not change their output) raises
+  :class:`StageConfigError` instead of silently mixing two experiments.
+
+Stages are plain library calls (no subprocesses), so the whole chain runs from a
+notebook as well as from ``tools/ablate.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+SUMMARY = "summary.json"
+CONFIG = "config.json"
+IGNORED_CONFIG_KEYS = ("debug", "workers")  # faults and process counts: same results
+
+
+class StageConfigError(ValueError):
+    """A workdir that holds a stage run with another config than the one requested."""
+
+
+class StageInterrupted(RuntimeError):
+    """A stage stopped early (e.g. SIGTERM during pretraining); re-running resumes it."""
+
+
+def _plain(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON round trip of a config (tuples -> lists, references resolved)."""
+    if isinstance(config, ml_collections.ConfigDict):
+        config = config.to_dict()
+    return json.loads(json.dumps(dict(config), sort_keys=True, default=str))
+
+
+def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in IGNORED_CONFIG_KEYS}
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Writes JSON atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
+
+
+def finished_summary(workdir: str | os.PathLike) -> dict[str, Any] | None:
+    """The workdir's summary.json when the stage finished there, else None."""
+    path = Path(workdir) / SUMMARY
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary.get("status", "done") == "done" else None
+
+
+def check_config(workdir: str | os.PathLike, config: Any) -> None:
+    """Raises :class:`StageConfigError` if ``workdir/config.json`` differs from ``config``.
+
+    A workdir without config.json (new, or interrupted before the stage wrote it) passes.
+    """
+    path = Path(workdir) / CONFIG
+    if not path.is_file():
+        return
+    old = _comparable(json.loads(path.read_text()))
+    new = _comparable(_plain(config))
+    if old != new:
+        keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise StageConfigError(
+            f"{workdir} holds a run with another config (differs in {keys}); "
+            "use a new workdir or delete this one"
+        )
+
+
+def _begin(workdir: str | os.PathLike, config: Any, *, write: bool) -> dict[str, Any] | None:
+    """Shared stage prologue: create, check the config, return a finished summary or None."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    check_config(workdir, config)
+    done = finished_summary(workdir)
+    if done is not None:
+        return done
+    if write:  # the training libraries write their own config.json
+        write_json(workdir / CONFIG, _plain(config))
+    return None
+
+
+def phantom(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """A synthetic COCA release under ``workdir/release`` (``data.phantom.make_release``).
+
+    Args:
+      workdir: stage folder.
+      config: ``n_gated``, ``n_nongated``, ``seed``, ``size``, ``slices`` (min, max),
+        ``workers``.
+
+    Returns:
+      ``{"release", "truth", "n_gated", "n_nongated", "wall_s"}``.
+    """
+    from dinolg_jax.data import phantom as phantom_lib
+
+    if (done := _begin(workdir, config, write=True)) is not None:
+        return done
+    t0 = time.perf_counter()
+    release = Path(workdir).absolute() / "release"
+    phantom_lib.make_release(
+        release,
+        n_gated=int(config.n_gated),
+        n_nongated=int(config.n_nongated),
+        seed=int(config.seed),
+        size=int(config.size),
+        slices=tuple(int(s) for s in config.slices),
+        workers=int(config.get("workers", 1)),
+    )
+    summary = {
+        "release": str(release),
+        "truth": str(release / "truth.json"),
+        "n_gated": int(config.n_gated),
+        "n_nongated": int(config.n_nongated),
+        "wall_s": time.perf_counter() - t0,
+    }
+    write_json(Path(workdir) / SUMMARY, summary)
+    return summary
+
+
+def convert(
+    workdir: str | os.PathLike, release: str | os.PathLike, config: ml_collections.ConfigDict
+) -> dict[str, Any]:
+    """ArrayRecord shards + ``workdir/manifest.json`` (``data.convert.convert_release``).
+
+    Args:
+      workdir: stage folder (the converted dataset lives directly in it).
+      release: COCA release root (or the phantom's).
+      config: ``seed`` (split seed), ``shards_per_split``, ``workers``.
+
+    Returns:
+      ``{"manifest", "splits" {split: {num_studies, num_records, num_positive}},
+      "wall_s"}``.
+    """
+    from dinolg_jax.data import convert as convert_lib
+    from dinolg_jax.data import manifest as manifest_lib
+
+    request = {**_plain(config), "release": str(Path(release).absolute())}
+    if (done := _begin(workdir, request, write=True)) is not None:
+        return done
+    t0 = time.perf_counter()
+    out = Path(workdir).absolute()
+    convert_lib.convert_release(
+        release,
+        out,
+        seed=int(config.seed),
+        workers=int(config.get("workers", 1)),
+        shards_per_split=int(config.shards_per_split),
+        keep_cache=False,
+        progress=False,
+    )
+    man = manifest_lib.load(out)
+    splits = {
+        name: {k: int(v[k]) for k in ("num_studies", "num_records", "num_positive")}
+        for name, v in man.splits.items()
+    }
+    summary = {
+        "manifest": str(out / "manifest.json"),
+        "splits": splits,
+        "wall_s": time.perf_counter() - t0,
+    }
+    write_json(out / SUMMARY, summary)
+    return summary
+
+
+def pretrain(
+    workdir: str | os.PathLike, config: ml_collections.ConfigDict, manifest: str | os.PathLike
+) -> dict[str, Any]:
+    """DINO / DINO-LG pretraining on ``manifest`` (``train.pretrain.pretrain``).
+
+    The encoder export lands in ``workdir/encoder``. A run stopped by SIGTERM (status
+    "preempted") or by an exception resumes from ``workdir/checkpoints`` when re-run.
+
+    Raises:
+      StageInterrupted: the run was preempted (its checkpoint is written).
+      train.pretrain.NonFiniteLossError: the loss became NaN/inf (last good checkpoint kept).
+    """
+    from dinolg_jax.train import pretrain as pretrain_lib
+
+    config = _with_manifest(config, manifest)
+    if (done := _begin(workdir, config, write=False)) is not None:
+        return done
+    summary = pretrain_lib.pretrain(config, workdir)
+    if summary.get("status", "done") != "done":
+        raise StageInterrupted(
+            f"pretraining in {workdir} stopped at step {summary['step']} "
+            f"({summary.get('status')}); re-run to resume from its checkpoint"
+        )
+    return summary
+
+
+def probe(
+    workdir: str | os.PathLike,
+    config: ml_collections.ConfigDict,
+    manifest: str | os.PathLike,
+    encoder: str | os.PathLike,
+) -> dict[str, Any]:
+    """The calcified-slice probe on the frozen ``encoder`` (``train.probe.run_probe``).
+
+    Its features are cached under the workdir; the probe and the threshold chosen on val
+    are saved to ``workdir/probe`` for the integrated system.
+    """
+    from dinolg_jax.train import probe as probe_lib
+
+    config = _with_manifest(config, manifest)
+    config.encoder = str(Path(encoder).absolute())
+    if (done := _begin(workdir, config, write=False)) is not None:
+        return done
+    return probe_lib.run_probe(config, workdir)
+
+
+def segment(
+    workdir: str | os.PathLike,
+    config: ml_collections.ConfigDict,
+    manifest: str | os.PathLike,
+    encoder: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """A U-Net-family segmenter (``train.segment.train_segmenter``).
+
+    ``encoder`` is only used by the ``vit_unet`` model (its encoder is the pretrained ViT).
+    """
+    from dinolg_jax.train import segment as segment_lib
+
+    config = _with_manifest(config, manifest)
+    if encoder is not None and str(config.model.name) == "vit_unet":
+        config.encoder = str(Path(encoder).absolute())
+    if (done := _begin(workdir, config, write=False)) is not None:
+        return done
+    return segment_lib.train_segmenter(config, workdir)
+
+
+def seeded(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+    """A resolved copy of a training config with ``seed`` and ``data.seed`` set to ``seed``."""
+    c = config.copy_and_resolve_references()
+    c.seed = int(seed)
+    c.data.seed = int(seed)
+    return c
+
+
+def _with_manifest(config: ml_collections.ConfigDict, manifest: Any) -> ml_collections.ConfigDict:
+    """A resolved copy of ``config`` (tuples kept) reading ``manifest``."""
+    config = config.copy_and_resolve_references()
+    config.data.manifest = str(Path(manifest).absolute())
+    return config
+
+
+def infer_config() -> ml_collections.ConfigDict:
+    """The inference settings of an experiment (the fields of ``configs/infer.py``).
+
+    The stage fills ``probe_workdir``, ``segmenter_workdir``, ``source`` and ``out_dir``.
+    """
+    c = ml_collections.ConfigDict()
+    c.split = "test"  # manifest split scored
+    c.mode = "both"  # gated | unet_only | both
+    c.threshold = -1.0  # -1: the probe's threshold (chosen on val)
+    c.batch_size = 32  # gate batch (global, rounded up to the device count)
+    c.seg_batch_size = 0  # 0: batch_size
+    c.note = ""  # a line stated in the report
+    c.scoring = ml_collections.ConfigDict()
+    c.scoring.threshold_hu = 130.0
+    c.scoring.connectivity = 4
+    c.scoring.min_area_mm2 = 1.0
+    c.scoring.thickness_normalisation = True
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+    return c
+
+
+def infer(
+    workdir: str | os.PathLike,
+    config: ml_collections.ConfigDict,
+    manifest: str | os.PathLike,
+    probe_workdir: str | os.PathLike | None,
+    segmenter_workdir: str | os.PathLike,
+) -> dict[str, Any]:
+    """Integrated scoring of one manifest split (``inference.run.infer_from_config``).
+
+    Writes ``workdir/out`` (results.csv, per-study JSON, throughput summary) and
+    ``workdir/out/report/report.md``; the stage's own ``summary.json`` holds the
+    per-patient rows and the evaluation (Table 6 presence, risk confusion matrices,
+    agreement) of every mode, recomputed from results.csv with ``eval.report``.
+
+    Args:
+      workdir: stage folder.
+      config: :func:`infer_config` fields.
+      manifest: the converted dataset.
+      probe_workdir: the probe stage's workdir (None: U-Net only).
+      segmenter_workdir: the segment stage's workdir.
+
+    Returns:
+      ``{"report", "patients" [{study, mode, true/pred total and paper4 category,
+      flagged}], "evals" {mode: eval.report.evaluate_mode}, "timings"}``.
+    """
+    from dinolg_jax.eval import report as report_lib
+    from dinolg_jax.inference import run as run_lib
+
+    request = {
+        **_plain(config),
+        "manifest": str(Path(manifest).absolute()),
+        "probe_workdir": str(Path(probe_workdir).absolute()) if probe_workdir else "",
+        "segmenter_workdir": str(Path(segmenter_workdir).absolute()),
+    }
+    if (done := _begin(workdir, request, write=True)) is not None:
+        return done
+    c = ml_collections.ConfigDict()
+    c.probe_workdir = request["probe_workdir"]
+    c.segmenter_workdir = request["segmenter_workdir"]
+    c.source = ml_collections.ConfigDict(
+        {"kind": "manifest", "path": request["manifest"], "split": str(config.split),
+         "release_kind": "gated"}
+    )  # fmt: skip
+    c.out_dir = str(Path(workdir).absolute() / "out")
+    c.mode = str(config.mode) if probe_workdir else "unet_only"
+    c.threshold = float(config.threshold)
+    c.batch_size = int(config.batch_size)
+    c.seg_batch_size = int(config.seg_batch_size)
+    c.write_nifti = False
+    c.report = True
+    c.note = str(config.note)
+    c.scoring = config.scoring.copy_and_resolve_references()
+    c.mesh = config.mesh.copy_and_resolve_references()
+    out = run_lib.infer_from_config(c)
+    truth, preds = report_lib.scores_from_results_csv(Path(c.out_dir) / "results.csv")
+    evals = report_lib.evaluate(truth, preds)
+    summary = {
+        "report": out.get("report"),
+        "results_csv": str(Path(c.out_dir) / "results.csv"),
+        "threshold": out.get("threshold"),
+        "patients": patient_rows(Path(c.out_dir) / "results.csv"),
+        "evals": evals,
+        "errors": {m: v["errors"] for m, v in out["modes"].items()},
+        "timings": {
+            m: {k: v[k] for k in ("compute_s", "slices_per_s", "studies_per_s")}
+            for m, v in out["modes"].items()
+        },
+    }
+    write_json(Path(workdir) / SUMMARY, summary)
+    return json.loads(json.dumps(summary, default=str))
+
+
+def patient_rows(results_csv: str | os.PathLike) -> list[dict[str, Any]]:
+    """Per (study, mode): true and predicted total Agatston and paper4 category.
+
+    Error rows keep their error type in ``error`` and no prediction.
+    """
+    import csv
+
+    rows = []
+    with Path(results_csv).open(newline="") as f:
+        for r in csv.DictReader(f):
+
+            def num(key: str, r=r) -> float | None:
+                return float(r[key]) if r.get(key, "") != "" else None
+
+            rows.append(
+                {
+                    "study": r["study"],
+                    "mode": r["mode"],
+                    "num_slices": int(r["num_slices"] or 0),
+                    "num_flagged": int(r["num_flagged"] or 0),
+                    "true_total": num("true_total"),
+                    "true_category": r.get("true_paper4", ""),
+                    "pred_total": num("total"),
+                    "pred_category": r.get("paper4", ""),
+                    "error": r.get("error_type", "") or None,
+                }
+            )
+    return rows

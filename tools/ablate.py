@@ -1,0 +1,45 @@
+"""DINO vs DINO-LG ablation: pretrain -> probe -> U-Net -> integrated scoring, per arm and seed.
+
+    python tools/ablate.py --config configs/ablation.py --workdir runs/ablation
+    python tools/ablate.py --config configs/ablation.py:gpu --workdir W \
+        --config.data_manifest=/data/coca_converted/manifest.json
+
+Re-running with the same ``--workdir`` skips finished stages and resumes an interrupted
+one from its checkpoint; the same config and seeds give the same ``results.json``.
+Prints the probes' calcified-slice F1 per arm and the report's path. Exit status 0 when
+done or after a SIGTERM checkpoint (re-run to resume), 1 on a non-finite loss.
+"""
+
+import json
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Ablation config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output (and resume) directory.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from dinolg_jax.experiments import ablation, stages  # after flags: they touch devices
+    from dinolg_jax.train import pretrain, segment
+
+    try:
+        results = ablation.run_ablation(_CONFIG.value, _WORKDIR.value)
+    except stages.StageInterrupted as err:
+        print(f"interrupted: {err}")
+        return
+    except (pretrain.NonFiniteLossError, segment.NonFiniteLossError) as err:
+        logging.error("%s", err)
+        print(f"ERROR: {err}", file=sys.stderr)
+        sys.exit(1)
+    for arm, agg in results["aggregate"].items():
+        print(json.dumps({"arm": arm, "probe_f1": agg.get("probe_f1")}))
+    print(f"report: {_WORKDIR.value}/{results['report']}")
+
+
+if __name__ == "__main__":
+    app.run(main)
