@@ -105,8 +105,9 @@ def test_no_hidden_intensity_transform():
     out = op.random_map(rec, _gen(5))
     image = transforms.normalize_hu(rec["image"])
     ref = transforms.resized_crops(image, [[0, 0, 64, 64]], 32)[0]
-    np.testing.assert_array_equal(out["global"][0, ..., 0], ref)
-    np.testing.assert_array_equal(out["global"][1, ..., 0], ref)
+    # The normalisation's affine part is applied after the resize: float32 rounding only.
+    np.testing.assert_allclose(out["global"][0, ..., 0], ref, atol=1e-6)
+    np.testing.assert_allclose(out["global"][1, ..., 0], ref, atol=1e-6)
 
 
 def test_deterministic_and_never_uses_global_numpy_rng(monkeypatch):

@@ -5,6 +5,7 @@ import pytest
 
 from dinolg_jax.data import manifest as manifest_lib
 from dinolg_jax.data import pipeline, records, synthetic_records, transforms
+from dinolg_jax.data.multicrop import MultiCrop
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +191,42 @@ def test_device_put_batch_shards_the_batch_axis(dataset):
         np.testing.assert_array_equal(np.asarray(out[key]), batch[key])
     shard = out["local"].addressable_shards[3]
     np.testing.assert_array_equal(np.asarray(shard.data), batch["local"][:, 3:4])
+
+
+def test_pretraining_decodes_only_the_fields_multicrop_reads(dataset):
+    source = pipeline._SOURCE(dataset.shard_paths("pretrain"))
+    full = records.decode(source[2])
+    part = pipeline.DecodeRecord(MultiCrop.RECORD_FIELDS).map(source[2])
+    arrays = {k for k, v in full.items() if isinstance(v, np.ndarray)}
+    assert {k for k, v in part.items() if isinstance(v, np.ndarray)} == {"image", "lesion_centers"}
+    assert arrays == set(records.ARRAY_FIELDS)
+    for key in part:
+        np.testing.assert_array_equal(part[key], full[key])
+    assert part.keys() | {"labels", "pixel_mm", "lesion_vessels"} == full.keys()
+    # MultiCrop gives the same crops from the partial record.
+    op = MultiCrop(global_size=16, local_size=8, n_local_random=2, n_local_guided=2)
+    gen = np.random.Generator(np.random.Philox(5))
+    a = op.random_map(full, gen)
+    b = op.random_map(part, np.random.Generator(np.random.Philox(5)))
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    with pytest.raises(records.RecordError, match="unknown array fields"):
+        records.decode(source[2], fields=("image", "nope"))
+
+
+def test_decode_views_or_copies_arrays_by_alignment():
+    rec = synthetic_records.synthetic_slice(np.random.default_rng(0), 16, num_lesions=1)
+    seen = set()
+    for name_len in range(1, 9):  # the JSON header length moves the payload offset
+        data = records.encode({**rec, "study": "s" * name_len})
+        out = records.decode(data, fields=("image", "pixel_mm"))
+        for key in ("image", "pixel_mm"):
+            assert out[key].flags.aligned
+            np.testing.assert_array_equal(out[key], rec[key])
+        # The image is the first payload: a view of `data` when 2-byte aligned there.
+        start = records._PREFIX.size + records._PREFIX.unpack_from(data)[2]
+        raw = np.frombuffer(data, np.uint8)
+        aligned = (raw.ctypes.data + start) % 2 == 0
+        assert np.shares_memory(out["image"], raw) == aligned
+        seen.add(aligned)
+    assert seen == {True, False}

@@ -33,66 +33,19 @@ def _reference_resize(image, box, size):
     return ndimage.map_coordinates(crop, [yy, xx], order=1, mode="nearest")
 
 
-def test_resized_crops_match_reference_and_flips_are_exact():
-    rng = np.random.default_rng(1)
-    image = rng.normal(size=(40, 50)).astype(np.float32)
-    boxes = np.array([[0, 0, 40, 50], [3, 7, 20, 11], [10, 20, 5, 30], [39, 49, 1, 1]])
-    for size in (8, 16, 33):
-        out = transforms.resized_crops(image, boxes, size)
-        for box, got in zip(boxes, out, strict=True):
-            np.testing.assert_allclose(got, _reference_resize(image, box, size), atol=1e-5)
-        flips = transforms.resized_crops(
-            image, boxes, size, flip_v=[True, False, True, True], flip_h=[True, True, False, False]
-        )
-        np.testing.assert_allclose(flips[0], out[0][::-1, ::-1], atol=1e-6)
-        np.testing.assert_allclose(flips[1], out[1][:, ::-1], atol=1e-6)
-        np.testing.assert_allclose(flips[2], out[2][::-1], atol=1e-6)
-    # Same-size crop is the identity.
-    np.testing.assert_array_equal(
-        transforms.resized_crops(image, [[5, 6, 12, 12]], 12)[0], image[5:17, 6:18]
-    )
-    with pytest.raises(ValueError, match="do not fit"):
-        transforms.resized_crops(image, [[35, 0, 10, 10]], 8)
-
-
-def test_pair_table_and_shared_pairs():
-    image = np.arange(12, dtype=np.float32).reshape(3, 4)
-    pairs = transforms.pair_table(image)
-    np.testing.assert_array_equal(pairs.real, image)
-    np.testing.assert_array_equal(pairs.imag, [[1, 2, 3, 3], [5, 6, 7, 7], [9, 10, 11, 11]])
-    boxes = [[0, 0, 3, 4], [1, 1, 2, 2]]
-    np.testing.assert_array_equal(
-        transforms.resized_crops(image, boxes, 5, pairs=pairs),
-        transforms.resized_crops(image, boxes, 5),
-    )
-    with pytest.raises(ValueError, match="pairs must be"):
-        transforms.resized_crops(image, boxes, 5, pairs=pairs[:2])
-
-
-@pytest.mark.parametrize("size", [16, 150])
-def test_gaussian_blur_matches_scipy(size):
-    rng = np.random.default_rng(2)
-    images = rng.normal(size=(4, size, size)).astype(np.float32)
-    sigmas = np.array([0.1, 0.7, 1.3, 2.0])
-    out = transforms.gaussian_blur(images, sigmas, truncate=3.0)
-    for img, s, got in zip(images, sigmas, out, strict=True):
-        ref = ndimage.gaussian_filter(img.astype(np.float64), s, mode="reflect", truncate=3.0)
-        np.testing.assert_allclose(got, ref, atol=2e-5)
-    assert transforms.gaussian_blur(images[:0], sigmas[:0]).shape == (0, size, size)
-
-
-def test_blur_kernel_is_scipy_impulse_response():
-    # A delta through gaussian_blur gives the 2-D kernel: outer product of scipy's 1-D one.
-    for sigma in (0.3, 1.0, 1.7):
-        delta = np.zeros((1, 41, 41), np.float32)
-        delta[0, 20, 20] = 1.0
-        got = transforms.gaussian_blur(delta, np.array([sigma]), truncate=4.0)[0]
-        line = np.zeros(41)
-        line[20] = 1.0
-        k = ndimage.gaussian_filter1d(line, sigma, truncate=4.0)
-        np.testing.assert_allclose(got, np.outer(k, k), atol=1e-7)
-    with pytest.raises(ValueError, match="> 0"):
-        transforms.gaussian_blur(delta, np.array([0.0]))
+def test_clip_hu_and_affine_give_normalize_hu():
+    hu = np.array([[-3024, -1000, -500], [0, 130, 999], [1000, 1001, 3071]], np.int16)
+    for window in ((-1000, 1000), (-200.5, 600.25), (-40000, 40000)):
+        scale, offset = transforms.hu_affine(window)
+        for image in (hu, hu.astype(np.float64)):
+            clipped = transforms.clip_hu(image, window)
+            assert clipped.dtype == np.float32
+            np.testing.assert_array_equal(clipped, np.clip(hu, *window).astype(np.float32))
+            np.testing.assert_allclose(
+                clipped * scale + offset, transforms.normalize_hu(image, window), atol=1e-6
+            )
+    with pytest.raises(ValueError, match="lo < hi"):
+        transforms.clip_hu(hu, (5, 5))
 
 
 def test_add_noise_statistics_and_determinism():
@@ -107,6 +60,10 @@ def test_add_noise_statistics_and_determinism():
     other = np.zeros((3, 96, 96), np.float32)
     transforms.add_noise(other, np.array([0.5, 0.0, 2.0]), _gen(4))
     assert not np.array_equal(images, other)
+    # Exactly std * a window of the table at offsets drawn from the generator.
+    offsets = _gen(3).integers(0, transforms.NOISE_TABLE_SIZE - 96 * 96 + 1, size=3)
+    window = transforms.noise_table()[offsets[2] : offsets[2] + 96 * 96].reshape(96, 96)
+    np.testing.assert_array_equal(images[2], window * np.float32(2.0))
     # Neighbouring pixels are uncorrelated.
     assert abs(np.corrcoef(images[0, :, :-1].ravel(), images[0, :, 1:].ravel())[0, 1]) < 0.05
 
@@ -124,6 +81,13 @@ def test_sample_boxes_ranges_and_fallback():
     assert abs(np.median(frac) - 0.225) < 0.02
     # Positions cover the valid range.
     assert top.min() == 0 and (top + h).max() == 64
+    # One range per box.
+    both = transforms.sample_boxes(_gen(7), 2000, 64, 80, [(0.5, 0.6), (0.01, 0.02)] * 1000)
+    frac = both[:, 2] * both[:, 3] / (64 * 80)
+    assert frac[0::2].min() > 0.47 and frac[0::2].max() < 0.63
+    assert frac[1::2].min() > 0.005 and frac[1::2].max() < 0.03
+    with pytest.raises(ValueError, match="bad crop scale"):
+        transforms.sample_boxes(_gen(0), 2, 64, 64, [(0.5, 0.6), (0.3, 0.2)])
     # Nothing fits (ratio >= 2 at the whole area of a square): centred, clamped ratio.
     fb = transforms.sample_boxes(_gen(6), 3, 60, 60, (1.0, 1.0), (2.0, 3.0))
     np.testing.assert_array_equal(fb, [[15, 0, 30, 60]] * 3)

@@ -10,10 +10,11 @@ on at its default probability), ``crops_per_s``, ``cpu_s_per_sample`` and
 figure, robust to other load on the machine), ``main_cpu_s_per_sample`` (this process).
 ``--op_only``: record decode + MultiCrop in a plain loop on one core, no Grain, no read.
 
-Records: 512 x 512, written like the converter's (zstd-compressed ArrayRecord chunks of
-one record; ``--uncompressed`` to compare). Keep ``--records`` in the thousands: Grain's
-index shuffle costs ~2.6 ms per element on a 32-record split (0.1 ms at 1000, 5 us at
-1e5), which would dominate a toy-size benchmark.
+Records: 512 x 512, written like the converter's (`convert.WRITER_OPTIONS`: uncompressed
+chunks of one record). Keep ``--records`` in the thousands: Grain's index shuffle costs
+~2.6 ms per element on a 32-record split (0.1 ms at 1000, 5 us at 1e5), which would
+dominate a toy-size benchmark. Set OMP_NUM_THREADS=1 / OPENBLAS_NUM_THREADS=1 for a
+per-core figure.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import time
 
 from absl import app, flags
 
+from dinolg_jax.data import convert, pipeline, synthetic_records
 from dinolg_jax.data import manifest as manifest_lib
-from dinolg_jax.data import pipeline, records, synthetic_records
 from dinolg_jax.data.multicrop import MultiCrop
 
 _WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "Grain worker counts, one run each.")
@@ -37,7 +38,6 @@ _DISTINCT = flags.DEFINE_integer("distinct", 64, "Different images among the rec
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Batch size.")
 _VARIANT = flags.DEFINE_enum("variant", "dinolg", ["dino", "dinolg"], "Crop recipe.")
 _OP_ONLY = flags.DEFINE_bool("op_only", False, "Time decode + MultiCrop in-loop only.")
-_UNCOMPRESSED = flags.DEFINE_bool("uncompressed", False, "Write shards without compression.")
 
 
 def _cpu_s() -> float:
@@ -83,13 +83,12 @@ def main(argv: list[str]) -> None:
     data.batch_size, data.read_threads = _BATCH.value, 0
     with tempfile.TemporaryDirectory() as tmp:
         studies = -(-_RECORDS.value // 8)
-        options = "group_size:1" + (",uncompressed" if _UNCOMPRESSED.value else "")
         path = synthetic_records.write_dataset(
             tmp,
             size=512,
             studies=studies,
             slices_per_study=8,
-            writer_options=options,
+            writer_options=convert.WRITER_OPTIONS,
             distinct=_DISTINCT.value,
         )
         manifest = manifest_lib.load(path)
@@ -99,11 +98,11 @@ def main(argv: list[str]) -> None:
 
             source = grain.sources.ArrayRecordDataSource(manifest.shard_paths("pretrain"))
             blobs = [source[i] for i in range(min(_DISTINCT.value, len(source)))]  # in memory
-            op = MultiCrop.from_config(data)
+            op, decode = MultiCrop.from_config(data), pipeline.DecodeRecord(MultiCrop.RECORD_FIELDS)
             n, t0, c0, p0 = 0, time.perf_counter(), _cpu_s(), time.process_time()
             while time.perf_counter() - t0 < _SECONDS.value:
                 op.random_map(
-                    records.decode(blobs[n % len(blobs)]), np.random.Generator(np.random.Philox(n))
+                    decode.map(blobs[n % len(blobs)]), np.random.Generator(np.random.Philox(n))
                 )
                 n += 1
             cpu, main = _cpu_s() - c0, time.process_time() - p0

@@ -35,7 +35,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from dinolg_jax.data import transforms
+from dinolg_jax.data import resample, transforms
 
 
 class MultiCrop(grain.transforms.RandomMap):
@@ -44,6 +44,9 @@ class MultiCrop(grain.transforms.RandomMap):
     Input element: a dict with ``image`` int16 [H, W] HU, ``lesion_centers`` float32
     [K, 2] (row, col) and ``has_calcium``; other fields are ignored.
     """
+
+    # The record's array fields read (`records.decode(..., fields=RECORD_FIELDS)`).
+    RECORD_FIELDS = ("image", "lesion_centers")
 
     def __init__(
         self,
@@ -150,72 +153,79 @@ class MultiCrop(grain.transforms.RandomMap):
 
     def _augment(
         self,
-        rng: np.random.Generator,
         image: np.ndarray,
-        pairs: np.ndarray,
         boxes: np.ndarray,
         size: int,
+        u: np.ndarray,
         blur_p: np.ndarray,
+        rng: np.random.Generator,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Resize, flip, blur, brightness, noise of crops of one size -> (crops, flips, sigma)."""
-        n = len(boxes)
-        u = rng.random((n, 4))
-        flips = u[:, :2] < np.array([self.vflip_prob, self.hflip_prob])
-        sigma = rng.uniform(self.blur_sigma[0], self.blur_sigma[1], size=n)
-        delta = rng.uniform(-self.brightness_delta, self.brightness_delta, size=n)
-        crops = transforms.resized_crops(image, boxes, size, flips[:, 0], flips[:, 1], pairs=pairs)
-        blur = u[:, 2] < blur_p
-        if blur.any():
-            crops[blur] = transforms.gaussian_blur(crops[blur], sigma[blur], self.blur_truncate)
-        delta = np.where(rng.random(n) < self.brightness_prob, delta, 0.0).astype(np.float32)
-        crops += delta[:, None, None]
+        """Resize, flip, blur, brightness, noise of crops of one size -> (crops, flips, sigma).
+
+        `image` is the clipped HU slice (`transforms.clip_hu`): the rest of the
+        normalisation is folded into the resize (scale) and the brightness shift. `u`:
+        uniforms [n, 7] (flip v, flip h, blur, noise, brightness, sigma, delta).
+        """
+        flips = u[:, :2] < (self.vflip_prob, self.hflip_prob)
+        lo, hi = self.blur_sigma
+        sigma = np.where(u[:, 2] < blur_p, lo + (hi - lo) * u[:, 5], 0.0)
+        delta = self.brightness_delta * (2.0 * u[:, 6] - 1.0)
+        scale, offset = transforms.hu_affine(self.hu_window)
+        crops = resample.resized_blurred_crops(
+            image,
+            boxes,
+            size,
+            flips[:, 0],
+            flips[:, 1],
+            sigma,
+            truncate=self.blur_truncate,
+            scale=scale,
+            shift=offset + np.where(u[:, 4] < self.brightness_prob, delta, 0.0),
+        )
         stds = np.where(u[:, 3] < self.noise_prob, self.noise_std, 0.0)
         transforms.add_noise(crops, stds, rng)
-        return crops, flips, np.where(blur, sigma, 0.0).astype(np.float32)
+        return crops, flips, sigma.astype(np.float32)
 
     def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         hu = np.asarray(element["image"])
         if hu.ndim != 2:
             raise ValueError(f"record image must be [H, W], got {hu.shape}")
         shape = hu.shape
-        # The normalised slice is only read by the crops, through its pair table: both
-        # live in reused per-thread buffers.
-        image = transforms.normalize_hu(
-            hu, self.hu_window, transforms.scratch_buffer("slice", shape, np.float32)
-        )
-        pairs = transforms.pair_table(
-            image, transforms.scratch_buffer("slice_pairs", shape, np.complex64)
+        # Crops only read the clipped slice: it lives in a reused per-thread buffer.
+        image = transforms.clip_hu(
+            hu, self.hu_window, resample.scratch_buffer("slice", shape, np.float32)
         )
         centers = np.asarray(element.get("lesion_centers", np.zeros((0, 2))), np.float32)
         centers = centers.reshape(-1, 2)
         guided = bool(element.get("has_calcium", False)) and len(centers) > 0
 
-        gboxes = transforms.sample_boxes(rng, self.n_global, *shape, self.global_scale, self.ratio)
-        lboxes = transforms.sample_boxes(rng, self.n_local, *shape, self.local_scale, self.ratio)
-        lesion = np.full((self.n_local, 2), np.nan, dtype=np.float32)
-        hit = np.zeros(self.n_local, dtype=bool)
+        ng, nl = self.n_global, self.n_local
+        scales = np.array([self.global_scale] * ng + [self.local_scale] * nl)
+        boxes = transforms.sample_boxes(rng, ng + nl, *shape, scales, self.ratio)
+        lesion = np.full((nl, 2), np.nan, dtype=np.float32)
+        hit = np.zeros(nl, dtype=bool)
         if guided and self.n_local_guided:
-            g = self.guided_mask
-            lboxes[g], lesion[g] = self._guided_boxes(rng, lboxes[g], centers, shape)
-            hit[g] = True
-
-        gblur = np.full(self.n_global, self.blur_probs[1])
-        gblur[0] = self.blur_probs[0]
-        gcrops, gflips, gsigma = self._augment(rng, image, pairs, gboxes, self.global_size, gblur)
-        out: dict[str, Any] = {"global": gcrops[..., None]}
-        if self.n_local:
-            lblur = np.full(self.n_local, self.blur_probs[2])
-            lcrops, lflips, lsigma = self._augment(
-                rng, image, pairs, lboxes, self.local_size, lblur
-            )
-        else:
-            lcrops = np.zeros((0, self.local_size, self.local_size), np.float32)
-            lflips, lsigma = np.zeros((0, 2), bool), np.zeros(0, np.float32)
-        out["local"] = lcrops[..., None]
-        out["guided_hit"] = hit
-        out["has_calcium"] = np.bool_(element.get("has_calcium", False))
+            g = np.flatnonzero(self.guided_mask) + ng
+            boxes[g], lesion[g - ng] = self._guided_boxes(rng, boxes[g], centers, shape)
+            hit[g - ng] = True
+        u = rng.random((ng + nl, 7))
+        blur_p = np.full(ng + nl, self.blur_probs[2])
+        blur_p[:ng] = self.blur_probs[1]
+        blur_p[0] = self.blur_probs[0]
+        gcrops, gflips, gsigma = self._augment(
+            image, boxes[:ng], self.global_size, u[:ng], blur_p[:ng], rng
+        )
+        lcrops, lflips, lsigma = self._augment(
+            image, boxes[ng:], self.local_size, u[ng:], blur_p[ng:], rng
+        )
+        out: dict[str, Any] = {
+            "global": gcrops[..., None],
+            "local": lcrops[..., None],
+            "guided_hit": hit,
+            "has_calcium": np.bool_(element.get("has_calcium", False)),
+        }
         if self.debug:
-            out["boxes"] = np.concatenate([gboxes, lboxes]).astype(np.int32)
+            out["boxes"] = boxes.astype(np.int32)
             out["flips"] = np.concatenate([gflips, lflips])
             out["lesion"] = lesion
             out["blur_sigma"] = np.concatenate([gsigma, lsigma])

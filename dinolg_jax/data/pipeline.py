@@ -130,10 +130,13 @@ def _local_batch(batch_size: int, process_count: int) -> int:
 
 
 class DecodeRecord(grain.transforms.Map):
-    """bytes -> record dict (`records.decode`)."""
+    """bytes -> record dict (`records.decode`; only the array `fields` given, default all)."""
+
+    def __init__(self, fields: Sequence[str] | None = None):
+        self.fields = None if fields is None else tuple(fields)
 
     def map(self, element: bytes) -> dict[str, Any]:
-        return records.decode(element)
+        return records.decode(element, self.fields)
 
 
 # Set in Grain worker processes (`_worker_init`): batches are then stacked straight into
@@ -231,7 +234,7 @@ def pretrain_dataset(
     ds = grain.MapDataset.source(_SOURCE(m.shard_paths(split))).seed(data.seed)
     if data.shuffle:
         ds = ds.shuffle()
-    ds = ds.repeat().map(DecodeRecord()).random_map(op)
+    ds = ds.repeat().map(DecodeRecord(MultiCrop.RECORD_FIELDS)).random_map(op)
     ds = ds.batch(local, drop_remainder=True, batch_fn=CropsMajorBatch(op.guided_mask))
     return _finish(ds[index::count], data)
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -118,12 +119,27 @@ def encode(record: dict[str, Any]) -> bytes:
     return _PREFIX.pack(MAGIC, VERSION, len(blob)) + blob + b"".join(payloads)
 
 
-def decode(data: bytes) -> dict[str, Any]:
+def decode(data: bytes, fields: Collection[str] | None = None) -> dict[str, Any]:
     """Parses bytes written by `encode` into a dict of numpy arrays and scalars.
 
+    Args:
+      data: one record's bytes.
+      fields: array fields to decode (default all); the scalars are always decoded.
+        Pretraining reads only ``image`` and ``lesion_centers``: skipping ``labels``
+        saves its zlib inflate (~0.2 ms for a 512 x 512 slice).
+
+    Returns:
+      The scalar fields and the requested array fields: raw arrays are views of `data`
+      (copied only where their offset is misaligned for the dtype), zlib ones new.
+
     Raises:
-      RecordError: not a record, an unsupported version, or truncated bytes.
+      RecordError: not a record, an unsupported version, truncated bytes, or an unknown
+        name in `fields`.
     """
+    if fields is not None:
+        unknown = set(fields) - set(ARRAY_FIELDS)
+        if unknown:
+            raise RecordError(f"unknown array fields {sorted(unknown)}")
     if len(data) < _PREFIX.size:
         raise RecordError("record is truncated")
     magic, version, hlen = _PREFIX.unpack_from(data)
@@ -135,12 +151,20 @@ def decode(data: bytes) -> dict[str, Any]:
     header = json.loads(bytes(data[_PREFIX.size : start]))
     out: dict[str, Any] = dict(header["scalars"])
     for name, spec in header["arrays"].items():
+        if fields is not None and name not in fields:
+            continue
         lo = start + spec["offset"]
         hi = lo + spec["nbytes"]
         if hi > len(data):
             raise RecordError(f"record is truncated inside field {name!r}")
-        raw = data[lo:hi]
         if spec["codec"] == "zlib":
-            raw = zlib.decompress(raw)
-        out[name] = np.frombuffer(raw, dtype=spec["dtype"]).reshape(spec["shape"])
+            array = np.frombuffer(zlib.decompress(memoryview(data)[lo:hi]), spec["dtype"])
+        else:  # a view of `data`, copied only when misaligned for its dtype
+            dtype = np.dtype(spec["dtype"])
+            if (hi - lo) % dtype.itemsize:
+                raise RecordError(f"field {name!r} is not a whole number of {dtype} items")
+            array = np.frombuffer(data, dtype, (hi - lo) // dtype.itemsize, lo)
+            if not array.flags.aligned:
+                array = np.frombuffer(data[lo:hi], dtype)
+        out[name] = array.reshape(spec["shape"])
     return out

@@ -1,4 +1,4 @@
-"""Augmentations for single-channel CT slices: numpy kernels and the Grain ops built on them.
+"""Augmentations for single-channel CT slices: intensity kernels and the Grain ops.
 
 Every random choice comes from the `np.random.Generator` the caller passes (Grain hands
 one to each `RandomMap` call, derived from the pipeline seed and the element index), so
@@ -8,14 +8,8 @@ Conventions:
   * Intensities: `normalize_hu` maps a Hounsfield window ``[lo, hi]`` linearly onto
     ``[-1, 1]`` (values outside the window are clipped first). Brightness deltas and
     noise standard deviations are in these normalised units (1 unit = (hi - lo) / 2 HU).
-  * Boxes: int ``(top, left, height, width)`` in source pixels; a box covers rows
-    ``top .. top + height - 1``.
-  * Resizing: bilinear with half-pixel centres, coordinates clamped to the crop, no
-    antialiasing (OpenCV ``INTER_LINEAR`` / torchvision ``antialias=False``); output
-    pixel ``j`` samples the crop at ``(j + 0.5) * length / size - 0.5``.
-  * Blur: Gaussian with ``mode="reflect"`` (half-sample symmetric) boundaries and the
-    kernel of `scipy.ndimage.gaussian_filter` with the given ``truncate`` (radius
-    ``int(truncate * sigma + 0.5)``); sigma in output pixels, as DINO's PIL blur.
+  * Boxes, resizing and blur: see `resample` (`resized_crops`, `gaussian_blur` are
+    re-exported here).
   * Noise: additive Gaussian, read at a random offset from a fixed table of standard
     normal draws (`noise_table`). Drawing fresh normals costs ~17 ns per value with
     Grain's Philox generator (a quarter of a million values per multi-crop sample);
@@ -28,36 +22,33 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 import grain
 import numpy as np
 
+from dinolg_jax.data.resample import gaussian_blur, resized_crops
+
 DEFAULT_HU_WINDOW = (-1000.0, 1000.0)
-_BLOCK = 1 << 16  # outputs per bilinear block (index + tap buffers 1.5 MiB)
 NOISE_TABLE_SIZE = 1 << 20  # standard normal values in the noise table (4 MiB float32)
 _NOISE_TABLE_SEED = 0x5EED_CA1C
 
 
 # ----------------------------------------------------------------------------- kernels
 
-_SCRATCH = threading.local()
+
+def _window(window: Sequence[float]) -> tuple[float, float]:
+    lo, hi = float(window[0]), float(window[1])
+    if not hi > lo:
+        raise ValueError(f"HU window must have lo < hi, got {window}")
+    return lo, hi
 
 
-def scratch_buffer(name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    """A reusable per-thread buffer of `shape` (contents undefined).
-
-    Fresh multi-megabyte temporaries are mmapped and page-faulted on every call (about
-    a thousand faults per multi-crop sample); reusing buffers avoids that.
-    """
-    bufs = _SCRATCH.__dict__.setdefault("bufs", {})
-    count = math.prod(shape)
-    buf = bufs.get((name, np.dtype(dtype)))
-    if buf is None or buf.size < count:
-        buf = bufs[(name, np.dtype(dtype))] = np.empty(count, dtype)
-    return buf[:count].reshape(shape)
+def hu_affine(window: Sequence[float] = DEFAULT_HU_WINDOW) -> tuple[float, float]:
+    """``(scale, offset)`` with ``normalize_hu(hu) == clip(hu, lo, hi) * scale + offset``."""
+    lo, hi = _window(window)
+    return 2.0 / (hi - lo), -2.0 * lo / (hi - lo) - 1.0
 
 
 def normalize_hu(
@@ -75,226 +66,42 @@ def normalize_hu(
     Returns:
       float32 array of the same shape (`out` when given, else a new array).
     """
-    lo, hi = float(window[0]), float(window[1])
-    if not hi > lo:
-        raise ValueError(f"HU window must have lo < hi, got {window}")
-    image_hu = np.asarray(image_hu)
-    if out is None:
-        out = np.empty(image_hu.shape, np.float32)
-    np.copyto(out, image_hu, casting="unsafe")
-    np.clip(out, lo, hi, out=out)
+    lo, hi = _window(window)
+    out = clip_hu(image_hu, window, out)
     out -= lo
     out *= 2.0 / (hi - lo)
     out -= 1.0
     return out
 
 
-def _sample_positions(
-    start: np.ndarray, length: np.ndarray, size: int, limit: int, flip: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Bilinear taps along one axis for `n` crops: (index [n, size] intp, weight [n, size])."""
-    grid = np.arange(0.5, size, dtype=np.float64)
-    pos = np.multiply.outer(length / size, grid)
-    pos -= 0.5
-    np.maximum(pos, 0.0, out=pos)
-    np.minimum(pos, (length - 1)[:, None], out=pos)
-    pos += start[:, None]
-    if flip.any():
-        pos[flip] = pos[flip, ::-1]
-    idx = pos.astype(np.intp)  # pos >= 0: truncation is floor
-    np.minimum(idx, limit - 2, out=idx)
-    pos -= idx
-    return idx, pos.astype(np.float32)
-
-
-def pair_table(image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """complex64 [H, W] with ``image[y, x] + 1j * image[y, x + 1]`` (last column: itself).
-
-    A bilinear tap pair along x is one 8-byte gather from this table, and
-    ``Re(pair * ((1 - w) - 1j * w))`` interpolates it: one complex multiply.
-
-    Args:
-      image: float32 [H, W].
-      out: optional complex64 [H, W] to fill.
-    """
-    image = np.asarray(image, dtype=np.float32)
-    if out is None:
-        out = np.empty(image.shape, np.complex64)
-    parts = out.view(np.float32).reshape(*image.shape, 2)
-    parts[..., 0] = image
-    parts[:, :-1, 1] = image[:, 1:]
-    parts[:, -1, 1] = image[:, -1]
-    return out
-
-
-def resized_crops(
-    image: np.ndarray,
-    boxes: np.ndarray,
-    size: int,
-    flip_v: np.ndarray | None = None,
-    flip_h: np.ndarray | None = None,
-    *,
-    pairs: np.ndarray | None = None,
+def clip_hu(
+    image_hu: np.ndarray,
+    window: Sequence[float] = DEFAULT_HU_WINDOW,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Crops `n` boxes out of `image` and resizes each to ``size x size`` (bilinear).
+    """``clip(hu, lo, hi)`` as float32, HU (the first step of `normalize_hu`).
 
-    Only the output pixels are computed (two 8-byte gathers each from `pair_table`), so
-    the cost does not depend on the crop area. A flip is folded into the sampling grid
-    and is exact.
-
-    Args:
-      image: float32 [H, W], H, W >= 2.
-      boxes: int [n, 4] ``(top, left, height, width)``, inside the image.
-      size: output side, pixels.
-      flip_v: bool [n], flip the crop upside down (default none).
-      flip_h: bool [n], flip the crop left-right (default none).
-      pairs: ``pair_table(image)`` when the caller already has it (several calls on
-        one image); built here otherwise.
-
-    Returns:
-      float32 [n, size, size].
-    """
-    image = np.asarray(image)
-    if image.ndim != 2 or min(image.shape) < 2:
-        raise ValueError(f"image must be [H, W] with H, W >= 2, got {image.shape}")
-    if pairs is None:
-        pairs = pair_table(image, scratch_buffer("pairs", image.shape, np.complex64))
-    elif pairs.shape != image.shape or pairs.dtype != np.complex64:
-        raise ValueError(f"pairs must be complex64 {image.shape}, got {pairs.dtype} {pairs.shape}")
-    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
-    n = len(boxes)
-    height, width = image.shape
-    top, left, h, w = boxes.T
-    if (
-        np.any(h < 1)
-        or np.any(w < 1)
-        or np.any(top < 0)
-        or np.any(left < 0)
-        or np.any(top + h > height)
-        or np.any(left + w > width)
-    ):
-        raise ValueError(f"crop boxes {boxes.tolist()} do not fit a {height}x{width} image")
-    no = np.zeros(n, dtype=bool)
-    ys, wy = _sample_positions(top, h, size, height, no if flip_v is None else np.asarray(flip_v))
-    xs, wx = _sample_positions(left, w, size, width, no if flip_h is None else np.asarray(flip_h))
-    weights = np.empty((n, 1, size), np.complex64)  # (1 - wx) - 1j * wx
-    weights.real = 1.0 - wx[:, None, :]
-    weights.imag = -wx[:, None, :]
-    flat = np.ascontiguousarray(pairs).reshape(-1)
-    out = np.empty((n, size, size), np.float32)
-    rows = ys * width  # [n, S] offsets of the upper taps' rows
-    # Blocks of about _BLOCK outputs bound the scratch buffers.
-    step = max(1, _BLOCK // (size * size))
-    for lo in range(0, n, step):
-        hi = min(n, lo + step)
-        _bilinear_block(flat, width, rows[lo:hi], xs[lo:hi], wy[lo:hi], weights[lo:hi], out[lo:hi])
-    return out
-
-
-def _bilinear_block(
-    pairs: np.ndarray,
-    width: int,
-    rows: np.ndarray,
-    xs: np.ndarray,
-    wy: np.ndarray,
-    weights: np.ndarray,
-    out: np.ndarray,
-) -> None:
-    """Bilinear gather of a block of crops into `out` [m, S, S] (see `pair_table`)."""
-    shape = out.shape
-    # Per-thread scratch buffers (reused: no page faults); take(mode="clip") writes
-    # straight into them (indices are valid by construction: boxes were checked).
-    base = scratch_buffer("base", shape, np.intp)
-    np.add(rows[:, :, None], xs[:, None, :], out=base)
-    upper = scratch_buffer("upper", shape, np.complex64)
-    lower = scratch_buffer("lower", shape, np.complex64)
-    pairs.take(base, out=upper, mode="clip")  # rows y0: (x0, x0 + 1)
-    upper *= weights  # real part: interpolated along x
-    base += width
-    pairs.take(base, out=lower, mode="clip")  # rows y0 + 1
-    lower *= weights
-    np.subtract(lower.real, upper.real, out=out)
-    out *= wy[:, :, None]
-    out += upper.real
-
-
-def _half_kernels(sigmas: np.ndarray, truncate: float) -> tuple[np.ndarray, np.ndarray]:
-    """One-sided taps of every sigma: ([n, R + 1] float32, radii [n]); R = max radius.
-
-    Tap ``k`` of row ``i`` is the weight of offsets ``+-k`` (zero beyond radius ``i``),
-    normalised so the full symmetric kernel sums to 1: scipy's Gaussian kernel,
-    ``exp(-k^2 / (2 sigma^2))`` for ``|k| <= int(truncate * sigma + 0.5)``.
-    """
-    if not np.all(sigmas > 0):
-        raise ValueError(f"blur sigmas must be > 0, got {sigmas}")
-    radii = (truncate * sigmas + 0.5).astype(np.int64)
-    k = np.arange(radii.max() + 1, dtype=np.float64)
-    phi = np.exp(-0.5 * (k[None, :] / sigmas[:, None]) ** 2) * (k[None, :] <= radii[:, None])
-    phi /= 2 * phi.sum(axis=1, keepdims=True) - phi[:, :1]
-    return phi.astype(np.float32), radii
-
-
-def gaussian_blur(images: np.ndarray, sigmas: np.ndarray, truncate: float = 3.0) -> np.ndarray:
-    """Blurs each image with its own Gaussian (separable, reflect boundary).
-
-    Equal, up to float32 rounding, to
-    ``scipy.ndimage.gaussian_filter(images[i], sigmas[i], mode="reflect", truncate=truncate)``.
-    Shifted adds over the batch sorted by kernel radius: tap ``k`` only touches the
-    leading images whose radius reaches ``k``, so the cost follows each image's radius
-    with one numpy call per tap for the whole batch.
+    Bilinear resampling and blurring commute with the affine rest of the normalisation
+    (their weights sum to 1), so crops can be cut from this and scaled afterwards.
 
     Args:
-      images: float32 [n, S, S].
-      sigmas: [n] standard deviations, pixels, > 0.
-      truncate: kernel radius in standard deviations.
+      image_hu: any shape, integer or float, Hounsfield units.
+      window: ``(lo, hi)`` in HU, ``lo < hi``.
+      out: optional float32 array of the same shape to write into.
 
     Returns:
-      float32 [n, S, S] (a new array).
+      float32 array of the same shape (`out` when given, else a new array).
     """
-    images = np.asarray(images, dtype=np.float32)
-    sigmas = np.asarray(sigmas, dtype=np.float64).reshape(-1)
-    if images.ndim != 3 or images.shape[1] != images.shape[2] or len(images) != len(sigmas):
-        raise ValueError(f"need [n, S, S] images, [n] sigmas; got {images.shape}, {sigmas.shape}")
-    if len(images) == 0:
-        return images.copy()
-    taps, radii = _half_kernels(sigmas, truncate)
-    if radii.max() >= images.shape[1]:
-        raise ValueError(
-            f"blur radius {radii.max()} must be smaller than the side {images.shape[1]}"
-        )
-    order = np.argsort(-radii, kind="stable")
-    taps = taps[order]
-    reach = np.searchsorted(-radii[order], -np.arange(taps.shape[1]), side="right")
-    half = _blur_axis1(
-        images[order], taps, reach, scratch_buffer("blur_half", images.shape, np.float32)
-    )
-    out = scratch_buffer("blur_out", images.shape, np.float32)
-    _blur_axis1(half.transpose(0, 2, 1), taps, reach, out.transpose(0, 2, 1))
-    result = np.empty(images.shape, np.float32)
-    result[order] = out
-    return result
-
-
-def _blur_axis1(x: np.ndarray, taps: np.ndarray, reach: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Symmetric correlation along axis 1 of x [n, S, T] into `out` by shifted adds.
-
-    taps: [n, R + 1] one-sided weights; reach[k]: number of leading images with tap k.
-    """
-    n, size, cols = x.shape
-    radius = taps.shape[1] - 1
-    pad = scratch_buffer("blur_pad", (n, size + 2 * radius, cols), np.float32)
-    pad[:, radius : radius + size] = x
-    if radius:
-        pad[:, :radius] = x[:, radius - 1 :: -1]
-        pad[:, radius + size :] = x[:, : -radius - 1 : -1]
-    np.multiply(pad[:, radius : radius + size], taps[:, 0, None, None], out=out)
-    tmp = scratch_buffer("blur_tmp", (n, size, cols), np.float32)
-    for k in range(1, radius + 1):
-        m = reach[k]
-        lo, hi = radius - k, radius + k
-        np.add(pad[:m, lo : lo + size], pad[:m, hi : hi + size], tmp[:m])
-        tmp[:m] *= taps[:m, k, None, None]
-        out[:m] += tmp[:m]
+    lo, hi = _window(window)
+    image_hu = np.asarray(image_hu)
+    if out is None:
+        out = np.empty(image_hu.shape, np.float32)
+    if image_hu.dtype == np.int16 and lo.is_integer() and hi.is_integer() and lo >= -(2**15):
+        # One pass: an int16 clip cast to float32 (exact: the bounds are integers).
+        np.clip(image_hu, int(lo), int(min(hi, 2**15 - 1)), out=out, casting="unsafe")
+    else:
+        np.copyto(out, image_hu, casting="unsafe")
+        np.clip(out, np.float32(lo), np.float32(hi), out=out)
     return out
 
 
@@ -311,27 +118,34 @@ def noise_table() -> np.ndarray:
     return table
 
 
+@functools.lru_cache(maxsize=4)
+def _scaled_noise_table(std: float) -> np.ndarray:
+    """``noise_table() * float32(std)`` (read-only); augmentations reuse a few stds."""
+    table = noise_table() * np.float32(std)
+    table.flags.writeable = False
+    return table
+
+
 def add_noise(images: np.ndarray, stds: np.ndarray, rng: np.random.Generator) -> None:
     """Adds zero-mean Gaussian noise in place: ``images[i] += stds[i] * N(0, 1)``.
 
     Each image reads a window of `noise_table` at an offset drawn from `rng` (one draw
-    per image, also for ``stds[i] == 0``, so the draw count is fixed).
+    per image, also for ``stds[i] == 0``, so the draw count is fixed), pre-scaled by its
+    std (cached per std): one add per pixel.
 
     Args:
       images: float32 [n, ...], modified in place.
       stds: [n] standard deviations, normalised units.
       rng: the generator of this element.
     """
-    table = noise_table()
-    count = int(np.prod(images.shape[1:]))
-    if count > len(table):
+    count = math.prod(images.shape[1:])
+    if count > NOISE_TABLE_SIZE:
         raise ValueError(f"images of {count} pixels exceed the noise table")
-    offsets = rng.integers(0, len(table) - count + 1, size=len(images))
-    tmp = scratch_buffer("noise", images.shape[1:], np.float32)
+    offsets = rng.integers(0, NOISE_TABLE_SIZE - count + 1, size=len(images))
     for i, (offset, std) in enumerate(zip(offsets, np.asarray(stds, np.float32), strict=True)):
         if std:
-            window = table[offset : offset + count].reshape(images.shape[1:])
-            images[i] += np.multiply(window, std, out=tmp)
+            window = _scaled_noise_table(float(std))[offset : offset + count]
+            images[i] += window.reshape(images.shape[1:])
 
 
 def sample_boxes(
@@ -339,7 +153,7 @@ def sample_boxes(
     n: int,
     height: int,
     width: int,
-    scale: Sequence[float],
+    scale: Sequence[float] | np.ndarray,
     ratio: Sequence[float] = (3 / 4, 4 / 3),
     attempts: int = 10,
 ) -> np.ndarray:
@@ -347,37 +161,49 @@ def sample_boxes(
 
     Area fraction uniform in `scale`, aspect ratio (width / height) log-uniform in
     `ratio`; the first of `attempts` draws that fits is kept, else a centred crop of the
-    clamped ratio. Position uniform over the valid offsets.
+    clamped ratio. Position uniform over the valid offsets. One draw of
+    ``n x (2 attempts + 2)`` uniforms from `rng`.
+
+    Args:
+      rng: the generator of this element.
+      n: number of boxes.
+      height, width: image size, pixels.
+      scale: ``(lo, hi)`` area fraction range, or float [n, 2], one range per box.
+      ratio: ``(lo, hi)`` aspect ratio range.
+      attempts: draws per box before the fallback.
 
     Returns:
       int64 [n, 4] ``(top, left, height, width)``.
     """
-    if not 0 < scale[0] <= scale[1] or not 0 < ratio[0] <= ratio[1]:
-        raise ValueError(f"bad crop scale {scale} or ratio {ratio}")
-    area = height * width * rng.uniform(scale[0], scale[1], (n, attempts))
-    aspect = np.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]), (n, attempts)))
-    w = np.rint(np.sqrt(area * aspect)).astype(np.int64)
-    h = np.rint(np.sqrt(area / aspect)).astype(np.int64)
-    ok = (w >= 1) & (h >= 1) & (w <= width) & (h <= height)
-    first = np.argmax(ok, axis=1)
-    h = h[np.arange(n), first]
-    w = w[np.arange(n), first]
-    # torchvision's fallback: the whole image, with the ratio clamped into range.
-    in_ratio = width / height
-    fb_w, fb_h = width, height
-    if in_ratio < ratio[0]:
-        fb_h = round(width / ratio[0])
-    elif in_ratio > ratio[1]:
-        fb_w = round(height * ratio[1])
-    miss = ~ok.any(axis=1)
-    h = np.where(miss, fb_h, h)
-    w = np.where(miss, fb_w, w)
-    u = rng.random((n, 2))
-    top = np.minimum(np.floor(u[:, 0] * (height - h + 1)), height - h).astype(np.int64)
-    left = np.minimum(np.floor(u[:, 1] * (width - w + 1)), width - w).astype(np.int64)
-    top = np.where(miss, (height - h) // 2, top)
-    left = np.where(miss, (width - w) // 2, left)
-    return np.stack([top, left, h, w], axis=1)
+    scale = np.asarray(scale, np.float64)
+    lo, hi = scale[..., :1], scale[..., 1:]  # [1] or [n, 1]
+    if not (np.all(lo > 0) and np.all(lo <= hi) and 0 < ratio[0] <= ratio[1]):
+        raise ValueError(f"bad crop scale {scale.tolist()} or ratio {ratio}")
+    u = rng.random((n, 2 * attempts + 2))
+    side = np.sqrt((u[:, :attempts] * (hi - lo) + lo) * (height * width))
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    root = np.exp(u[:, attempts : 2 * attempts] * (0.5 * (log_hi - log_lo)) + 0.5 * log_lo)
+    w = np.rint(side * root)  # root = sqrt(aspect)
+    h = np.rint(side / root)
+    ok = (np.minimum(w, h) >= 1) & (w <= width) & (h <= height)
+    first = ok.argmax(axis=1)
+    pick = (np.arange(n), first)
+    h, w = h[pick].astype(np.int64), w[pick].astype(np.int64)
+    top = np.floor(u[:, -2] * (height - h + 1)).astype(np.int64)
+    left = np.floor(u[:, -1] * (width - w + 1)).astype(np.int64)
+    miss = ~ok[pick]
+    if miss.any():  # torchvision's fallback: the whole image, ratio clamped into range
+        fb_w, fb_h = width, height
+        if width / height < ratio[0]:
+            fb_h = round(width / ratio[0])
+        elif width / height > ratio[1]:
+            fb_w = round(height * ratio[1])
+        h[miss], w[miss] = fb_h, fb_w
+        top[miss], left[miss] = (height - fb_h) // 2, (width - fb_w) // 2
+    boxes = np.stack([top, left, h, w], axis=1)
+    # u < 1 keeps the offsets in range; guard against rounding all the same.
+    np.minimum(boxes[:, :2], boxes[:, 2:] * -1 + (height, width), out=boxes[:, :2])
+    return boxes
 
 
 # ----------------------------------------------------------------------------- Grain ops
