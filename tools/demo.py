@@ -11,7 +11,7 @@ stages are skipped. The logic lives in `dinolg_jax.experiments.demo.run_demo`.
 
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from dinolg_jax.experiments import demo
@@ -22,6 +22,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "demo_out", "Folder for every demo out
 
 def main(argv: list[str]) -> None:
     del argv
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save/restore at INFO
     t0 = time.perf_counter()
     demo.run_demo(_WORKDIR.value, _CONFIG.value)
     print(f"demo wall time: {time.perf_counter() - t0:.0f} s (workdir {_WORKDIR.value})")
