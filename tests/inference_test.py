@@ -426,7 +426,9 @@ def test_load_gate_from_probe_workdir(tmp_path: Path, mesh8) -> None:
     ckpt_lib.save_encoder(tmp_path / "pre" / "encoder", enc, enc_cfg)
     width = 2 * 32  # CLS of 1 block + mean patch token, mu width 32
     probe_params = {"Dense_0": {"kernel": rng.standard_normal((width, 1), np.float32),
-                                "bias": np.array([0.1], np.float32)}}  # fmt: skip
+                                "bias": np.array([0.1], np.float32)},
+                    "standardize": {"mean": rng.standard_normal(width, np.float32),
+                                    "inv_std": rng.uniform(0.5, 2, (width,))}}  # fmt: skip
     pcfg = {"name": "linear", "kwargs": {}, "input": "pooled", "n_last_blocks": 1,
             "token_pool": 1, "hu_window": [-1000.0, 1000.0], "eval_size": 0,
             "threshold": 0.37, "encoder_checksum": ckpt_lib.params_checksum(enc)}  # fmt: skip

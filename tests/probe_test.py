@@ -69,6 +69,32 @@ def test_linear_probe_learns_a_separable_case():
     assert m["roc_auc"] > 0.999 and m["recall"] == 1.0 and m["specificity"] > 0.97
 
 
+def test_probe_standardises_features_from_the_train_split_and_keeps_them_frozen():
+    # Frozen DINO features look like this: a large common offset, a signal of ~1 % of it.
+    rng = np.random.default_rng(3)
+    n, f = 256, 16
+    y = rng.random(n) < 0.2
+    x = 5.0 + 0.05 * rng.standard_normal((n, f))
+    x[:, 0] += 0.15 * y  # one feature carries the label: 3 % of the offset
+    x = x.astype(np.float32)
+    mean, inv_std = probe.feature_stats(x, chunk=100)  # chunks: 100 + 100 + 56 rows
+    np.testing.assert_allclose(mean, x.astype(np.float64).mean(0), rtol=1e-6)
+    np.testing.assert_allclose(inv_std, 1 / x.astype(np.float64).std(0), rtol=1e-4)
+    tokens = np.stack([x, x + 1.0], 1)  # [N, 2, F]: statistics pool rows and tokens
+    np.testing.assert_allclose(probe.feature_stats(tokens)[0], mean + 0.5, rtol=1e-6)
+
+    model = build_probe("linear")
+    params, _ = probe.train_probe(
+        model, x, y, lr=1e-2, epochs=20, batch_size=64, pos_weight=4.0, seed=0
+    )
+    np.testing.assert_array_equal(params["standardize"]["mean"], mean)  # not trained
+    np.testing.assert_array_equal(params["standardize"]["inv_std"], inv_std)
+    from dinolg_jax.eval.metrics import roc_auc
+
+    auc = roc_auc(probe.predict_scores(model, params, x), y)
+    assert auc > 0.9, auc
+
+
 def test_transformer_probe_learns_a_token_level_case():
     # Positive slices have one "bright" token at a random place; negatives have none.
     rng = np.random.default_rng(2)

@@ -104,6 +104,29 @@ def _rows(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return out
 
 
+def feature_stats(x: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and 1/std over all rows (and tokens) of x [N, ..., F], float32 [F].
+
+    Read in row chunks so a memory-mapped token cache never loads whole; float64
+    accumulation; a feature that never varies gets inv_std 1 (it only shifts).
+    """
+    f = x.shape[-1]
+    total, total_sq, count = np.zeros(f), np.zeros(f), 0
+    for start in range(0, len(x), chunk):
+        rows = np.asarray(x[start : start + chunk], np.float64).reshape(-1, f)
+        total += rows.sum(0)
+        total_sq += np.square(rows).sum(0)
+        count += len(rows)
+    if count == 0:
+        raise ValueError("no rows to compute feature statistics from")
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
+    inv_std = np.where(
+        std > 1e-6 * np.maximum(np.abs(mean), 1.0), 1.0 / np.maximum(std, 1e-12), 1.0
+    )
+    return mean.astype(np.float32), inv_std.astype(np.float32)
+
+
 def train_probe(
     model: nn.Module,
     x: np.ndarray,
@@ -117,6 +140,9 @@ def train_probe(
     weight_decay: float = 0.0,
 ) -> tuple[Any, list[float]]:
     """Trains a probe with AdamW and the weighted BCE on host features.
+
+    The probe's ``standardize`` statistics are set from ``x`` (the training split) and
+    frozen; everything else is trained.
 
     Each epoch visits every row once in an order drawn from ``(seed, epoch)``; the last
     batch is padded with zero-weight rows so every step has one shape.
@@ -137,7 +163,13 @@ def train_probe(
     batch_size = min(int(batch_size), n)
     key = jax.random.key(int(seed), impl="rbg")  # fast to compile, see segment.init_key
     params = jax.jit(model.init)(key, _rows(x, np.arange(1)))["params"]
-    tx = optax.adamw(lr, weight_decay=weight_decay)
+    mean, inv_std = feature_stats(x)
+    params = {**params, "standardize": {"mean": jnp.asarray(mean), "inv_std": jnp.asarray(inv_std)}}
+    frozen = {k: ("frozen" if k == "standardize" else "train") for k in params}
+    tx = optax.multi_transform(
+        {"train": optax.adamw(lr, weight_decay=weight_decay), "frozen": optax.set_to_zero()},
+        frozen,
+    )
     opt_state = tx.init(params)
 
     @jax.jit
