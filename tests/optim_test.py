@@ -168,16 +168,14 @@ def test_bad_freeze_raises():
 def test_build_optimizer_from_config():
     import ml_collections
 
-    from dinolg_jax.dino.schedules import build_schedules
-
     config = ml_collections.ConfigDict(
         {
             "num_epochs": 2.0,
-            "data": {"global_batch": 128},
+            "data": {"batch_size": 128},
             "optim": {"lr": 1e-3, "warmup_epochs": 0.0, "clip_grad": 0.0, "freeze_last_layer": 0.5},
         }
     )
-    sched = build_schedules(config, steps_per_epoch=4)
+    sched = DinoSchedules.from_config(config, steps_per_epoch=4)
     assert sched.freeze_last_layer_steps == 2 and sched.total_steps == 8
     tx = optim.build_optimizer(config, sched, 4)
     params = _params()

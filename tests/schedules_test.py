@@ -55,7 +55,7 @@ def test_linear_warmup_then_constant():
 def test_dino_schedules_from_config():
     config = ml_collections.ConfigDict()
     config.num_epochs = 4
-    config.data = ml_collections.ConfigDict({"global_batch": 512})
+    config.data = ml_collections.ConfigDict({"batch_size": 512})
     config.optim = ml_collections.ConfigDict(
         {"lr": 5e-4, "min_lr": 1e-6, "warmup_epochs": 1, "freeze_last_layer": 1}
     )

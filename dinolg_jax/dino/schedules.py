@@ -196,7 +196,8 @@ class DinoSchedules:
         """Builds the schedules from a config.
 
         Keys read (``ml_collections`` or any attribute tree): ``num_epochs``,
-        ``data.global_batch``; optional, official-DINO defaults otherwise:
+        ``data.batch_size`` (the global batch, as in every pretraining config); optional,
+        official-DINO defaults otherwise:
         ``optim.lr`` (per 256 images), ``optim.min_lr``, ``optim.warmup_epochs``,
         ``optim.weight_decay``, ``optim.weight_decay_end``, ``optim.freeze_last_layer``,
         ``dino.momentum_teacher``, ``dino.warmup_teacher_temp``, ``dino.teacher_temp``,
@@ -204,7 +205,7 @@ class DinoSchedules:
         """
         kwargs = {
             "epochs": _get(config, "num_epochs"),
-            "global_batch": _get(config, "data.global_batch"),
+            "global_batch": _get(config, "data.batch_size"),
         }
         optional = {
             "base_lr": "optim.lr",
@@ -244,8 +245,3 @@ def _get(config: Any, dotted: str, required: bool = True) -> Any:
                 raise KeyError(f"config has no {dotted!r} (needed by DinoSchedules)") from None
             return None
     return node
-
-
-def build_schedules(config: Any, steps_per_epoch: int) -> DinoSchedules:
-    """Alias of :meth:`DinoSchedules.from_config` (the keys it reads are listed there)."""
-    return DinoSchedules.from_config(config, steps_per_epoch)

@@ -317,22 +317,7 @@ def build_models(config: ml_collections.ConfigDict) -> tuple[ViT, DINOHead]:
 
 def build_schedules(config: ml_collections.ConfigDict, steps_per_epoch: int) -> DinoSchedules:
     """The DINO schedules of a run (global batch = ``config.data.batch_size``)."""
-    o, d = config.optim, config.dino
-    return DinoSchedules.create(
-        epochs=float(config.num_epochs),
-        steps_per_epoch=int(steps_per_epoch),
-        global_batch=int(config.data.batch_size),
-        base_lr=float(o.lr),
-        min_lr=float(o.min_lr),
-        warmup_epochs=float(o.warmup_epochs),
-        weight_decay=float(o.weight_decay),
-        weight_decay_end=float(o.weight_decay_end),
-        momentum_teacher=float(d.momentum_teacher),
-        warmup_teacher_temp=float(d.warmup_teacher_temp),
-        teacher_temp=float(d.teacher_temp),
-        warmup_teacher_temp_epochs=float(d.warmup_teacher_temp_epochs),
-        freeze_last_layer=float(o.freeze_last_layer),
-    )
+    return DinoSchedules.from_config(config, int(steps_per_epoch))
 
 
 @dataclasses.dataclass(frozen=True)
