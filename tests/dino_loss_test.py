@@ -131,3 +131,125 @@ def test_bad_shapes_raise():
         dino_loss(jnp.zeros((3, 2, 3)), jnp.zeros((2, 1, 3)), jnp.zeros(3), teacher_temp=0.1)
     with pytest.raises(ValueError, match="teacher_out"):
         update_center(jnp.zeros(3), jnp.zeros((2, 4)))
+
+
+# ---------------------------------------------------------------- collapse monitors
+
+
+def _stats(teacher, center=None, temp=1.0, **kw):
+    from dinolg_jax.dino.loss import teacher_collapse_stats
+
+    t = jnp.asarray(teacher, jnp.float32)
+    c = jnp.zeros(t.shape[-1]) if center is None else jnp.asarray(center, jnp.float32)
+    return {k: float(v) for k, v in teacher_collapse_stats(t, c, teacher_temp=temp, **kw).items()}
+
+
+def test_collapse_stats_uniform_collapse_is_ln_k_twice_and_zero_kl():
+    s = _stats(np.zeros((2, 5, 16)))
+    assert s["teacher_entropy"] == pytest.approx(math.log(16), abs=1e-5)
+    assert s["teacher_batch_entropy"] == pytest.approx(math.log(16), abs=1e-5)
+    assert s["teacher_kl"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_collapse_stats_one_prototype_is_zero_entropy():
+    t = np.zeros((2, 4, 8))
+    t[..., 3] = 50.0  # every sample on prototype 3
+    s = _stats(t)
+    assert s["teacher_entropy"] == pytest.approx(0.0, abs=1e-5)
+    assert s["teacher_batch_entropy"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_collapse_stats_hand_computed_two_point_distributions():
+    # K = 2, temperature 1, centre 0. Sample 0: logits (0, ln 3) -> p = (1/4, 3/4);
+    # sample 1: logits (ln 3, 0) -> p = (3/4, 1/4). Batch mean = (1/2, 1/2).
+    t = np.array([[[0.0, math.log(3)], [math.log(3), 0.0]]])
+    h = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))  # 0.5623 nats
+    s = _stats(t)
+    assert s["teacher_entropy"] == pytest.approx(h, abs=1e-6)
+    assert s["teacher_batch_entropy"] == pytest.approx(math.log(2), abs=1e-6)
+    # mean KL(p_i || p_bar) computed directly
+    kl = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
+    assert s["teacher_kl"] == pytest.approx(kl, abs=1e-6)
+    assert kl == pytest.approx(math.log(2) - h, abs=1e-12)
+
+
+def test_collapse_stats_use_the_centre_and_temperature():
+    # Centre (0, ln 3) and temperature 2 on logits (0, 2 ln 3): (0, ln 3) / 2 ... -> p ∝ (1, sqrt 3)
+    t = np.array([[[0.0, 2 * math.log(3)]]])
+    p1 = math.sqrt(3) / (1 + math.sqrt(3))
+    h = -(p1 * math.log(p1) + (1 - p1) * math.log(1 - p1))
+    s = _stats(t, center=[0.0, math.log(3)], temp=2.0)
+    assert s["teacher_entropy"] == pytest.approx(h, abs=1e-6)
+    assert s["teacher_kl"] == pytest.approx(0.0, abs=1e-6)  # one sample: p_bar = p
+
+
+def test_loss_splits_into_teacher_entropy_plus_kl():
+    rng = np.random.default_rng(3)
+    student = rng.normal(size=(4, 3, 6)).astype(np.float32)
+    teacher = rng.normal(size=(2, 3, 6)).astype(np.float32)
+    center = rng.normal(size=6).astype(np.float32) * 0.1
+    loss = float(dino_loss(student, teacher, center, student_temp=0.5, teacher_temp=0.3))
+    s = _stats(teacher, center, temp=0.3)
+    # KL(p_t || p_s) over the same pairs, in float64 numpy
+    zt = (teacher.astype(np.float64) - center) / 0.3
+    pt = np.exp(zt - zt.max(-1, keepdims=True))
+    pt /= pt.sum(-1, keepdims=True)
+    zs = student.astype(np.float64) / 0.5
+    ls = zs - zs.max(-1, keepdims=True)
+    ls -= np.log(np.exp(ls).sum(-1, keepdims=True))
+    kls = [
+        np.mean(np.sum(pt[i] * (np.log(pt[i]) - ls[j]), -1))
+        for i in range(2)
+        for j in range(4)
+        if i != j
+    ]
+    assert loss - s["teacher_entropy"] == pytest.approx(float(np.mean(kls)), abs=1e-5)
+
+
+# ---------------------------------------------------------------- Sinkhorn-Knopp centring
+
+
+def _sinkhorn_reference(logits, temp, iters):
+    """DINOv2's procedure in float64 numpy (probability space, K x B as written there)."""
+    q = np.exp(np.asarray(logits, np.float64) / temp).T  # [K, B]
+    k, b = q.shape
+    q /= q.sum()
+    for _ in range(iters):
+        q /= q.sum(axis=1, keepdims=True)
+        q /= k
+        q /= q.sum(axis=0, keepdims=True)
+        q /= b
+    q *= b
+    return q.T
+
+
+def test_sinkhorn_matches_reference_and_balances_prototypes():
+    from dinolg_jax.dino.loss import sinkhorn_knopp
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(12, 5)).astype(np.float32)
+    for iters in (1, 3):
+        got = np.asarray(sinkhorn_knopp(jnp.asarray(logits), teacher_temp=0.5, n_iters=iters))
+        np.testing.assert_allclose(got, _sinkhorn_reference(logits, 0.5, iters), atol=2e-6)
+    many = np.asarray(sinkhorn_knopp(jnp.asarray(logits), teacher_temp=0.5, n_iters=200))
+    np.testing.assert_allclose(many.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(many.sum(0), 12 / 5, atol=1e-4)  # equal mass per prototype
+
+
+def test_dino_loss_with_sinkhorn_centring_matches_reference():
+    rng = np.random.default_rng(1)
+    student = rng.normal(size=(3, 4, 5)).astype(np.float32)
+    teacher = rng.normal(size=(2, 4, 5)).astype(np.float32)
+    got = float(
+        dino_loss(
+            student, teacher, np.zeros(5, np.float32), student_temp=0.2, teacher_temp=0.4,
+            centering="sinkhorn", sinkhorn_iters=3,
+        )
+    )  # fmt: skip
+    q = _sinkhorn_reference(teacher.reshape(8, 5), 0.4, 3).reshape(2, 4, 5)
+    zs = student.astype(np.float64) / 0.2
+    ls = zs - np.log(np.exp(zs).sum(-1, keepdims=True))
+    ce = [np.mean(-np.sum(q[i] * ls[j], -1)) for i in range(2) for j in range(3) if i != j]
+    assert got == pytest.approx(float(np.mean(ce)), abs=1e-5)
+    with pytest.raises(ValueError, match="centering"):
+        dino_loss(student, teacher, np.zeros(5), teacher_temp=0.4, centering="mean")

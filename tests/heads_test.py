@@ -94,5 +94,42 @@ def test_bf16_head_close_to_f32():
     x = np.random.default_rng(2).standard_normal((4, 12)).astype(np.float32)
     out32 = jax.jit(DINOHead(**SMALL).apply)({"params": params}, x)
     out16 = jax.jit(DINOHead(dtype=jnp.bfloat16, **SMALL).apply)({"params": params}, x)
-    assert out16.dtype == jnp.bfloat16
-    np.testing.assert_allclose(np.asarray(out16, np.float32), out32, atol=2e-2)
+    assert out16.dtype == jnp.float32  # the logits are float32 under bf16 compute
+    np.testing.assert_allclose(np.asarray(out16), out32, atol=2e-2)
+
+
+def test_last_layer_init_is_torch_linear_default_uniform():
+    # PyTorch nn.Linear: kaiming_uniform_(a=sqrt(5)) -> U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    head = DINOHead(out_dim=4096, hidden_dim=32, bottleneck_dim=64)
+    v = np.asarray(_init(head, d=16)["last_layer"]["kernel"], np.float64)  # [64, 4096]
+    bound = 1 / math.sqrt(64)
+    assert np.abs(v).max() <= bound
+    assert np.abs(v).max() > 0.99 * bound  # fills the interval
+    assert v.std() == pytest.approx(bound / math.sqrt(3), rel=0.01)  # uniform's std
+    # each prototype's direction norm ~ sqrt(1/3): about twice a truncated normal 0.02's
+    col = np.linalg.norm(v, axis=0)
+    assert col.mean() == pytest.approx(math.sqrt(1 / 3), rel=0.02)
+    mlp = np.asarray(_init(head, d=16)["mlp_0"]["kernel"])
+    assert mlp.std() < 0.021  # the MLP keeps the truncated normal of std 0.02
+
+
+def test_bf16_head_computes_the_last_layer_and_logits_in_float32():
+    kw = {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16}
+    head16 = DINOHead(dtype=jnp.bfloat16, **kw)
+    params = _init(head16, d=8)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(5, 8)), jnp.float32)
+    out = head16.apply({"params": params}, x)
+    assert out.dtype == jnp.float32
+    # Reference: the bf16 MLP, then float64 numpy for the normalisation and last layer.
+    h = x.astype(jnp.bfloat16)
+    for i in range(3):
+        p = params[f"mlp_{i}"]
+        h = h @ p["kernel"].astype(jnp.bfloat16) + p["bias"].astype(jnp.bfloat16)
+        if i < 2:
+            h = jax.nn.gelu(h, approximate=False)
+    h = np.asarray(h, np.float64)
+    h /= np.linalg.norm(h, axis=1, keepdims=True)
+    v = np.asarray(params["last_layer"]["kernel"], np.float64)
+    ref = h @ (v / np.linalg.norm(v, axis=0, keepdims=True))
+    # float32 accuracy on the logits (a bf16 last layer is off by ~4e-3)
+    np.testing.assert_allclose(np.asarray(out), ref, atol=2e-5)

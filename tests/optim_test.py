@@ -105,7 +105,7 @@ def test_global_norm_clipping():
     grads = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape) * 10), params)
     norm = float(optax.tree.norm(grads))
     assert norm > 3.0
-    tx = optim.dino_optimizer(1e-3, 0.0, clip_norm=3.0)
+    tx = optim.dino_optimizer(1e-3, 0.0, clip_norm=3.0, clip_mode="global")
     _, state = jax.jit(tx.update)(grads, tx.init(params), params)
     # After one step mu = (1 - b1) * clipped gradient.
     mu = _adam_mu(state, "default") + _adam_mu(state, "last_layer")
@@ -184,3 +184,39 @@ def test_build_optimizer_from_config():
     mu = _adam_mu(state, "default")
     np.testing.assert_allclose(np.concatenate([np.ravel(m) for m in mu]), 10.0, rtol=1e-6)
     assert float(state.hyperparams["learning_rate"]) == pytest.approx(5e-4)
+
+
+def test_per_param_clipping_is_the_default_and_matches_official_rule():
+    params = _params()
+    rng = np.random.default_rng(4)
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape)), params)
+    grads["head"]["mlp_0"]["kernel"] = grads["head"]["mlp_0"]["kernel"] * 50.0  # norm >> 3
+    tx = optim.dino_optimizer(1e-3, 0.0, clip_norm=3.0)  # default clip_mode: per_param
+    _, state = jax.jit(tx.update)(grads, tx.init(params), params)
+    mu = jax.tree.map(lambda m: np.asarray(m) / 0.1, _adam_mu_tree(state))
+
+    def official(g):  # utils.clip_gradients of official DINO, in float64
+        g = np.asarray(g, np.float64)
+        coef = 3.0 / (np.linalg.norm(g.ravel()) + 1e-6)
+        return g * coef if coef < 1 else g
+
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        m = mu
+        for key in path:
+            m = m[key.key]
+        np.testing.assert_allclose(m, official(g), rtol=1e-5, atol=1e-7)
+    big = np.asarray(mu["head"]["mlp_0"]["kernel"])
+    assert np.linalg.norm(big) == pytest.approx(3.0, rel=1e-5)
+    with pytest.raises(ValueError, match="clip_mode"):
+        optim.dino_optimizer(1e-3, 0.0, clip_mode="norm")
+
+
+def _adam_mu_tree(state):
+    """Adam first moments of both groups merged back into the parameter tree."""
+    trees = []
+    for label in ("default", "last_layer"):
+        group = state.inner_state[-1].inner_states[label]
+        ((_, mu),) = optax.tree_utils.tree_get_all_with_path(group, "mu")
+        trees.append(mu)
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
+    return jax.tree.map(lambda a, b: b if masked(a) else a, *trees, is_leaf=masked)

@@ -11,6 +11,12 @@ Eq. 1 / Algorithm 1). Everything is computed in float32 whatever the input dtype
 teacher side should be passed through ``jax.lax.stop_gradient`` by the caller (done here
 too, so the loss never sends gradients into the teacher).
 
+Centring of the teacher (``centering``): ``"ema"`` is DINO's, ``P_t = softmax((t - c) /
+T_t)`` with the running centre below; ``"sinkhorn"`` is the Sinkhorn-Knopp centring of
+SwAV / DINOv2 / iBOT: ``P_t`` is the doubly normalised ``exp(t / T_t)`` over all global
+crops of the batch (every prototype gets the same total mass, every sample sums to 1),
+``sinkhorn_iters`` alternations, computed in log space; the centre is then not used.
+
 Centre: ``c <- m c + (1 - m) mean(t)``, the mean over every global crop of every sample.
 Under ``jax.jit`` with a batch sharded over a mesh, ``jnp.mean`` over the batch axis is
 the global mean (XLA inserts the all-reduce), which is what official DINO gets with its
@@ -42,6 +48,65 @@ def _check(student_out: jnp.ndarray, teacher_out: jnp.ndarray, center: jnp.ndarr
         raise ValueError(f"center must be [K] = [{k}], got {center.shape}")
 
 
+CENTERINGS = ("ema", "sinkhorn")
+
+
+def sinkhorn_knopp(
+    logits: jnp.ndarray, *, teacher_temp: float | jnp.ndarray, n_iters: int = 3
+) -> jnp.ndarray:
+    """Sinkhorn-Knopp normalisation of teacher logits (DINOv2's ``sinkhorn_knopp_teacher``).
+
+    Starting from ``Q = exp(logits / T)`` over the N rows (samples) and K columns
+    (prototypes), alternately makes every column sum to 1/K and every row to 1/N, then
+    scales rows to sum to 1. Log-space arithmetic, float32.
+
+    Args:
+      logits: [N, K] teacher logits (all global crops of the batch).
+      teacher_temp: temperature T.
+      n_iters: number of (column, row) alternations.
+
+    Returns:
+      float32 [N, K]: per-row probabilities.
+    """
+    n, k = logits.shape
+    log_q = jax.lax.stop_gradient(logits.astype(jnp.float32)) / teacher_temp
+    for _ in range(int(n_iters)):
+        log_q = log_q - jax.nn.logsumexp(log_q, axis=0, keepdims=True) - jnp.log(float(k))
+        log_q = log_q - jax.nn.logsumexp(log_q, axis=1, keepdims=True) - jnp.log(float(n))
+    return jax.nn.softmax(log_q, axis=1)
+
+
+def teacher_probs(
+    teacher_out: jnp.ndarray,
+    center: jnp.ndarray,
+    *,
+    teacher_temp: float | jnp.ndarray,
+    centering: str = "ema",
+    sinkhorn_iters: int = 3,
+) -> jnp.ndarray:
+    """The teacher's centred, sharpened distribution ``P_t`` (see the module docstring).
+
+    Args:
+      teacher_out: [n_global, B, K] teacher logits.
+      center: [K] running centre (used by ``"ema"`` only).
+      teacher_temp: teacher temperature.
+      centering: ``"ema"`` or ``"sinkhorn"``.
+      sinkhorn_iters: Sinkhorn-Knopp alternations.
+
+    Returns:
+      float32 [n_global, B, K], each row summing to 1.
+    """
+    if centering not in CENTERINGS:
+        raise ValueError(f"centering must be one of {CENTERINGS}, got {centering!r}")
+    t = jax.lax.stop_gradient(teacher_out.astype(jnp.float32))
+    if centering == "sinkhorn":
+        g, b, k = t.shape
+        q = sinkhorn_knopp(t.reshape(g * b, k), teacher_temp=teacher_temp, n_iters=sinkhorn_iters)
+        return q.reshape(g, b, k)
+    c = jax.lax.stop_gradient(center.astype(jnp.float32)).reshape(-1)
+    return jax.nn.softmax((t - c) / teacher_temp, axis=-1)
+
+
 def dino_loss(
     student_out: jnp.ndarray,
     teacher_out: jnp.ndarray,
@@ -49,6 +114,8 @@ def dino_loss(
     *,
     student_temp: float | jnp.ndarray = 0.1,
     teacher_temp: float | jnp.ndarray,
+    centering: str = "ema",
+    sinkhorn_iters: int = 3,
 ) -> jnp.ndarray:
     """DINO cross-entropy between teacher and student crops.
 
@@ -58,6 +125,8 @@ def dino_loss(
       center: [K] running centre of the teacher logits.
       student_temp: student softmax temperature.
       teacher_temp: teacher softmax temperature (may be a traced schedule value).
+      centering: ``"ema"`` (DINO) or ``"sinkhorn"`` (Sinkhorn-Knopp, DINOv2).
+      sinkhorn_iters: Sinkhorn-Knopp alternations.
 
     Returns:
       float32 scalar: the mean over the ``n_global * (n_crops - 1)`` pairs of the
@@ -69,9 +138,13 @@ def dino_loss(
     _check(student_out, teacher_out, center)
     n_crops, b, _ = student_out.shape
     n_global = teacher_out.shape[0]
-    t = jax.lax.stop_gradient(teacher_out.astype(jnp.float32))
-    c = jax.lax.stop_gradient(center.astype(jnp.float32)).reshape(-1)
-    p_t = jax.nn.softmax((t - c) / teacher_temp, axis=-1)  # [G, B, K]
+    p_t = teacher_probs(
+        teacher_out,
+        center,
+        teacher_temp=teacher_temp,
+        centering=centering,
+        sinkhorn_iters=sinkhorn_iters,
+    )  # [G, B, K]
     log_p_s = jax.nn.log_softmax(student_out.astype(jnp.float32) / student_temp, axis=-1)
     # ce[i, j] = batch mean of -sum_k p_t[i] log p_s[j]   # [G, n_crops]
     ce = -jnp.einsum("ibk,jbk->ij", p_t, log_p_s, precision=jax.lax.Precision.HIGHEST) / b
@@ -101,3 +174,50 @@ def update_center(
     batch_center = jnp.mean(jax.lax.stop_gradient(teacher_out.astype(jnp.float32)), axis=(0, 1))
     c = center.astype(jnp.float32)
     return momentum * c + (1.0 - momentum) * batch_center.reshape(c.shape)
+
+
+def _entropy(p: jnp.ndarray, axis: int = -1) -> jnp.ndarray:
+    """Shannon entropy in nats of probabilities ``p`` along ``axis`` (0 log 0 = 0)."""
+    return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=axis)
+
+
+def teacher_collapse_stats(
+    teacher_out: jnp.ndarray,
+    center: jnp.ndarray,
+    *,
+    teacher_temp: float | jnp.ndarray,
+    centering: str = "ema",
+    sinkhorn_iters: int = 3,
+) -> dict[str, jnp.ndarray]:
+    """DINO's collapse indicators of the centred, sharpened teacher distribution.
+
+    With ``p_i = softmax((t_i - c) / T_t)`` for every global crop of every sample ``i``
+    and ``p_bar`` their mean (Caron et al. 2021, section 5.3 and Fig. 7)::
+
+        teacher_entropy        mean_i H(p_i)
+        teacher_batch_entropy  H(p_bar)
+        teacher_kl             mean_i KL(p_i || p_bar) = H(p_bar) - mean_i H(p_i)
+
+    Uniform collapse: both entropies near ln K, KL near 0. Collapse onto one prototype:
+    both entropies near 0, KL near 0. A learning run has a low per-sample entropy, a
+    high batch entropy and so a KL of several nats.
+
+    Args:
+      teacher_out: [n_global, B, K] teacher logits.
+      center: [K] the centre used by the loss.
+      teacher_temp: teacher temperature.
+      centering, sinkhorn_iters: as in :func:`dino_loss` (the distribution the loss uses).
+
+    Returns:
+      dict of float32 scalars (nats): the three quantities above.
+    """
+    p = teacher_probs(
+        teacher_out,
+        center,
+        teacher_temp=teacher_temp,
+        centering=centering,
+        sinkhorn_iters=sinkhorn_iters,
+    )  # [G, B, K]
+    h = jnp.mean(_entropy(p))
+    h_bar = _entropy(jnp.mean(p, axis=(0, 1)))
+    return {"teacher_entropy": h, "teacher_batch_entropy": h_bar, "teacher_kl": h_bar - h}

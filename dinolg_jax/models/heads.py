@@ -13,7 +13,20 @@ exact (erf). Weight norm: for output unit ``j``, ``w[:, j] = g[j] * v[:, j] /
 (so every prototype is unit-norm and the logits are cosine similarities in [-1, 1]);
 otherwise ``g`` is the learned parameter ``last_layer/scale`` [out_dim], initialised to
 1. The last layer's parameters live under ``last_layer`` so the optimiser can freeze them
-(``dino/optim.py``). Dense kernels use a truncated normal (std 0.02), biases zeros.
+(``dino/optim.py``). MLP kernels use a truncated normal (std 0.02), biases zeros.
+
+Last-layer init, as official DINO: its ``DINOHead`` applies ``trunc_normal_(std=0.02)``
+to the MLP *before* it creates ``last_layer``, so the prototypes keep PyTorch's default
+``nn.Linear`` init, ``kaiming_uniform_(a=sqrt(5))`` = U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+with fan_in = bottleneck_dim. We draw the direction ``v`` from that same uniform
+(:data:`LAST_LAYER_INIT`): each column's norm is about sqrt(1/3) = 0.58, against about 0.28
+for a truncated normal of std 0.02 at bottleneck 256, and the norm of ``v`` sets how far
+one optimiser step turns a prototype (the logits only see its direction).
+
+Precision: the MLP runs in ``dtype`` (bf16 on GPU); the L2 normalisation, the last layer
+(float32 matmul at ``Precision.HIGHEST``, so no TF32 on GPU) and so the logits are float32
+whatever ``dtype``. A cosine logit rounded to bf16 moves by up to 2^-9, which the teacher
+temperature 0.04 magnifies 25 times in the softmax.
 """
 
 from __future__ import annotations
@@ -21,9 +34,12 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 L2_EPS = 1e-12
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default nn.Linear weight init.
+LAST_LAYER_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 def l2_normalize(x: jnp.ndarray, eps: float = L2_EPS) -> jnp.ndarray:
@@ -54,7 +70,7 @@ class WeightNormDense(nn.Module):
         """Args: x [B, Din]. Returns: [B, features] in ``dtype``."""
         v = self.param(
             "kernel",
-            nn.initializers.truncated_normal(0.02),
+            LAST_LAYER_INIT,
             (x.shape[-1], self.features),
             self.param_dtype,
         )
@@ -63,7 +79,8 @@ class WeightNormDense(nn.Module):
         if self.learn_scale:
             g = self.param("scale", nn.initializers.ones, (self.features,), self.param_dtype)
             w = w * g.astype(jnp.float32)[None, :]
-        return jnp.dot(x.astype(self.dtype), w.astype(self.dtype))
+        precision = jax.lax.Precision.HIGHEST if self.dtype == jnp.float32 else None
+        return jnp.dot(x.astype(self.dtype), w.astype(self.dtype), precision=precision)
 
 
 class DINOHead(nn.Module):
@@ -85,7 +102,7 @@ class DINOHead(nn.Module):
           x: [B, D] features (e.g. the ViT's CLS token).
 
         Returns:
-          [B, out_dim] logits in ``dtype`` (before any temperature).
+          [B, out_dim] float32 logits (before any temperature).
         """
         if self.n_layers < 1:
             raise ValueError(f"n_layers must be >= 1, got {self.n_layers}")
@@ -103,11 +120,11 @@ class DINOHead(nn.Module):
             )(h)
             if i < len(widths) - 1:
                 h = nn.gelu(h, approximate=False)
-        h = l2_normalize(h)
+        h = l2_normalize(h)  # float32
         return WeightNormDense(
             self.out_dim,
             learn_scale=not self.norm_last_layer,
-            dtype=self.dtype,
+            dtype=jnp.float32,
             param_dtype=self.param_dtype,
             name="last_layer",
         )(h)

@@ -20,8 +20,10 @@ there. ``jax.image.resize("bicubic")`` is not used: it has a = -0.5 and antialia
 downsampling (28 -> 12 for 96 px crops at p = 8), which changes the table noticeably.
 Scale: we sample with the exact size ratio ``G / g`` (as ``F.interpolate(size=...)``, and
 as the peer benchmark does). Official DINO v1 passes ``scale_factor=(g + 0.1) / G`` so
-torch samples with step ``G / (g + 0.1)``: the sample points differ by under 0.1 of a
-table cell; we do not reproduce that quirk. At the reference size the table is used as is.
+torch samples output cell ``i`` at ``(i + 0.5) G / (g + 0.1) - 0.5`` instead of ``(i + 0.5)
+G / g - 0.5``: the offset grows along the grid to ``0.1 (g - 0.5) G / (g (g + 0.1))``,
+about ``0.1 G / g`` table cells at the far edge: 0.22 cells for 96 px crops at p = 8
+(g = 12, G = 28). We do not reproduce that quirk. At the reference size the table is used as is.
 
 Attention goes through ``jax.nn.dot_product_attention(implementation=attention_impl)``
 (``None``/``"xla"`` on CPU, ``"cudnn"`` with bf16 on GPU). With ``pad_tokens_to = m > 1``
@@ -73,6 +75,8 @@ class VitSpec:
 # name -> (width, depth, heads); "mu" is a tiny test-only model.
 VARIANTS: dict[str, tuple[int, int, int]] = {
     "mu": (32, 2, 2),
+    "nano": (64, 4, 4),
+    "micro": (128, 4, 4),
     "Ti": (192, 12, 3),
     "S": (384, 12, 6),
     "B": (768, 12, 12),

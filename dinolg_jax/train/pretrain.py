@@ -7,11 +7,17 @@ What it writes under ``workdir`` (process 0 for the text files)::
     metrics.jsonl        one JSON line per logged step: step, loss, loss_window_mean
                          (mean since the last line), lr, wd, momentum (teacher EMA),
                          teacher_temp, grad_norm (before clipping), param_norm,
-                         update_norm, steps_per_s, eta_s
+                         update_norm, steps_per_s, eta_s; the collapse monitors
+                         teacher_entropy, teacher_batch_entropy, teacher_kl, loss_entropy,
+                         loss_kl (``train.state.make_train_step``); on evaluation steps
+                         the online eval online_{knn,probe}_roc_auc beside the random
+                         init's init_{knn,probe}_roc_auc and their *_gain
+    online_eval_init.json  the random-initialised encoder's online eval (step 0)
     tensorboard/         the same scalars as TensorBoard events (``config.tensorboard``)
     checkpoints/<step>/  Orbax: train state + Grain iterator state + config (last k kept)
     encoder/             the teacher backbone (``runtime.checkpoint.save_encoder``)
-    summary.json         final step, last metrics, params_checksum, status
+    summary.json         final step, last metrics, params_checksum, status, health
+                         (the collapse and left-the-init verdicts, ``train.health``)
     phantom/             only when ``config.data.manifest`` is empty: a small phantom
                          release and its conversion, made on the first run
 
@@ -20,7 +26,15 @@ and the data iterator continue exactly (``fold_in(key, step)`` inside the step),
 resumed run ends with the same bytes as an uninterrupted one. SIGTERM: the current step
 finishes, a checkpoint is written, the run returns with status ``"preempted"``. A
 non-finite loss raises :class:`NonFiniteLossError` before anything from that state is
-saved; the last good checkpoint stays as it was.
+saved; the last good checkpoint stays as it was. The check runs on every step, one step
+behind the dispatch (step k's loss is read once step k + 1 is queued, so the device never
+waits for the host): the run stops at the first non-finite step, not at the next log line.
+
+Health: every ``eval_every`` steps (and at step 0 and the last step) the teacher backbone
+is scored by ``train.online_eval`` on a cached subset of the val split, beside the same
+scores of the random-initialised encoder; a warning line is logged (and kept in
+``summary.json["health"]``) when the teacher has collapsed or the encoder has not left
+its initialisation (``train.health``).
 """
 
 from __future__ import annotations
@@ -43,6 +57,8 @@ from jax.experimental import multihost_utils
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.runtime.tensorboard import TensorBoardWriter
+from dinolg_jax.train import health as health_lib
+from dinolg_jax.train import online_eval as online_eval_lib
 from dinolg_jax.train import state as state_lib
 
 
@@ -63,6 +79,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_epochs = 100.0  # schedule length in epochs (may be fractional)
     c.num_steps = 0  # > 0: stop after this many steps (schedules keep num_epochs)
     c.log_every = 10  # steps between metrics lines
+    c.eval_every = 1000  # steps between online evaluations (0: none); also step 0 and last
+    c.online_eval = online_eval_lib.default_config()
+    c.monitor = health_lib.default_config()
     c.tensorboard = False  # also write TensorBoard event files
     c.model = ml_collections.ConfigDict()
     c.model.variant = "S/8"
@@ -83,6 +102,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.dino.warmup_teacher_temp_epochs = 30.0
     c.dino.momentum_teacher = 0.996
     c.dino.center_momentum = 0.9
+    c.dino.centering = "ema"  # DINO's EMA centre; "sinkhorn": Sinkhorn-Knopp (DINOv2)
+    c.dino.sinkhorn_iters = 3
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 5e-4  # per 256 images
     c.optim.min_lr = 1e-6
@@ -90,6 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.weight_decay = 0.04
     c.optim.weight_decay_end = 0.4
     c.optim.clip_grad = 3.0
+    c.optim.clip_mode = "per_param"  # official DINO; "global": one norm over all gradients
     c.optim.freeze_last_layer = 1.0  # epochs
     c.data = default_data_config("dinolg")
     c.data.manifest = ""  # "" -> a phantom under the workdir
@@ -225,6 +247,7 @@ class _MetricsLog:
         self._t0 = time.perf_counter()
         self._step0: int | None = None
         self._tb = tensorboard
+        self.extra: dict[str, float] = {}  # merged into the next written line
 
     def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
         if self._step0 is None:
@@ -247,12 +270,14 @@ class _MetricsLog:
         step, m = fetched[-1]
         self.last = {k: float(v) for k, v in m.items()}
         self.last["loss_window_mean"] = float(np.mean([float(x["loss"]) for _, x in fetched]))
+        self.last.update(self.extra)  # the online eval of this step, if any
+        self.extra = {}
         if not write or jax.process_index() != 0:
             return
         elapsed = time.perf_counter() - self._t0
         done = step - (self._step0 or 0)
         steps_per_s = done / elapsed if elapsed > 0 else 0.0
-        line = {"step": step, **self.last, "steps_per_s": steps_per_s}
+        line = {"step": step, **self.last, **self.extra, "steps_per_s": steps_per_s}
         line["eta_s"] = (self.total_steps - step) / steps_per_s if steps_per_s > 0 else None
         self.history.append(line)
         with self.path.open("a") as f:
@@ -269,6 +294,74 @@ class _MetricsLog:
             self.last["lr"],
             steps_per_s,
         )
+
+
+def _raise_if_nonfinite(step: int, loss: jax.Array) -> None:
+    value = float(loss)
+    if not math.isfinite(value):
+        raise NonFiniteLossError(
+            f"non-finite loss ({value}) at step {step}: stopping; this state is not saved"
+        )
+
+
+def _online_evaluator(
+    config: ml_collections.ConfigDict,
+    trainer: state_lib.Trainer,
+    manifest: Any,
+    data_config: ml_collections.ConfigDict,
+    workdir: Path,
+    state: state_lib.TrainState,
+) -> tuple[online_eval_lib.OnlineEvaluator | None, dict[str, float]]:
+    """The run's evaluator and its random init's scores (computed once, then read back)."""
+    if int(config.get("eval_every", 0)) <= 0:
+        return None, {}
+    try:
+        evaluator = online_eval_lib.OnlineEvaluator(
+            trainer.backbone, manifest, data_config, config.online_eval
+        )
+    except ValueError as e:
+        logging.warning("online evaluation off: %s", e)
+        return None, {}
+    path = workdir / "online_eval_init.json"
+    if path.is_file():
+        return evaluator, json.loads(path.read_text())
+    init_state = state if int(state.step) == 0 else trainer.init_state()
+    init = evaluator.evaluate(init_state.teacher["backbone"])
+    del init_state
+    _write_json(path, init)
+    logging.info("online eval of the random init: %s", init)
+    return evaluator, init
+
+
+def _online_line(
+    evaluator: online_eval_lib.OnlineEvaluator, params: Any, init: dict[str, float]
+) -> dict[str, float]:
+    """The online eval of ``params`` beside the init's, as metrics-line fields."""
+    now = evaluator.evaluate(params)
+    line = {}
+    for key in ("knn", "probe"):
+        line[f"online_{key}_roc_auc"] = now[f"{key}_roc_auc"]
+        line[f"init_{key}_roc_auc"] = init[f"{key}_roc_auc"]
+        line[f"{key}_gain"] = now[f"{key}_roc_auc"] - init[f"{key}_roc_auc"]
+    return line
+
+
+def _health(
+    config: ml_collections.ConfigDict, last: dict[str, float], init: dict[str, float]
+) -> dict[str, Any]:
+    """The run's verdicts (``train.health``) from the last metrics and online eval."""
+    collapse = left = None
+    if "teacher_kl" in last:
+        collapse = health_lib.collapse_verdict(last, int(config.dino.out_dim), config.monitor)
+    if init and "online_knn_roc_auc" in last:
+        online = {f"{k}_roc_auc": last[f"online_{k}_roc_auc"] for k in ("knn", "probe")}
+        left = health_lib.init_verdict(online, init, config.monitor)
+    return {
+        "collapse": collapse,
+        "init": left,
+        "online_eval_init": init or None,
+        "warnings": health_lib.warnings_for(collapse, left),
+    }
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -342,8 +435,15 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         tb = TensorBoardWriter(workdir / "tensorboard")
     log = _MetricsLog(workdir / "metrics.jsonl", total_steps, tb)
     step = int(state.step)
+    evaluator, init_eval = None, {}
+    if step < total_steps:
+        evaluator, init_eval = _online_evaluator(
+            config, trainer, manifest_lib.load(manifest), data_config, workdir, state
+        )
     status = "done"
     log_every, ckpt_every = int(config.log_every), int(config.checkpoint.every_steps)
+    eval_every = int(config.get("eval_every", 0))
+    lagged = None  # (step, loss) of the previous step, checked once the next is queued
     try:
         with _Preemption() as preempt:
             while step < total_steps:
@@ -352,13 +452,23 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
                 )
                 state, metrics = trainer.step(state, batch, trainer.step_key, nan_at_step)
                 step += 1
+                if lagged is not None:
+                    _raise_if_nonfinite(*lagged)
+                lagged = (step, metrics["loss"])
                 log.add(step, metrics)
                 if config.debug.step_sleep_s > 0:
                     time.sleep(float(config.debug.step_sleep_s))
                 stop = preempt.should_stop(step)
                 last = step == total_steps
-                if step % log_every == 0 or last or stop:
+                evaluate = evaluator is not None and (step % eval_every == 0 or last)
+                if evaluate:
+                    _raise_if_nonfinite(*lagged)
+                    log.extra.update(_online_line(evaluator, state.teacher["backbone"], init_eval))
+                if step % log_every == 0 or last or stop or evaluate:
                     log.flush(write=True)
+                if evaluate:
+                    for line in _health(config, log.last, init_eval)["warnings"]:
+                        logging.warning("step %d: %s", step, line)
                 if step % ckpt_every == 0 or last or stop:
                     log.flush(write=False)
                     ckpt.save(step, state, data_iter.get_state(), config_dict)
@@ -376,8 +486,18 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
             workdir / ckpt_lib.ENCODER_DIR, state.teacher["backbone"], config.model.to_dict()
         )
     metrics = log.last
-    if not metrics and (workdir / "summary.json").is_file():  # re-run of a finished run
-        metrics = json.loads((workdir / "summary.json").read_text()).get("metrics", {})
+    previous = {}
+    if (workdir / "summary.json").is_file():
+        previous = json.loads((workdir / "summary.json").read_text())
+    if not metrics:  # re-run of a finished run
+        metrics = previous.get("metrics", {})
+    if not init_eval and (workdir / "online_eval_init.json").is_file():
+        init_eval = json.loads((workdir / "online_eval_init.json").read_text())
+    health = _health(config, metrics, init_eval)
+    if not log.last and previous.get("health"):
+        health = previous["health"]
+    for line in health["warnings"]:
+        logging.warning("%s", line)
     summary = {
         "step": step,
         "total_steps": total_steps,
@@ -387,6 +507,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         "params_checksum": ckpt_lib.params_checksum(
             {"params": state.params, "teacher": state.teacher}
         ),
+        "health": health,
         "wall_s": time.perf_counter() - t_start,
     }
     _write_json(workdir / "summary.json", summary)

@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from dinolg_jax.dino.loss import dino_loss, update_center
+from dinolg_jax.dino.loss import dino_loss, teacher_collapse_stats, update_center
 from dinolg_jax.dino.optim import optimizer_from_schedules
 from dinolg_jax.dino.schedules import DinoSchedules
 from dinolg_jax.models.heads import DINOHead
@@ -194,6 +194,8 @@ def make_train_step(
     *,
     student_temp: float,
     center_momentum: float,
+    centering: str = "ema",
+    sinkhorn_iters: int = 3,
 ) -> Callable[[TrainState, Batch, jax.Array, jax.Array], tuple[TrainState, Metrics]]:
     """Builds the pure DINO step ``(state, batch, key, nan_at_step) -> (state, metrics)``.
 
@@ -210,10 +212,17 @@ def make_train_step(
         ``weight_decay``, ``teacher_momentum``, ``teacher_temp``).
       student_temp: student softmax temperature.
       center_momentum: EMA rate of the center.
+      centering: teacher centring, ``"ema"`` (DINO) or ``"sinkhorn"`` (DINOv2).
+      sinkhorn_iters: Sinkhorn-Knopp alternations (``"sinkhorn"`` only).
 
     Returns:
       The step. ``metrics`` (float32 scalars): loss, lr, wd, momentum, teacher_temp,
-      grad_norm (before clipping), param_norm and update_norm of the student.
+      grad_norm (before clipping), param_norm and update_norm of the student, and the
+      collapse monitors (``dino.loss.teacher_collapse_stats``: teacher_entropy,
+      teacher_batch_entropy, teacher_kl) with the loss split as cross-entropy = entropy
+      + KL: ``loss_entropy`` (= teacher_entropy, the teacher's part) and ``loss_kl``
+      (= loss - teacher_entropy, the mean KL(teacher || student) over the loss's pairs).
+      All are computed inside the step; none needs a host round trip.
     """
 
     def step_fn(
@@ -240,6 +249,8 @@ def make_train_step(
                 state.center,
                 student_temp=student_temp,
                 teacher_temp=teacher_temp,
+                centering=centering,
+                sinkhorn_iters=sinkhorn_iters,
             )
             return loss * jnp.where(state.step == nan_at_step, jnp.nan, 1.0)
 
@@ -249,8 +260,18 @@ def make_train_step(
         teacher = jax.tree.map(
             lambda t, s: momentum * t + (1.0 - momentum) * s, state.teacher, params
         )
+        collapse = teacher_collapse_stats(
+            teacher_out,
+            state.center,
+            teacher_temp=teacher_temp,
+            centering=centering,
+            sinkhorn_iters=sinkhorn_iters,
+        )
         center = update_center(state.center, teacher_out, center_momentum)
         metrics = {
+            **collapse,
+            "loss_entropy": collapse["teacher_entropy"],
+            "loss_kl": loss - collapse["teacher_entropy"],
             "loss": loss,
             "lr": jnp.asarray(schedules.lr(state.step), jnp.float32),
             "wd": jnp.asarray(schedules.weight_decay(state.step), jnp.float32),
@@ -350,7 +371,11 @@ def make_trainer(config: ml_collections.ConfigDict, mesh: Mesh, steps_per_epoch:
     """
     backbone, head = build_models(config)
     schedules = build_schedules(config, steps_per_epoch)
-    tx = optimizer_from_schedules(schedules, clip_norm=float(config.optim.clip_grad) or None)
+    tx = optimizer_from_schedules(
+        schedules,
+        clip_norm=float(config.optim.clip_grad) or None,
+        clip_mode=str(config.optim.get("clip_mode", "per_param")),
+    )
 
     def init_fn(key: jax.Array) -> TrainState:
         return init_train_state(key, backbone, head, tx, crop_size=int(config.data.global_size))
@@ -365,6 +390,8 @@ def make_trainer(config: ml_collections.ConfigDict, mesh: Mesh, steps_per_epoch:
             schedules,
             student_temp=float(config.dino.student_temp),
             center_momentum=float(config.dino.center_momentum),
+            centering=str(config.dino.get("centering", "ema")),
+            sinkhorn_iters=int(config.dino.get("sinkhorn_iters", 3)),
         ),
         mesh,
         shardings,
