@@ -218,5 +218,5 @@ def _adam_mu_tree(state):
         group = state.inner_state[-1].inner_states[label]
         ((_, mu),) = optax.tree_utils.tree_get_all_with_path(group, "mu")
         trees.append(mu)
-    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
+    masked = lambda x: isinstance(x, optax.MaskedNode)
     return jax.tree.map(lambda a, b: b if masked(a) else a, *trees, is_leaf=masked)

@@ -85,7 +85,7 @@ def attention_calcium_ratio(attention: np.ndarray, calcium: np.ndarray) -> dict[
         "mean": float(per_slice.mean()),
         "per_head": [float(x) for x in per_head],
         "per_slice": [float(x) for x in per_slice],
-        "n_slices": int(len(a)),
+        "n_slices": len(a),
     }
 
 
