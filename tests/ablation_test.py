@@ -84,9 +84,19 @@ def test_ablation_is_deterministic_resumes_exactly_and_skips_finished_stages(tmp
     n_pos = manifest["splits"]["test"]["num_positive"]
     truth = json.loads((straight / "data" / "phantom" / "release" / "truth.json").read_text())
     assert results["arms"] == {
+        "random_init": {"n_local_random": 0, "n_local_guided": 0, "pretrained": False},
         "dino": {"n_local_random": 2, "n_local_guided": 0},
         "dinolg": {"n_local_random": 1, "n_local_guided": 1},
     }
+    control = results["runs"]["0"]["random_init"]
+    t = control["probe"]["test"]
+    assert t["tp"] + t["fn"] == n_pos and t["tn"] + t["fp"] == n_test - n_pos
+    assert "gated" not in control and control["pretrain"]["step"] == 0
+    for arm in ("random_init", "dino", "dinolg"):
+        # every calcified test slice has a calcium patch; the ratio is a positive number
+        att = results["runs"]["0"][arm]["attention"]
+        assert att["n_slices"] == n_pos and att["split"] == "test" and att["mean"] > 0
+        assert results["aggregate"][arm]["attn_calcium_ratio"]["mean"] == att["mean"]
     for arm in ("dino", "dinolg"):
         run_ = results["runs"]["0"][arm]
         t = run_["probe"]["test"]
@@ -110,6 +120,7 @@ def test_ablation_is_deterministic_resumes_exactly_and_skips_finished_stages(tmp
         assert row["true_total"] == pytest.approx(truth["gated"][pid]["total"], abs=1e-3)
     report = (straight / "report" / "report.md").read_text()
     assert "Calcified-slice probe" in report and "(Fig. 6)" in report and "(Table 6)" in report
+    assert "attn_calcium_ratio" in report and "random_init" in report
     assert (straight / "report" / "fig6_probe_confusion.png").stat().st_size > 0
 
     # A third call finds every stage finished: nothing is recomputed.

@@ -253,3 +253,20 @@ def test_dino_loss_with_sinkhorn_centring_matches_reference():
     assert got == pytest.approx(float(np.mean(ce)), abs=1e-5)
     with pytest.raises(ValueError, match="centering"):
         dino_loss(student, teacher, np.zeros(5), teacher_temp=0.4, centering="mean")
+
+
+def test_koleo_hand_computed():
+    from dinolg_jax.dino.loss import koleo_loss
+
+    # Unit vectors at 0, 90 and 180 degrees (scaled rows: normalised first): every
+    # nearest neighbour is at distance sqrt(2).
+    x = jnp.asarray([[2.0, 0.0], [0.0, 0.5], [-3.0, 0.0]])
+    assert float(koleo_loss(x)) == pytest.approx(-math.log(math.sqrt(2)), abs=1e-6)
+    # Add a point at 45 degrees: distances to neighbours 2 sin(22.5 deg) for rows 0, 1, 3;
+    # row 2 (180 deg) keeps sqrt(2) to row 1.
+    y = jnp.asarray([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [1.0, 1.0]])
+    near = 2 * math.sin(math.radians(22.5))
+    expected = -(3 * math.log(near) + math.log(math.sqrt(2))) / 4
+    assert float(koleo_loss(y)) == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError):
+        koleo_loss(jnp.ones((1, 3)))

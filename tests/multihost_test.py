@@ -93,9 +93,23 @@ def _worker(port: int, process_id: int, out: str) -> None:
 
 
 def _assert_states_close(a: dict, b: dict, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    """allclose on every array, except the key bias of the attention (see below)."""
     assert sorted(a) == sorted(b)
     for name in a:
-        np.testing.assert_allclose(a[name], b[name], rtol=rtol, atol=atol, err_msg=name)
+        x, y = a[name], b[name]
+        if name.endswith("['attn']['qkv']['bias']"):
+            # The key bias adds q.b_k to every logit of a query row: softmax ignores it, so
+            # its gradient is exactly 0 and what the runs compute is reduction-order noise,
+            # which Adam's first steps (g / (|g| + eps)) turn into +-lr-sized moves. Both
+            # runs must keep it within the size of the real (query, value) bias moves; the
+            # query and value parts are compared as usual.
+            d = x.shape[-1] // 3
+            qv = np.concatenate([x[..., :d], x[..., 2 * d :]], -1)
+            for z in (x, y):
+                assert np.abs(z[..., d : 2 * d]).max() <= 2 * np.abs(qv).max(), name
+            x = np.concatenate([x[..., :d], x[..., 2 * d :]], -1)
+            y = np.concatenate([y[..., :d], y[..., 2 * d :]], -1)
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=name)
 
 
 @pytest.fixture(scope="module")

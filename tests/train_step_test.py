@@ -71,7 +71,7 @@ def test_step_matches_numpy_reference():
         out = state_lib._dino_outputs(
             trainer.backbone, trainer.head, params, [jnp.asarray(v) for v in views],
             train=False, rng=None,
-        )  # fmt: skip
+        )[0]  # fmt: skip
         return np.asarray(out, np.float64)
 
     t_out = outputs(before.teacher, [g])  # [2, B, K]: teacher on the global crops only

@@ -9,7 +9,10 @@ first ``--num_slices`` slices with calcium of ``--split`` in record order, resiz
 whole slice to ``--size`` px, and for every head draws the CLS token's attention over
 the patches (softmax weights of the last block, upsampled to pixels) on the slice;
 lesion centres are circled. One PNG per slice in ``--out`` (default
-``WORKDIR/attention``); the list is printed as JSON.
+``WORKDIR/attention``), its title giving the slice's ``attn_calcium_ratio`` (share of the
+head-mean attention on calcium patches over the share of calcium patches, chance = 1;
+``eval/attention.py``) and every head's own ratio above its panel. Printed as JSON: the
+PNGs, the mean ratio over the drawn slices and its per-head means.
 """
 
 import json
@@ -25,6 +28,7 @@ import matplotlib.pyplot as plt
 
 from dinolg_jax.data import manifest as manifest_lib
 from dinolg_jax.data import records, transforms
+from dinolg_jax.eval.attention import attention_calcium_ratio, calcium_patch_mask
 from dinolg_jax.models.vit import ViT, decode_variant
 from dinolg_jax.runtime.checkpoint import load_encoder
 
@@ -75,6 +79,11 @@ def main(argv: list[str]) -> None:
     _, aux = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))(params, x)
     grid = size // patch
     attn = np.asarray(aux["attention"])[:, :, 0, 1:]  # [B, heads, N]: CLS -> patches
+    calcium = calcium_patch_mask(np.stack([r["labels"] for r in recs]), (grid, grid))
+    ratios = [
+        attention_calcium_ratio(attn[b : b + 1], calcium[b : b + 1]) for b in range(len(recs))
+    ]
+    summary = attention_calcium_ratio(attn, calcium)
     attn = attn.reshape(len(recs), -1, grid, grid)
     out = Path(_OUT.value) if _OUT.value else workdir / "attention"
     out.mkdir(parents=True, exist_ok=True)
@@ -91,14 +100,28 @@ def main(argv: list[str]) -> None:
                 up = (up - up.min()) / max(float(np.ptp(up)), 1e-12)  # per-head contrast
                 ax.imshow(up, cmap="inferno", alpha=0.55, vmin=0, vmax=1)
             ax.scatter(centers[:, 1], centers[:, 0], s=80, facecolors="none", edgecolors="cyan")
-            ax.set_title("slice" if k == 0 else f"head {k - 1}", fontsize=9)
+            title = "slice" if k == 0 else f"head {k - 1}: {ratios[b]['per_head'][k - 1]:.2f}"
+            ax.set_title(title, fontsize=9)
             ax.axis("off")
-        fig.suptitle(f"{rec['study']} slice {rec['slice']}: last-layer CLS attention", fontsize=9)
+        fig.suptitle(
+            f"{rec['study']} slice {rec['slice']}: last-layer CLS attention, "
+            f"attn_calcium_ratio {ratios[b]['mean']:.2f} (chance 1)",
+            fontsize=9,
+        )
         path = out / f"{rec['study']}_{rec['slice']:04d}.png"
         fig.savefig(path, dpi=90, bbox_inches="tight")
         plt.close(fig)
         written.append(str(path))
-    print(json.dumps({"pngs": written}))
+    print(
+        json.dumps(
+            {
+                "pngs": written,
+                "attn_calcium_ratio": summary["mean"],
+                "per_head": summary["per_head"],
+                "n_slices": summary["n_slices"],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

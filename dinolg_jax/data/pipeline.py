@@ -95,6 +95,9 @@ def default_data_config(variant: str = "dinolg") -> ml_collections.ConfigDict:
     c.shuffle = True
     c.eval_size = 0  # whole-slice datasets: 0 keeps the record size, else resize to this
     c.positive_fraction = 0.5  # labelled_dataset: share of slices with calcium (0: all)
+    # pretrain_dataset: calcified slices repeated so they make about this share of an
+    # epoch (0: every slice once, as the paper). The same stream for every arm.
+    c.pretrain_positive_fraction = 0.0
     return c
 
 
@@ -205,6 +208,43 @@ def _finish(ds: grain.MapDataset, data: ml_collections.ConfigDict) -> grain.Iter
     return it
 
 
+def pretrain_indices(
+    manifest: manifest_lib.Manifest | str | os.PathLike, split: str, positive_fraction: float
+) -> np.ndarray | None:
+    """One epoch of the pretraining stream as record indices, or None for "every slice once".
+
+    With ``0 < f < 1``, every slice without calcium once and every calcified slice
+    ``r = max(1, round(f / (1 - f) * n_neg / n_pos))`` times (sorted; the stream shuffles
+    them), so calcified slices make about ``f`` of an epoch.
+    """
+    if positive_fraction <= 0:
+        return None
+    if positive_fraction >= 1:
+        raise ValueError(f"pretrain_positive_fraction must be in [0, 1), got {positive_fraction}")
+    m = _manifest(manifest)
+    flags_ = _calcium_flags(tuple(m.shard_paths(split)))
+    pos, neg = np.flatnonzero(flags_), np.flatnonzero(~flags_)
+    if len(pos) == 0:
+        raise ValueError(f"split {split!r} has no slice with calcium to oversample")
+    reps = max(1, round(positive_fraction / (1 - positive_fraction) * len(neg) / len(pos)))
+    return np.sort(np.concatenate([neg, np.repeat(pos, reps)]))
+
+
+class _ReadRecord(grain.transforms.Map):
+    """Record index -> its bytes (the source opened lazily, per worker)."""
+
+    def __init__(self, paths: Sequence[str]):
+        self.paths, self._source = list(paths), None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_source": None}
+
+    def map(self, index: int) -> bytes:
+        if self._source is None:
+            self._source = _SOURCE(self.paths)
+        return self._source[int(index)]
+
+
 def pretrain_dataset(
     manifest: manifest_lib.Manifest | str | os.PathLike,
     data: ml_collections.ConfigDict,
@@ -231,10 +271,17 @@ def pretrain_dataset(
     index, count = _process(process_index, process_count)
     local = _local_batch(data.batch_size, count)
     op = MultiCrop.from_config(data, debug=debug)
-    ds = grain.MapDataset.source(_SOURCE(m.shard_paths(split))).seed(data.seed)
+    chosen = pretrain_indices(m, split, float(data.get("pretrain_positive_fraction", 0.0)))
+    if chosen is None:
+        ds = grain.MapDataset.source(_SOURCE(m.shard_paths(split))).seed(data.seed)
+    else:
+        ds = grain.MapDataset.source(chosen).seed(data.seed)
     if data.shuffle:
         ds = ds.shuffle()
-    ds = ds.repeat().map(DecodeRecord(MultiCrop.RECORD_FIELDS)).random_map(op)
+    ds = ds.repeat()
+    if chosen is not None:
+        ds = ds.map(_ReadRecord(m.shard_paths(split)))
+    ds = ds.map(DecodeRecord(MultiCrop.RECORD_FIELDS)).random_map(op)
     ds = ds.batch(local, drop_remainder=True, batch_fn=CropsMajorBatch(op.guided_mask))
     return _finish(ds[index::count], data)
 

@@ -221,3 +221,28 @@ def teacher_collapse_stats(
     h = jnp.mean(_entropy(p))
     h_bar = _entropy(jnp.mean(p, axis=(0, 1)))
     return {"teacher_entropy": h, "teacher_batch_entropy": h_bar, "teacher_kl": h_bar - h}
+
+
+def koleo_loss(features: jnp.ndarray, eps: float = 1e-8) -> jnp.ndarray:
+    """KoLeo regulariser (Sablayrolles et al. 2019; DINOv2): spreads features in a batch.
+
+    ``-mean_i log(min_{j != i} ||x_i - x_j|| + eps)`` of the L2-normalised rows: small when
+    every feature's nearest neighbour in the batch is far, large when two coincide. Under
+    ``jax.jit`` with the batch sharded, the pairwise distances span the global batch.
+
+    Args:
+      features: [N, D] features (N >= 2), e.g. the student CLS of one global crop.
+      eps: added to the distances inside the log.
+
+    Returns:
+      float32 scalar.
+    """
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise ValueError(f"koleo_loss needs [N >= 2, D] features, got {features.shape}")
+    x = features.astype(jnp.float32)
+    x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    sim = jnp.dot(x, x.T, precision=jax.lax.Precision.HIGHEST)
+    sim = jnp.where(jnp.eye(x.shape[0], dtype=bool), -jnp.inf, sim)
+    nearest = jnp.max(sim, axis=1)  # cosine of each row's nearest neighbour
+    dist = jnp.sqrt(jnp.maximum(2.0 - 2.0 * nearest, 0.0))  # unit vectors: |a-b|^2 = 2 - 2cos
+    return -jnp.mean(jnp.log(dist + eps))

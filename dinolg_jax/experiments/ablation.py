@@ -4,7 +4,12 @@ For every seed ``s`` in ``config.seeds`` and every arm (``config.arms``: name ->
 label-guided local crops, the rest of ``config.n_local`` being random crops)::
 
     pretrain (seed s, the arm's crops) -> probe on the frozen encoder -> integrated
-    scoring (gate = that probe, U-Net of seed s) of the test split
+    scoring (gate = that probe, U-Net of seed s) of the test split; attn_calcium_ratio
+    of the encoder on the test split's calcified slices (``eval.attention``)
+
+and, when ``config.control`` names it (``"random_init"``), the control arm: the seed's
+random-initialised encoder (what every arm starts from) -> the same probe and attention
+ratio, no pretraining and no integrated scoring.
 
 The data (one phantom, or ``config.data_manifest``) and the U-Net of a seed are shared by
 the arms (the plain U-Nets do not use the pretrained encoder; ``vit_unet`` does, and is
@@ -14,7 +19,8 @@ Layout under the workdir (every stage resumable, see ``experiments.stages``)::
 
     data/phantom, data/records          the shared dataset
     seed<s>/segment                     the seed's U-Net (or seed<s>/<arm>/segment)
-    seed<s>/<arm>/{pretrain,probe,infer}
+    seed<s>/<arm>/{pretrain,probe,infer,attention}
+    seed<s>/random_init/{pretrain,probe,attention}   the control (no infer)
     results.json                        every number of the report (no timings)
     timings.json                        wall times of the stages
     report/report.md (+ PNG figures)    the report
@@ -57,6 +63,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.seeds = (0, 1, 2)  # one pretrain -> probe -> U-Net -> scoring chain per seed and arm
     c.n_local = 16  # local crops per image in every arm
     c.arms = ml_collections.ConfigDict({"dino": 0, "dinolg": 4})  # guided local crops per arm
+    c.control = "random_init"  # the untrained-encoder arm ("" for none)
+    c.attention_split = "test"  # split of the attn_calcium_ratio
     c.data_manifest = ""  # a converted dataset (real COCA); "" -> the phantom below
     c.phantom = ml_collections.ConfigDict(
         {"n_gated": 60, "n_nongated": 0, "seed": 0, "size": 512, "slices": (34, 60),
@@ -134,9 +142,15 @@ def _mode_numbers(ev: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_numbers(
-    pre: Mapping[str, Any], probe: Mapping[str, Any], infer: Mapping[str, Any]
+    pre: Mapping[str, Any],
+    probe: Mapping[str, Any],
+    infer: Mapping[str, Any] | None,
+    attention: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The deterministic numbers of one (seed, arm) chain (no wall times)."""
+    """The deterministic numbers of one (seed, arm) chain (no wall times).
+
+    ``infer`` is None for the control arm; ``attention`` is the attention stage's summary.
+    """
     test = probe["test"]
     out: dict[str, Any] = {
         "pretrain": {
@@ -152,6 +166,16 @@ def run_numbers(
             "params_checksum": probe["params_checksum"],
         },
     }
+    if attention is not None:
+        out["attention"] = {k: attention[k] for k in ("mean", "per_head", "n_slices", "split")}
+    health = pre.get("health") or {}
+    if health.get("online_eval_init"):
+        out["pretrain"]["online"] = {
+            k: pre["metrics"].get(f"online_{k}_roc_auc") for k in ("knn", "probe")
+        }
+        out["pretrain"]["warnings"] = health.get("warnings", [])
+    if infer is None:
+        return _clean(out)
     rows = infer["patients"]
     for mode, ev in infer["evals"].items():
         out[mode] = _mode_numbers(ev)
@@ -170,6 +194,10 @@ def scalar_metrics(run: Mapping[str, Any]) -> dict[str, float | None]:
         flat[f"probe_{k}"] = t[k]
     flat["probe_threshold"] = run["probe"]["threshold"]
     flat["pretrain_final_loss"] = run["pretrain"]["final_loss"]
+    if "attention" in run:
+        flat["attn_calcium_ratio"] = run["attention"]["mean"]
+    for k, v in (run["pretrain"].get("online") or {}).items():
+        flat[f"online_{k}_roc_auc"] = v
     for mode in ("gated", "unet_only"):
         m = run.get(mode)
         if not m or "presence" not in m:
@@ -183,6 +211,8 @@ def scalar_metrics(run: Mapping[str, Any]) -> dict[str, float | None]:
         flat[f"{mode}_segmented_fraction"] = (
             m["segmented_slices"] / m["slices"] if m["slices"] else None
         )
+    if "gated" in run:  # the gate is the probe at its threshold, on the same test slices
+        flat["gate_slice_recall"] = t["recall"]
     return flat
 
 
@@ -262,6 +292,10 @@ def run_ablation(
 
     manifest = prepare_data(config, workdir)
     per_arm_unet = str(config.segment.model.name) == "vit_unet"
+    control = str(config.get("control", "") or "")
+    if control and control in config.arms:
+        raise ValueError(f"control arm {control!r} also names a pretraining arm")
+    split = str(config.get("attention_split", "test"))
     runs: dict[str, dict[str, Any]] = {}
     for seed in (int(s) for s in config.seeds):
         root = workdir / f"seed{seed}"
@@ -270,14 +304,25 @@ def run_ablation(
         if not per_arm_unet:
             timed(f"seed{seed}/segment", stages.segment, seg_dir, seg_cfg, manifest)
         runs[str(seed)] = {}
+        probe_cfg = stages.seeded(config.probe, seed)
+        if control:
+            d, name = root / control, f"seed{seed}/{control}"
+            init_cfg = arm_pretrain_config(config, arms[0], seed)  # crops do not enter the init
+            pre = timed(f"{name}/init", stages.initial_encoder, d / "pretrain", init_cfg, manifest)
+            probe = timed(f"{name}/probe", stages.probe, d / "probe", probe_cfg, manifest,
+                          d / "pretrain")  # fmt: skip
+            attn = timed(f"{name}/attention", stages.attention, d / "attention",
+                         d / "pretrain", manifest, split)  # fmt: skip
+            runs[str(seed)][control] = run_numbers(pre, probe, None, attn)
         for arm in arms:
             d = root / arm
             name = f"seed{seed}/{arm}"
             pre_cfg = arm_pretrain_config(config, arm, seed)
             pre = timed(f"{name}/pretrain", stages.pretrain, d / "pretrain", pre_cfg, manifest)
             encoder = d / "pretrain"
-            probe_cfg = stages.seeded(config.probe, seed)
             probe = timed(f"{name}/probe", stages.probe, d / "probe", probe_cfg, manifest, encoder)
+            attn = timed(f"{name}/attention", stages.attention, d / "attention", encoder,
+                         manifest, split)  # fmt: skip
             if per_arm_unet:
                 seg_dir = d / "segment"
                 timed(f"{name}/segment", stages.segment, seg_dir, seg_cfg, manifest, encoder)
@@ -290,18 +335,22 @@ def run_ablation(
                 d / "probe",
                 seg_dir,
             )
-            runs[str(seed)][arm] = run_numbers(pre, probe, infer)
+            runs[str(seed)][arm] = run_numbers(pre, probe, infer, attn)
+    crops = {
+        a: {
+            "n_local_random": int(config.n_local) - int(config.arms[a]),
+            "n_local_guided": int(config.arms[a]),
+        }
+        for a in arms
+    }
+    if control:
+        crops = {control: {"n_local_random": 0, "n_local_guided": 0, "pretrained": False}} | crops
     results = {
-        "arms": {
-            a: {
-                "n_local_random": int(config.n_local) - int(config.arms[a]),
-                "n_local_guided": int(config.arms[a]),
-            }
-            for a in arms
-        },
+        "arms": crops,
+        "control": control or None,
         "seeds": [int(s) for s in config.seeds],
         "runs": runs,
-        "aggregate": aggregate(runs, arms),
+        "aggregate": aggregate(runs, list(crops)),
     }
     report = ablation_report.write(workdir / "report", results, config)
     results["report"] = str(report.relative_to(workdir))

@@ -72,7 +72,9 @@ def plot_matrices(
     plt.close(fig)
 
 
-def _arm_label(name: str, crops: Mapping[str, int]) -> str:
+def _arm_label(name: str, crops: Mapping[str, Any]) -> str:
+    if crops.get("pretrained") is False:
+        return f"{name} (the seed's random-initialised encoder, no pretraining)"
     return f"{name} ({crops['n_local_random']} random + {crops['n_local_guided']} guided)"
 
 
@@ -151,7 +153,33 @@ def write(
     lines.append("|---|---|---|---|---|---|---|")
     for arm in arms:
         lines.append(f"| {arm} | " + " | ".join(fmt(agg[arm].get(k)) for k in keys) + " |")
-    lines += ["", _paired_difference(results, arms, "f1"), ""]
+    trained = [a for a in arms if results["arms"][a].get("pretrained", True)]
+    lines += ["", _paired_difference(results, trained, "f1")]
+    lines += [_paired_difference(results, trained, "roc_auc")]
+    if results.get("control"):
+        lines += [_paired_difference(results, [results["control"], trained[-1]], "roc_auc")]
+    lines += [""]
+    lines += ["## Attention on calcium (Fig. 3 as a number)", ""]
+    lines.append(
+        "attn_calcium_ratio: share of the last block's CLS-to-patch attention (head mean) "
+        "on patches that contain calcium, over the share of such patches (chance = 1), "
+        f"mean over the calcified slices of the {config.get('attention_split', 'test')} split."
+    )
+    lines.append("")
+    lines.append(
+        "| Arm | attn_calcium_ratio | per head (seed 0 order) | online kNN / probe ROC-AUC |"
+    )
+    lines.append("|---|---|---|---|")
+    first = sorted(results["runs"], key=int)[0]
+    for arm in arms:
+        run = results["runs"][first][arm]
+        heads = ", ".join(f"{h:.2f}" for h in run.get("attention", {}).get("per_head", []))
+        knn, lin = (fmt(agg[arm].get(f"online_{k}_roc_auc")) for k in ("knn", "probe"))
+        online = f"{knn} / {lin}"
+        lines.append(
+            f"| {arm} | {fmt(agg[arm].get('attn_calcium_ratio'))} | {heads or 'n/a'} | {online} |"
+        )
+    lines += [""]
     lines += ["### Slice-classification confusion matrices (Fig. 6)", ""]
     for arm in arms:
         lines += [f"{arm}:", "", matrix_table(agg[arm]["probe_confusion"], PROBE_CLASSES), ""]
@@ -162,8 +190,8 @@ def write(
     )
     lines += ["![fig6](fig6_probe_confusion.png)", ""]
 
-    modes = [("unet_only", arms[0], "U-Net only")] + [
-        ("gated", arm, f"{arm} integrated") for arm in arms
+    modes = [("unet_only", trained[0], "U-Net only")] + [
+        ("gated", arm, f"{arm} integrated") for arm in trained
     ]
     modes = [m for m in modes if f"{m[0]}_f1_mean" in agg[m[1]]]
     lines += ["## Calcium presence per artery and patient (Table 6)", ""]
@@ -187,16 +215,18 @@ def write(
     classes = RISK_SCHEMES["paper4"]
     lines += ["## Risk categories (Fig. 8)", ""]
     lines.append(
-        "| System | accuracy | linearly weighted kappa | ICC(2,1) of totals | slices segmented |"
+        "| System | accuracy | linearly weighted kappa | ICC(2,1) of totals | slices segmented "
+        "| gate slice recall |"
     )
-    lines.append("|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|")
     panels = []
     for mode, arm, title in modes:
         a = agg[arm]
         lines.append(
             f"| {title} | {fmt(a.get(f'{mode}_risk_accuracy'))} | "
             f"{fmt(a.get(f'{mode}_risk_kappa_linear'))} | {fmt(a.get(f'{mode}_icc'))} | "
-            f"{fmt(a.get(f'{mode}_segmented_fraction'))} |"
+            f"{fmt(a.get(f'{mode}_segmented_fraction'))} | "
+            f"{fmt(a.get('gate_slice_recall')) if mode == 'gated' else 'n/a'} |"
         )
         if f"{mode}_risk_confusion" in a:
             panels.append((title, a[f"{mode}_risk_confusion"]))
@@ -209,10 +239,10 @@ def write(
 
     lines += ["## Per seed", ""]
     lines.append(
-        "| Seed | Arm | pretrain loss | probe F1 | probe recall | integrated mean F1 | "
-        "risk accuracy |"
+        "| Seed | Arm | pretrain loss | probe F1 | probe recall | probe ROC-AUC | "
+        "attn_calcium_ratio | integrated mean F1 | risk accuracy |"
     )
-    lines.append("|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
     for seed in sorted(results["runs"], key=int):
         for arm in arms:
             r = results["runs"][seed][arm]
@@ -224,6 +254,8 @@ def write(
             lines.append(
                 f"| {seed} | {arm} | {num(r['pretrain']['final_loss'])} | "
                 f"{num(r['probe']['test']['f1'])} | {num(r['probe']['test']['recall'])} | "
+                f"{num(r['probe']['test']['roc_auc'])} | "
+                f"{num(r.get('attention', {}).get('mean'))} | "
                 f"{num(g.get('presence', {}).get('mean', {}).get('f1'))} | "
                 f"{num(g.get('risk_paper4', {}).get('accuracy'))} |"
             )

@@ -5,6 +5,8 @@
     phantom  -> <dir>/release (a COCA-format phantom)            summary: truth path
     convert  -> <dir>/manifest.json + shards + report.json       summary: manifest path
     pretrain -> train.pretrain.pretrain (encoder/ export)        summary: its summary
+    initial_encoder -> the same run's random init as encoder/    summary: step 0
+    attention -> eval.attention (attn_calcium_ratio of a split)  summary: the ratios
     probe    -> train.probe.run_probe (probe/ export, threshold)  summary: its summary
     segment  -> train.segment.train_segmenter (checkpoints)      summary: its summary
     infer    -> <dir>/out (inference.run) + <dir>/out/report     summary: key numbers
@@ -214,6 +216,57 @@ def pretrain(
             f"pretraining in {workdir} stopped at step {summary['step']} "
             f"({summary.get('status')}); re-run to resume from its checkpoint"
         )
+    return summary
+
+
+def initial_encoder(
+    workdir: str | os.PathLike, config: ml_collections.ConfigDict, manifest: str | os.PathLike
+) -> dict[str, Any]:
+    """The random-initialised encoder of a pretraining config (``random_init`` control)."""
+    from dinolg_jax.train import pretrain as pretrain_lib
+
+    config = _with_manifest(config, manifest)
+    if (done := _begin(workdir, config, write=False)) is not None:
+        return done
+    return pretrain_lib.initial_encoder(config, workdir)
+
+
+def attention(
+    workdir: str | os.PathLike,
+    encoder: str | os.PathLike,
+    manifest: str | os.PathLike,
+    split: str = "test",
+) -> dict[str, Any]:
+    """``attn_calcium_ratio`` of a pretraining workdir's encoder on the calcified slices of
+    ``split`` (``eval.attention``), at the encoder's global crop size and HU window.
+
+    Returns:
+      ``{"mean", "per_head", "per_slice", "n_slices", "split", "size"}``.
+    """
+    import grain
+
+    from dinolg_jax.data import manifest as manifest_lib
+    from dinolg_jax.data import records
+    from dinolg_jax.eval.attention import slices_attention_ratio
+    from dinolg_jax.runtime.checkpoint import load_encoder
+
+    pre = json.loads((Path(encoder) / CONFIG).read_text())
+    request = {"encoder": str(Path(encoder).absolute()), "manifest": str(manifest),
+               "split": split}  # fmt: skip
+    if (done := _begin(workdir, request, write=True)) is not None:
+        return done
+    m = manifest_lib.load(manifest)
+    source = grain.sources.ArrayRecordDataSource(m.shard_paths(split))
+    slices = []
+    for i in range(len(source)):
+        rec = records.decode(source[i], fields=("image", "labels"))
+        if rec["has_calcium"]:
+            slices.append(rec)
+    params, model_config = load_encoder(encoder)
+    size = int(pre["data"]["global_size"])
+    out = slices_attention_ratio(params, model_config, slices, pre["data"]["hu_window"], size)
+    summary = {**out, "split": split, "size": size}
+    write_json(Path(workdir) / SUMMARY, summary)
     return summary
 
 

@@ -104,6 +104,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.dino.center_momentum = 0.9
     c.dino.centering = "ema"  # DINO's EMA centre; "sinkhorn": Sinkhorn-Knopp (DINOv2)
     c.dino.sinkhorn_iters = 3
+    c.dino.koleo_weight = 0.0  # DINOv2's KoLeo on the student CLS of the global crops (0: off)
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 5e-4  # per 256 images
     c.optim.min_lr = 1e-6
@@ -509,6 +510,44 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         ),
         "health": health,
         "wall_s": time.perf_counter() - t_start,
+    }
+    _write_json(workdir / "summary.json", summary)
+    return summary
+
+
+def initial_encoder(
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike
+) -> dict[str, Any]:
+    """Exports the run's random-initialised teacher backbone (the ``random_init`` control).
+
+    The same parameters ``pretrain(config, ...)`` starts from (same seed, model and
+    init), written as ``workdir/encoder`` with a ``summary.json`` at step 0, so a probe
+    or the attention ratio reads it exactly like a pretrained encoder.
+
+    Returns:
+      The summary: ``step`` 0, ``status`` "done", ``metrics`` {}, ``params_checksum``.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _write_json(workdir / "config.json", config.to_dict())
+    from dinolg_jax.data import manifest as manifest_lib
+
+    manifest = prepare_manifest(config, workdir)
+    mesh = mesh_lib.mesh_from_config(config.mesh)
+    n_records = manifest_lib.load(manifest).num_records("pretrain")
+    trainer = state_lib.make_trainer(config, mesh, max(1, n_records // int(config.data.batch_size)))
+    state = trainer.init_state()
+    ckpt_lib.save_encoder(
+        workdir / ckpt_lib.ENCODER_DIR, state.teacher["backbone"], config.model.to_dict()
+    )
+    summary = {
+        "step": 0,
+        "total_steps": 0,
+        "status": "done",
+        "metrics": {},
+        "params_checksum": ckpt_lib.params_checksum(
+            {"params": state.params, "teacher": state.teacher}
+        ),
     }
     _write_json(workdir / "summary.json", summary)
     return summary

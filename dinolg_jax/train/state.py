@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from dinolg_jax.dino.loss import dino_loss, teacher_collapse_stats, update_center
+from dinolg_jax.dino.loss import dino_loss, koleo_loss, teacher_collapse_stats, update_center
 from dinolg_jax.dino.optim import optimizer_from_schedules
 from dinolg_jax.dino.schedules import DinoSchedules
 from dinolg_jax.models.heads import DINOHead
@@ -172,7 +172,8 @@ def _dino_outputs(
       views: list of crops-major arrays [n_i, B, H_i, W_i, C], global crops first.
 
     Returns:
-      [sum n_i, B, K] head outputs, crops-major in the order of ``views``.
+      ``([sum n_i, B, K] head outputs, crops-major in the order of ``views``, [B, sum n_i,
+      D] backbone CLS features)``.
     """
     feats = []
     for i, crops in enumerate(views):
@@ -183,7 +184,7 @@ def _dino_outputs(
     f = jnp.concatenate(feats, axis=1)  # [B, n, D]
     b, n, d = f.shape
     out = head.apply({"params": params["head"]}, f.reshape(b * n, d))
-    return jnp.swapaxes(out.reshape(b, n, out.shape[-1]), 0, 1).astype(jnp.float32)
+    return jnp.swapaxes(out.reshape(b, n, out.shape[-1]), 0, 1).astype(jnp.float32), f
 
 
 def make_train_step(
@@ -196,6 +197,7 @@ def make_train_step(
     center_momentum: float,
     centering: str = "ema",
     sinkhorn_iters: int = 3,
+    koleo_weight: float = 0.0,
 ) -> Callable[[TrainState, Batch, jax.Array, jax.Array], tuple[TrainState, Metrics]]:
     """Builds the pure DINO step ``(state, batch, key, nan_at_step) -> (state, metrics)``.
 
@@ -214,6 +216,8 @@ def make_train_step(
       center_momentum: EMA rate of the center.
       centering: teacher centring, ``"ema"`` (DINO) or ``"sinkhorn"`` (DINOv2).
       sinkhorn_iters: Sinkhorn-Knopp alternations (``"sinkhorn"`` only).
+      koleo_weight: weight of DINOv2's KoLeo term on the student's backbone CLS of each
+        global crop (0: off, as DINO v1); the metric ``koleo`` is logged either way.
 
     Returns:
       The step. ``metrics`` (float32 scalars): loss, lr, wd, momentum, teacher_temp,
@@ -236,13 +240,17 @@ def make_train_step(
         teacher_temp = jnp.asarray(schedules.teacher_temp(state.step), jnp.float32)
         momentum = jnp.asarray(schedules.teacher_momentum(state.step), jnp.float32)
 
-        teacher_out = _dino_outputs(
+        teacher_out, _ = _dino_outputs(
             backbone, head, state.teacher, [global_crops], train=False, rng=None
         )
         teacher_out = jax.lax.stop_gradient(teacher_out)
+        n_global = global_crops.shape[0]
 
-        def loss_fn(params: Any) -> jax.Array:
-            student_out = _dino_outputs(backbone, head, params, views, train=True, rng=rng)
+        def loss_fn(params: Any) -> tuple[jax.Array, jax.Array]:
+            student_out, feats = _dino_outputs(backbone, head, params, views, train=True, rng=rng)
+            koleo = jnp.mean(
+                jnp.stack([koleo_loss(feats[:, i]) for i in range(n_global)])
+            )  # [B, D] per global crop
             loss = dino_loss(
                 student_out,
                 teacher_out,
@@ -252,9 +260,11 @@ def make_train_step(
                 centering=centering,
                 sinkhorn_iters=sinkhorn_iters,
             )
-            return loss * jnp.where(state.step == nan_at_step, jnp.nan, 1.0)
+            if koleo_weight:
+                loss = loss + koleo_weight * koleo
+            return loss * jnp.where(state.step == nan_at_step, jnp.nan, 1.0), koleo
 
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        (loss, koleo), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         teacher = jax.tree.map(
@@ -271,7 +281,8 @@ def make_train_step(
         metrics = {
             **collapse,
             "loss_entropy": collapse["teacher_entropy"],
-            "loss_kl": loss - collapse["teacher_entropy"],
+            "loss_kl": loss - koleo_weight * koleo - collapse["teacher_entropy"],
+            "koleo": koleo,
             "loss": loss,
             "lr": jnp.asarray(schedules.lr(state.step), jnp.float32),
             "wd": jnp.asarray(schedules.weight_decay(state.step), jnp.float32),
@@ -392,6 +403,7 @@ def make_trainer(config: ml_collections.ConfigDict, mesh: Mesh, steps_per_epoch:
             center_momentum=float(config.dino.center_momentum),
             centering=str(config.dino.get("centering", "ema")),
             sinkhorn_iters=int(config.dino.get("sinkhorn_iters", 3)),
+            koleo_weight=float(config.dino.get("koleo_weight", 0.0)),
         ),
         mesh,
         shardings,
