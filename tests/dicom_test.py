@@ -148,7 +148,9 @@ def test_z_order_ignores_file_names_and_instance_numbers(tmp_path: Path) -> None
     for i, z in enumerate(zs):
         np.testing.assert_array_equal(s.hu[i], pixels[z].astype(np.int32) - 1024)
     assert s.source.instance_numbers == (5, 4, 3, 2, 1)
-    assert [Path(f).name for f in s.source.files] == [f"IM-0001-{k:04d}.dcm" for k in (5, 4, 3, 2, 1)]
+    assert [Path(f).name for f in s.source.files] == [
+        f"IM-0001-{k:04d}.dcm" for k in (5, 4, 3, 2, 1)
+    ]
     assert s.pixel_mm == (0.4, 0.4)
     assert s.slice_thickness_mm == pytest.approx(3.0)
     assert s.source.dropped == () and s.source.series_count == 1 and s.source.z_gaps == ()
@@ -246,7 +248,9 @@ def test_equal_copies_keep_first_path(tmp_path: Path) -> None:
     s = dicom.read_series(tmp_path)
     assert all("/a/" in f for f in s.source.files)
     np.testing.assert_array_equal(s.hu[0], first[0].astype(np.int32) - 1024)
-    assert len(s.source.dropped) == 3 and all(d.reason.startswith("duplicate series") for d in s.source.dropped)
+    assert len(s.source.dropped) == 3 and all(
+        d.reason.startswith("duplicate series") for d in s.source.dropped
+    )
 
 
 def test_duplicate_z_with_identical_pixels_keeps_first_by_path(tmp_path: Path) -> None:
