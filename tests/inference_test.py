@@ -567,8 +567,44 @@ def test_study_report_text_and_overlays(tmp_path: Path, mesh8) -> None:
     paths = study_report.write_overlays(tmp_path, study, res, res.labels)
     assert [p.name for p in paths] == ["slice_0002.png", "slice_0005.png", "slice_0007.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+    rgb, title, legend = study_report.overlay_slice(study, res, res.labels, 5)
+    assert "slice 5 of 10, z = 15.0 mm" in title  # make_study: z = 3 mm x slice
+    assert tuple(rgb[12, 13]) == study_report.SMALL_COLOUR  # the 0.25 mm2 LCX pixel
+    assert tuple(rgb[8, 9]) == study_report.VESSEL_COLOURS[3]  # LCA, scored
+    assert [t for t, _ in legend] == [
+        "RCA: 0.0",
+        "LAD: 0.0",
+        "LCA: 6.0",
+        "LCX: 0.0",
+        "< 1 mm\u00b2 (not scored)",
+    ]
+    out = study_report.write_outputs(tmp_path / "all", study, res, res.labels)
+    assert [p.name for p in out["nifti"]] == ["ct.nii.gz", "labels.nii.gz"]
+    assert out["seg"] is None and "not read from DICOM" in out["seg_skipped"]
     err = pipeline.StudyResult("x", "gated", error={"stage": "read", "type": "E", "message": "m"})
     assert study_report.format_report(err) == "Study x: FAILED at read: E: m"
+
+
+def test_score_folder_writes_nifti_seg_and_overlays(tmp_path: Path, mesh8) -> None:
+    """tools/score_study.py's path: a DICOM folder -> ct/labels NIfTI, SEG and overlays."""
+    from dinolg_jax.inference import seg as seg_lib
+    from dinolg_jax.inference import study_report
+
+    study = make_study()
+    write_dicom_series(tmp_path / "dcm", study.hu, z0=-40.0)
+    vol, res, labels = study_report.score_folder(build(mesh8), tmp_path / "dcm", "gated")
+    out = study_report.write_outputs(tmp_path / "out", vol, res, labels)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "ct.nii.gz",
+        "labels.nii.gz",
+        "labels.seg.dcm",
+        "slice_0002.png",
+        "slice_0005.png",
+    ]
+    np.testing.assert_array_equal(seg_lib.read_seg_labels(out["seg"], vol), labels)
+    back, affine = nifti.read_nifti(tmp_path / "out" / "labels.nii.gz")
+    np.testing.assert_array_equal(back, expected_labels(study.hu, [2, 5]))
+    assert affine[2, 3] == -40.0 and (affine[0, 3], affine[1, 3]) == (4.0, -6.0)
 
 
 def test_release_source_truth_matches_phantom_and_no_phi(tmp_path: Path, mesh8) -> None:

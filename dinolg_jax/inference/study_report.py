@@ -98,13 +98,48 @@ def small_lesions(
     return out
 
 
+def overlay_slice(
+    study: CTVolume, result: StudyResult, labels: np.ndarray, z: int
+) -> tuple[np.ndarray, str, list[tuple[str, tuple[float, float, float]]]]:
+    """One overlay: (RGB float [H, W, 3], title, legend [(text, colour)]).
+
+    Scored calcium (labelled, HU >= threshold, in a lesion of at least the minimum area)
+    takes its artery's colour, calcium in smaller lesions ``SMALL_COLOUR``; the legend
+    gives each artery's Agatston on this slice and names the small lesions "not scored";
+    the title gives the slice index and its z position in mm.
+    """
+    conv = result.scores.convention
+    threshold = float(conv["threshold_hu"])
+    hu = study.hu[z].astype(np.float32)
+    lo, hi = DISPLAY_WINDOW_HU
+    grey = np.clip((hu - lo) / (hi - lo), 0.0, 1.0)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    below = small_lesions(study.hu[z], labels[z], conv, study.pixel_mm)
+    calcium = (labels[z] > 0) & (hu >= threshold) & ~below
+    legend = []
+    for v, colour in VESSEL_COLOURS.items():
+        rgb[calcium & (labels[z] == v)] = colour
+        name = VESSELS[v - 1]
+        score = sum(
+            les.score for les in result.scores.lesions if les.slice == z and les.vessel == name
+        )
+        legend.append((f"{name}: {score:.1f}", colour))
+    rgb[below] = SMALL_COLOUR
+    legend.append((f"< {conv['min_area_mm2']:g} mm\u00b2 (not scored)", SMALL_COLOUR))
+    title = (
+        f"{result.study_id}  slice {z} of {len(study.hu)}, z = {study.z_mm[z]:.1f} mm\n"
+        f"calcium >= {threshold:g} HU; Agatston on this slice by artery"
+    )
+    return rgb, title, legend
+
+
 def write_overlays(
     out_dir: str | os.PathLike,
     study: CTVolume,
     result: StudyResult,
     labels: np.ndarray,
 ) -> list[Path]:
-    """One PNG per slice with predicted calcium: lesions by artery, legend, z in mm.
+    """One PNG per slice with predicted calcium (:func:`overlay_slice`), slice order.
 
     Args:
       out_dir: folder (created).
@@ -114,7 +149,8 @@ def write_overlays(
       labels: uint8 [Z, H, W] predicted labels (``score(..., keep_labels=True)``).
 
     Returns:
-      The files written (``slice_<index>.png``), slice order.
+      The files written (``slice_<index>.png``): slices with a scored lesion or with
+      calcium in lesions below the minimum area.
     """
     import matplotlib
 
@@ -125,44 +161,18 @@ def write_overlays(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     conv = result.scores.convention
-    threshold = float(conv["threshold_hu"])
-    small = {}
-    for z in np.flatnonzero(np.any(labels > 0, axis=(1, 2))):
-        mask = small_lesions(study.hu[z], labels[z], conv, study.pixel_mm)
-        if mask.any():
-            small[int(z)] = mask
-    slices = sorted({les.slice for les in result.scores.lesions} | set(small))
-    lo, hi = DISPLAY_WINDOW_HU
+    small = {
+        int(z)
+        for z in np.flatnonzero(np.any(labels > 0, axis=(1, 2)))
+        if small_lesions(study.hu[z], labels[z], conv, study.pixel_mm).any()
+    }
     paths = []
-    for z in slices:
-        hu = study.hu[z].astype(np.float32)
-        grey = np.clip((hu - lo) / (hi - lo), 0.0, 1.0)
-        rgb = np.repeat(grey[..., None], 3, axis=-1)
-        below = small.get(z, np.zeros(hu.shape, bool))
-        calcium = (labels[z] > 0) & (hu >= threshold) & ~below
-        handles = []
-        for v, colour in VESSEL_COLOURS.items():
-            rgb[calcium & (labels[z] == v)] = colour
-            name = VESSELS[v - 1]
-            score = sum(
-                les.score for les in result.scores.lesions if les.slice == z and les.vessel == name
-            )
-            handles.append(Patch(facecolor=colour, edgecolor="none", label=f"{name}: {score:.1f}"))
-        rgb[below] = SMALL_COLOUR
-        handles.append(
-            Patch(
-                facecolor=SMALL_COLOUR,
-                edgecolor="none",
-                label=f"< {conv['min_area_mm2']:g} mm\u00b2 (not scored)",
-            )
-        )
+    for z in sorted({les.slice for les in result.scores.lesions} | small):
+        rgb, title, legend = overlay_slice(study, result, labels, z)
         fig, ax = plt.subplots(figsize=(5.5, 5.5), dpi=100)
         ax.imshow(rgb, interpolation="nearest")
-        ax.set_title(
-            f"{result.study_id}  slice {z} of {len(study.hu)}, z = {study.z_mm[z]:.1f} mm\n"
-            f"calcium >= {threshold:g} HU; Agatston on this slice by artery",
-            fontsize=8,
-        )
+        ax.set_title(title, fontsize=8)
+        handles = [Patch(facecolor=c, edgecolor="none", label=t) for t, c in legend]
         ax.legend(handles=handles, loc="lower right", fontsize=7, framealpha=0.8)
         ax.axis("off")
         fig.tight_layout()
