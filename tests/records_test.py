@@ -94,6 +94,7 @@ def test_version_1_shards_get_a_clear_error():
     struct.pack_into("<H", data, 4, 1)
     with pytest.raises(records.RecordError, match=r"version 1 .*re-run tools/convert_coca\.py"):
         records.decode(bytes(data))
+    assert records.array_shape(bytes(data), "image") == (16, 12)  # the header still reads
 
 
 def test_world_position_kept_exactly():

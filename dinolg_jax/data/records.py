@@ -132,6 +132,26 @@ def encode(record: dict[str, Any]) -> bytes:
     return _PREFIX.pack(MAGIC, VERSION, len(blob)) + blob + b"".join(payloads)
 
 
+def array_shape(data: bytes, name: str) -> tuple[int, ...]:
+    """Shape of array field ``name`` from a record's header, for any record version.
+
+    The prefix and JSON header layout are the same in every version, so this reads old
+    shards too (e.g. the slice size a model was trained at).
+
+    Raises:
+      RecordError: not a record, or no such field.
+    """
+    if len(data) < _PREFIX.size:
+        raise RecordError("record is truncated")
+    magic, _, hlen = _PREFIX.unpack_from(data)
+    if magic != MAGIC:
+        raise RecordError(f"not a dinolg_jax slice record (magic {magic!r})")
+    header = json.loads(bytes(data[_PREFIX.size : _PREFIX.size + hlen]))
+    if name not in header["arrays"]:
+        raise RecordError(f"record has no array field {name!r}")
+    return tuple(int(d) for d in header["arrays"][name]["shape"])
+
+
 def decode(data: bytes, fields: Collection[str] | None = None) -> dict[str, Any]:
     """Parses bytes written by `encode` into a dict of numpy arrays and scalars.
 

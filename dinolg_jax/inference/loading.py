@@ -64,7 +64,7 @@ def make_prepare(hu_window: Sequence[float], size: int = 0):
 
 
 def record_slice_shape(manifest: str | os.PathLike, split: str) -> tuple[int, int]:
-    """(H, W) of the first record of ``split`` of a converted dataset (one record read)."""
+    """(H, W) of the first record of ``split`` of a converted dataset (any record version)."""
     import grain
 
     from dinolg_jax.data import manifest as manifest_lib
@@ -72,7 +72,7 @@ def record_slice_shape(manifest: str | os.PathLike, split: str) -> tuple[int, in
 
     man = manifest_lib.load(manifest)
     source = grain.sources.ArrayRecordDataSource(man.shard_paths(split))
-    shape = records.decode(source[0], fields=["image"])["image"].shape
+    shape = records.array_shape(source[0], "image")
     return int(shape[0]), int(shape[1])
 
 
