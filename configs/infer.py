@@ -12,8 +12,10 @@ truth, or nongated, compared with scores.xlsx), ``dicom`` (each subfolder of
 ``mode``: ``gated`` (the integrated system), ``unet_only`` (the paper's comparison:
 U-Net on every slice) or ``both``. The probe workdir holds the encoder + probe export
 and the threshold chosen on val (``threshold = -1`` uses it). Expect
-``OUT/results.csv``, ``OUT/studies/*.json``, ``OUT/summary.json`` (throughput) and, with
-ground truth, ``OUT/report/report.md``.
+``OUT/results.csv``, ``OUT/studies/*.json``, ``OUT/summary.json`` (throughput), with
+``write_nifti`` ``OUT/nifti/<study>.ct.nii.gz`` + ``<study>.<mode>.labels.nii.gz`` (on
+the DICOM's geometry), with ``write_seg`` ``OUT/seg/<study>.<mode>.labels.seg.dcm``
+(DICOM sources) and, with ground truth, ``OUT/report/report.md``.
 """
 
 import ml_collections
@@ -35,7 +37,8 @@ def get_config(arg=None):
     c.threshold = -1.0  # gate threshold; -1: the probe's own (chosen on val)
     c.batch_size = 32  # gate batch (global, rounded up to the device count)
     c.seg_batch_size = 0  # U-Net batch; 0: batch_size
-    c.write_nifti = False  # label (and CT) volumes as .nii.gz for Slicer / ITK-SNAP
+    c.write_nifti = False  # label and CT volumes as .nii.gz on the DICOM's geometry (Slicer)
+    c.write_seg = False  # labels as DICOM SEG (OUT/seg/), for studies read from DICOM
     c.report = True  # write OUT/report/report.md when ground truth is available
     c.note = ""  # a line stated in the report (e.g. "demo-size run")
     c.scoring = ml_collections.ConfigDict()

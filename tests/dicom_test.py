@@ -14,6 +14,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
+    JPEG2000,
     CTImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -24,7 +25,7 @@ from pydicom.uid import (
     XRayRadiationDoseSRStorage,
 )
 
-from dinolg_jax.data import dicom
+from dinolg_jax.data import dicom, dicom_slice
 
 SERIES_UID = "1.2.840.113619.2.55.3.0604.01"  # leading zero in a component: non-standard
 FAKE_NAME = "Doe^Jane^Secret"
@@ -59,6 +60,8 @@ def make_ct(
     image_type: Sequence[str] = ("ORIGINAL", "PRIMARY", "AXIAL"),
     syntax: str = ExplicitVRLittleEndian,
     omit: Sequence[str] = (),
+    ipp_xy: Sequence[float] = (-100.0, -120.5),
+    extra: dict | None = None,
 ) -> np.ndarray:
     """Write one CT slice the way COCA's scanners do; returns the stored pixels."""
     with pydicom.config.disable_value_validation():  # SERIES_UID is invalid on purpose
@@ -85,7 +88,10 @@ def make_ct(
             ds.SeriesNumber = series_number
         if instance is not None:
             ds.InstanceNumber = instance
-        ds.ImagePositionPatient = [-100.0, -120.5, z]
+        ds.ImagePositionPatient = [float(ipp_xy[0]), float(ipp_xy[1]), z]
+        ds.FrameOfReferenceUID = "1.2.3.0099.1"
+        for keyword, value in (extra or {}).items():
+            setattr(ds, keyword, value)
         ds.ImageOrientationPatient = list(iop)
         ds.SliceLocation = -z  # opposite sign on purpose: must never be used
         ds.PixelSpacing = list(spacing)
@@ -108,6 +114,8 @@ def make_ct(
             delattr(ds, keyword)
         if syntax == RLELossless or syntax == JPEG2000Lossless:
             ds.compress(syntax)
+        elif syntax == JPEG2000:  # lossy: 20:1
+            ds.compress(syntax, j2k_cr=[20])
         elif syntax != ExplicitVRLittleEndian:
             meta.TransferSyntaxUID = syntax
             ds.PixelData = encapsulate([b"\xff\x4f\xff\x51 this is not an image" * 8])
@@ -139,11 +147,13 @@ def test_z_order_ignores_file_names_and_instance_numbers(tmp_path: Path) -> None
     assert s.hu.dtype == np.int16 and s.hu.shape == (5, SIZE, SIZE)
     for i, z in enumerate(zs):
         np.testing.assert_array_equal(s.hu[i], pixels[z].astype(np.int32) - 1024)
-    assert s.instance_numbers == (5, 4, 3, 2, 1)
-    assert [Path(f).name for f in s.files] == [f"IM-0001-{k:04d}.dcm" for k in (5, 4, 3, 2, 1)]
+    assert s.source.instance_numbers == (5, 4, 3, 2, 1)
+    assert [Path(f).name for f in s.source.files] == [
+        f"IM-0001-{k:04d}.dcm" for k in (5, 4, 3, 2, 1)
+    ]
     assert s.pixel_mm == (0.4, 0.4)
     assert s.slice_thickness_mm == pytest.approx(3.0)
-    assert s.dropped == () and s.series_count == 1 and s.z_gaps == ()
+    assert s.source.dropped == () and s.source.series_count == 1 and s.source.z_gaps == ()
 
 
 def test_exact_hu_uint16_and_int16_overflow(tmp_path: Path) -> None:
@@ -195,11 +205,11 @@ def test_longest_series_kept_others_reported(tmp_path: Path) -> None:
     )
     make_ct(tmp_path / "zz_orphan.dcm", z=-6.0, series_uid=None, pixels=stored_pixels(98))
     s = dicom.read_series(tmp_path)
-    assert s.series_count == 3
+    assert s.source.series_count == 3
     np.testing.assert_array_equal(s.z_mm, zs)
     np.testing.assert_array_equal(s.hu, np.stack(main).astype(np.int32) - 1024)
-    assert all("Pro_Gated_CS_3.0" in f for f in s.files)
-    reasons = {str(Path(d.path).relative_to(tmp_path)): d.reason for d in s.dropped}
+    assert all("Pro_Gated_CS_3.0" in f for f in s.source.files)
+    reasons = {str(Path(d.path).relative_to(tmp_path)): d.reason for d in s.source.dropped}
     assert reasons == {
         **{f"copy/IM-0001-{k:04d}.dcm": "other series (4 slices)" for k in range(1, 5)},
         "scout/s.dcm": "scout (1 slice)",
@@ -225,8 +235,8 @@ def test_dose_report_dropped_and_reading_is_quiet(tmp_path: Path) -> None:
         s = dicom.read_series(tmp_path)
     assert caught == []  # the non-standard SERIES_UID is read silently
     assert pydicom.config.settings.reading_validation_mode == mode  # restored
-    assert len(s.files) == 2 and s.series_count == 1
-    assert [(Path(d.path).name, d.reason) for d in s.dropped] == [
+    assert len(s.source.files) == 2 and s.source.series_count == 1
+    assert [(Path(d.path).name, d.reason) for d in s.source.dropped] == [
         ("dose.dcm", "not an image (X-Ray Radiation Dose SR Storage)")
     ]
 
@@ -236,21 +246,129 @@ def test_equal_copies_keep_first_path(tmp_path: Path) -> None:
     write_series(tmp_path / "b", zs, series_uid="1.2.3.2")
     first = write_series(tmp_path / "a", zs, series_uid="1.2.3.1", pixels=stored_pixels(5))
     s = dicom.read_series(tmp_path)
-    assert all("/a/" in f for f in s.files)
+    assert all("/a/" in f for f in s.source.files)
     np.testing.assert_array_equal(s.hu[0], first[0].astype(np.int32) - 1024)
-    assert len(s.dropped) == 3 and all(d.reason.startswith("duplicate series") for d in s.dropped)
+    assert len(s.source.dropped) == 3 and all(
+        d.reason.startswith("duplicate series") for d in s.source.dropped
+    )
 
 
-def test_duplicate_z_keeps_first_by_path(tmp_path: Path) -> None:
+def test_duplicate_z_with_identical_pixels_keeps_first_by_path(tmp_path: Path) -> None:
     kept = make_ct(tmp_path / "IM-0001-0002.dcm", z=-120.0, instance=2, pixels=stored_pixels(1))
-    make_ct(tmp_path / "IM-0001-0009.dcm", z=-120.0, instance=9, pixels=stored_pixels(2))
+    make_ct(tmp_path / "IM-0001-0009.dcm", z=-120.0, instance=9, pixels=stored_pixels(1))
     make_ct(tmp_path / "IM-0001-0001.dcm", z=-117.0, instance=1)
     s = dicom.read_series(tmp_path)
     np.testing.assert_array_equal(s.z_mm, [-120.0, -117.0])
     np.testing.assert_array_equal(s.hu[0], kept.astype(np.int32) - 1024)
-    assert [(Path(d.path).name, d.reason) for d in s.dropped] == [
-        ("IM-0001-0009.dcm", "duplicate z=-120.0 mm (kept IM-0001-0002.dcm)")
+    assert [(Path(d.path).name, d.reason) for d in s.source.dropped] == [
+        ("IM-0001-0009.dcm", "duplicate z=-120.0 mm, identical pixels (kept IM-0001-0002.dcm)")
     ]
+
+
+def test_duplicate_z_with_different_pixels_refused_naming_both(tmp_path: Path) -> None:
+    """Issue 12 item 7: a zeroed copy at the same z used to win silently (by file name)."""
+    make_ct(tmp_path / "IM-0001-0002.dcm", z=-120.0, pixels=np.zeros((SIZE, SIZE), np.uint16))
+    make_ct(tmp_path / "IM-0001-0009.dcm", z=-120.0, pixels=stored_pixels(2))
+    make_ct(tmp_path / "IM-0001-0001.dcm", z=-117.0)
+    with pytest.raises(dicom.DuplicateSliceError) as err:
+        dicom.read_series(tmp_path)
+    message = str(err.value)
+    assert "IM-0001-0002.dcm" in message and "IM-0001-0009.dcm" in message
+    assert "z=-120.0 mm" in message and "different pixels" in message
+
+
+def test_one_rotated_slice_refused_naming_the_odd_file(tmp_path: Path) -> None:
+    """Issue 12 item 7: a slice rotated 180 degrees in-plane keeps the slice normal."""
+    write_series(tmp_path, [0.0, 3.0, 6.0, 9.0])
+    make_ct(tmp_path / "IM-0001-0003.dcm", z=3.0, iop=(-1, 0, 0, 0, -1, 0))  # overwrite one
+    with pytest.raises(dicom.MixedOrientationError) as err:
+        dicom.read_series(tmp_path)
+    assert err.value.path.endswith("IM-0001-0003.dcm")
+    assert "3 other slice(s)" in str(err.value) and str(tmp_path) in str(err.value)
+
+
+def _world_of_stored(stored: np.ndarray, iop, ipp_xy, zs, spacing) -> dict:
+    """{world point (rounded): HU} of every voxel of a hand-built series, from its tags."""
+    u, v = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
+    out = {}
+    for k, z in enumerate(zs):
+        for r in range(stored.shape[1]):
+            for c in range(stored.shape[2]):
+                p = np.array([ipp_xy[0], ipp_xy[1], z]) + c * spacing[1] * u + r * spacing[0] * v
+                out[tuple(np.round(p, 4))] = int(stored[k, r, c]) - 1024
+    return out
+
+
+@pytest.mark.parametrize(
+    "iop",
+    [
+        (-1, 0, 0, 0, -1, 0),  # rotated 180 degrees (some prone / vendor exports)
+        (-1, 0, 0, 0, 1, 0),  # mirrored left-right
+        (0, 1, 0, 1, 0, 0),  # rows and columns swapped
+        (0, -1, 0, -1, 0, 0),  # swapped and both flipped
+    ],
+    ids=["rot180", "mirror", "swapped", "swapped_flipped"],
+)
+def test_flipped_and_swapped_series_reoriented_to_canonical(tmp_path: Path, iop) -> None:
+    zs = [0.0, 3.0, 6.0]
+    spacing = (0.4, 0.5)  # unequal, so a swap must swap the spacing too
+    pixels = [stored_pixels(10 + k)[:, :12] for k in range(3)]  # 16 rows x 12 columns
+    for k, z in enumerate(zs):
+        make_ct(tmp_path / f"{k}.dcm", z=z, pixels=pixels[k], iop=iop, spacing=spacing)
+    s = dicom.read_series(tmp_path)
+    g = s.geometry
+    assert g.col_dir == (1.0, 0.0, 0.0) and g.row_dir == (0.0, 1.0, 0.0)
+    assert not s.source.reorientation.is_identity
+    swapped = iop[0] == 0
+    assert s.hu.shape == ((3, 12, 16) if swapped else (3, 16, 12))
+    assert g.pixel_mm == ((spacing[1], spacing[0]) if swapped else spacing)
+    # Every canonical voxel holds the HU that the stored file puts at its world point.
+    truth = _world_of_stored(np.stack(pixels), iop, (-100.0, -120.5), zs, spacing)
+    k, r, c = np.meshgrid(*(np.arange(n) for n in s.hu.shape), indexing="ij")
+    world = np.round(g.world_mm(k, r, c), 4).reshape(-1, 3)
+    assert [truth[tuple(p)] for p in world] == s.hu.reshape(-1).tolist()
+    # Canonical: a column step is +x, a row step +y.
+    assert np.all(np.diff(world.reshape(*s.hu.shape, 3)[..., 0], axis=2) > 0)
+    assert np.all(np.diff(world.reshape(*s.hu.shape, 3)[..., 1], axis=1) > 0)
+
+
+@pytest.mark.parametrize("deg", [30.0, 2.0])
+def test_oblique_in_plane_axes_refused_naming_the_series(tmp_path: Path, deg: float) -> None:
+    a = np.radians(deg)  # axial (normal along z) but rotated about z
+    write_series(
+        tmp_path / "series_a", [0.0, 3.0], iop=(np.cos(a), np.sin(a), 0, -np.sin(a), np.cos(a), 0)
+    )
+    with pytest.raises(dicom.NonAxialError, match=r"series in .*series_a.*oblique"):
+        dicom.read_series(tmp_path)
+
+
+def test_lossy_transfer_syntax_and_lossy_flag_reported(tmp_path: Path) -> None:
+    px = np.random.default_rng(3).integers(0, 3000, (64, 64)).astype(np.uint16)
+    make_ct(tmp_path / "a" / "0.dcm", z=0.0, pixels=px, syntax=JPEG2000)
+    make_ct(tmp_path / "a" / "1.dcm", z=3.0, pixels=px)
+    s = dicom.read_series(tmp_path / "a")
+    assert s.lossy_compression
+    assert [(Path(p).name, why) for p, why in s.source.lossy_files] == [
+        ("0.dcm", "lossy transfer syntax 'JPEG 2000 Image Compression' (1.2.840.10008.1.2.4.91)")
+    ]
+    assert not np.array_equal(s.hu[0], s.hu[1])  # the lossy slice's HU changed
+    make_ct(tmp_path / "b" / "0.dcm", z=0.0, extra={"LossyImageCompression": "01"})
+    make_ct(tmp_path / "b" / "1.dcm", z=3.0, syntax=RLELossless)
+    s = dicom.read_series(tmp_path / "b")
+    assert [Path(p).name for p, _ in s.source.lossy_files] == ["0.dcm"]
+    assert not dicom.read_series(tmp_path / "a", pattern="1.dcm").lossy_compression
+
+
+def test_seg_reference_and_missing_uids(tmp_path: Path) -> None:
+    write_series(tmp_path / "a", [0.0, 3.0])
+    ref = dicom.read_series(tmp_path / "a").source.reference
+    assert ref.series_uid == SERIES_UID and ref.study_uid == "1.2.3.0099"
+    assert ref.frame_of_reference_uid == "1.2.3.0099.1" and len(ref.sop_instance_uids) == 2
+    assert ref.sop_class_uids == (CTImageStorage,) * 2
+    write_series(tmp_path / "b", [0.0, 3.0], series_uid=None)
+    s = dicom.read_series(tmp_path / "b")
+    assert s.source.reference is None
+    assert s.source.reference_missing == "StudyInstanceUID, SeriesInstanceUID"
 
 
 def test_nongated_without_uids(tmp_path: Path) -> None:
@@ -266,17 +384,17 @@ def test_nongated_without_uids(tmp_path: Path) -> None:
     )
     make_ct(tmp_path / "12" / "12" / "IM-0000-0001.dcm", z=0.0, series_uid=None, series_number=1)
     s = dicom.read_series(tmp_path)
-    assert s.series_count == 2
+    assert s.source.series_count == 2
     np.testing.assert_array_equal(s.z_mm, zs)
     np.testing.assert_array_equal(s.hu[3], stored[3].astype(np.int32) - 1024)
     assert s.pixel_mm == (0.7, 0.72) and s.slice_thickness_mm == 5.0
-    assert s.kvp is None and s.mass_factor is None and s.header_thickness_mm == 5.0
-    assert [d.reason for d in s.dropped] == ["scout (1 slice)"]
+    assert s.kvp is None and s.mass_factor is None and s.geometry.header_thickness_mm == 5.0
+    assert [d.reason for d in s.source.dropped] == ["scout (1 slice)"]
 
     # No SeriesNumber either: everything is one series.
     write_series(tmp_path / "n", zs, series_uid=None, series_number=None)
     s = dicom.read_series(tmp_path / "n")
-    assert s.series_count == 1 and len(s.files) == 4
+    assert s.source.series_count == 1 and len(s.source.files) == 4
 
 
 def test_header_values_and_thickness_from_z_step(tmp_path: Path) -> None:
@@ -290,7 +408,7 @@ def test_header_values_and_thickness_from_z_step(tmp_path: Path) -> None:
     )
     s = dicom.read_series(tmp_path)
     assert s.slice_thickness_mm == pytest.approx(2.5)
-    assert s.header_thickness_mm == 3.0 and s.kvp == 100.0
+    assert s.geometry.header_thickness_mm == 3.0 and s.kvp == 100.0
     np.testing.assert_allclose(s.mass_factor, (0.701, 0.75, 0.8), rtol=1e-6)  # FL is float32
     assert s.pixel_mm == (0.390625, 0.4)
 
@@ -298,7 +416,7 @@ def test_header_values_and_thickness_from_z_step(tmp_path: Path) -> None:
 def test_missing_slice_recorded_in_z_gaps(tmp_path: Path) -> None:
     write_series(tmp_path, [0.0, 3.0, 6.0, 12.0, 15.0, 18.0])
     s = dicom.read_series(tmp_path)
-    assert s.slice_thickness_mm == 3.0 and s.z_gaps == (6.0,)
+    assert s.slice_thickness_mm == 3.0 and s.source.z_gaps == (6.0,)
     assert s.hu.shape[0] == 6
 
 
@@ -450,7 +568,7 @@ def test_syntax_without_installed_plugin_refused(
         is_available = False
         missing_dependencies = ("pylibjpeg - requires pylibjpeg-libjpeg",)
 
-    monkeypatch.setattr(dicom, "get_decoder", lambda uid: Unavailable())
+    monkeypatch.setattr(dicom_slice, "get_decoder", lambda uid: Unavailable())
     _single_series_error(
         tmp_path,
         dicom.UnsupportedTransferSyntaxError,
@@ -477,5 +595,5 @@ def test_read_dicom_files_explicit_list(tmp_path: Path) -> None:
     write_series(tmp_path, [0.0, 3.0, 6.0])
     files = sorted(tmp_path.glob("*.dcm"))
     s = dicom.read_dicom_files(files[:2])
-    assert len(s.files) == 2 and s.series_count == 1
+    assert len(s.source.files) == 2 and s.source.series_count == 1
     np.testing.assert_array_equal(s.z_mm, [3.0, 6.0])  # files 1 and 2 are the top slices

@@ -14,6 +14,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
+from dinolg_jax.data.volume import CTVolume, Geometry
 from dinolg_jax.inference import nifti, pipeline, run, sources
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.scoring.agatston import agatston
@@ -23,7 +24,7 @@ PIXEL_MM = (0.5, 0.5)
 THICK = 3.0
 
 
-def make_study(study_id: str = "s0") -> pipeline.StudyVolume:
+def make_study(study_id: str = "s0") -> CTVolume:
     """Slices 2 and 5 hold bright calcium (600 HU, gate flags them); slice 7 a faint one
     (300 HU, below the gate, found by the U-Net alone); bone-free background at 40 HU."""
     hu = np.full((Z, S, S), 40, np.int16)
@@ -33,9 +34,8 @@ def make_study(study_id: str = "s0") -> pipeline.StudyVolume:
     hu[7, 10:13, 5:8] = 300  # columns 4-7 -> vessel 2 (LAD)
     labels = np.zeros_like(hu, np.uint8)
     labels[2][hu[2] >= 130] = 1
-    return pipeline.StudyVolume(
-        study_id, hu, PIXEL_MM, THICK, z_mm=np.arange(Z) * THICK, labels=labels
-    )
+    geometry = Geometry.axial(PIXEL_MM, np.arange(Z) * THICK, THICK, origin_xy_mm=(-4.0, 6.0))
+    return CTVolume(study_id, hu, geometry, labels=labels)
 
 
 def gate_apply(params, x):
@@ -171,10 +171,12 @@ def write_dicom_series(folder: Path, hu: np.ndarray, z0: float = 0.0) -> None:
         ds.SOPClassUID = CTImageStorage
         ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
         ds.Modality = "CT"
+        ds.StudyInstanceUID = "1.2.826.0.1.76"
         ds.SeriesInstanceUID = "1.2.826.0.1.77"
+        ds.FrameOfReferenceUID = "1.2.826.0.1.78"
         ds.SeriesNumber = 1
         ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [0.0, 0.0, z0 + THICK * k]
+        ds.ImagePositionPatient = [-4.0, 6.0, z0 + THICK * k]
         ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
         ds.PixelSpacing = list(PIXEL_MM)
         ds.SliceThickness = THICK
@@ -207,6 +209,7 @@ def test_corrupt_study_gets_error_row_and_others_complete(tmp_path: Path, mesh8)
         out,
         modes=("gated", "unet_only"),
         write_nifti=True,
+        write_seg=True,
         source_roots=[root],
     )
     with (out / "results.csv").open() as f:
@@ -251,12 +254,26 @@ def test_corrupt_study_gets_error_row_and_others_complete(tmp_path: Path, mesh8)
     assert s["modes"]["unet_only"]["segmented_slices"] == 20
     assert summary["modes"]["gated"]["ok"] == 2
     # NIfTI: predicted labels and the CT on the same grid.
-    labels, hdr = nifti.read_nifti(out / "nifti" / "a.unet_only.labels.nii.gz")
+    labels, affine = nifti.read_nifti(out / "nifti" / "a.unet_only.labels.nii.gz")
     np.testing.assert_array_equal(labels, expected_labels(study.hu, range(Z)))
-    ct, _ = nifti.read_nifti(out / "nifti" / "a.ct.nii.gz")
+    ct, ct_affine = nifti.read_nifti(out / "nifti" / "a.ct.nii.gz")
     np.testing.assert_array_equal(ct, study.hu)
-    assert hdr["pixdim"][1:4] == (0.5, 0.5, 3.0)
+    # The DICOM's geometry (write_dicom_series: IPP (-4, 6, 3k), 0.5 mm pixels) in RAS.
+    ras = np.diag([-0.5, -0.5, 3.0, 1.0])
+    ras[:3, 3] = (4.0, -6.0, 0.0)
+    np.testing.assert_allclose(affine, ras, atol=1e-5)
+    np.testing.assert_array_equal(ct_affine, affine)
     assert not (out / "nifti" / "b.ct.nii.gz").exists()
+    # DICOM SEG per study and mode, read back by the SOP instances it references.
+    from dinolg_jax.inference import seg as seg_lib
+
+    vol_a = tasks[0].load()
+    back = seg_lib.read_seg_labels(out / "seg" / "a.gated.labels.seg.dcm", vol_a)
+    np.testing.assert_array_equal(back, expected_labels(study.hu, [2, 5]))
+    assert sorted(p.name for p in (out / "seg").iterdir()) == [
+        f"{n}.{m}.labels.seg.dcm" for n in "ac" for m in ("gated", "unet_only")
+    ]
+    assert s["seg_skipped"] == {}
 
 
 def test_dicom_tasks_errors(tmp_path: Path) -> None:
@@ -430,7 +447,7 @@ def test_load_gate_from_probe_workdir(tmp_path: Path, mesh8) -> None:
                     "standardize": {"mean": rng.standard_normal(width, np.float32),
                                     "inv_std": rng.uniform(0.5, 2, (width,))}}  # fmt: skip
     pcfg = {"name": "linear", "kwargs": {}, "input": "pooled", "n_last_blocks": 1,
-            "token_pool": 1, "hu_window": [-1000.0, 1000.0], "eval_size": 0,
+            "token_pool": 1, "hu_window": [-1000.0, 1000.0], "eval_size": 0, "input_size": S,
             "threshold": 0.37, "encoder_checksum": ckpt_lib.params_checksum(enc)}  # fmt: skip
     work = tmp_path / "probe_run"
     probe_lib.save_probe(work / probe_lib.PROBE_DIR, probe_params, pcfg)
@@ -452,6 +469,87 @@ def test_load_gate_from_probe_workdir(tmp_path: Path, mesh8) -> None:
         loading.load_gate(work)
 
 
+def _probe_workdir(root: Path, size: int, pcfg_extra: dict, config_extra: dict):
+    """Encoder + linear probe exports at ``size`` px, as train/pretrain + train/probe write."""
+    from dinolg_jax.runtime import checkpoint as ckpt_lib
+    from dinolg_jax.train import probe as probe_lib
+    from dinolg_jax.train.features import encoder_model
+
+    rng = np.random.default_rng(8)
+    enc_cfg = {"variant": "mu/8", "ref_image_size": size}
+    vit = encoder_model(enc_cfg, 1)
+    x = jnp.zeros((1, size, size, 1))
+    shapes = jax.eval_shape(vit.init, jax.random.PRNGKey(0), x)["params"]
+    enc = jax.tree.map(lambda a: 0.3 * rng.standard_normal(a.shape, np.float32), shapes)
+    ckpt_lib.save_encoder(root / "pre" / "encoder", enc, enc_cfg)
+    width = 2 * 32
+    probe_params = {"Dense_0": {"kernel": 0.05 * rng.standard_normal((width, 1), np.float32),
+                                "bias": np.array([0.0], np.float32)},
+                    "standardize": {"mean": np.zeros(width, np.float32),
+                                    "inv_std": np.ones(width, np.float32)}}  # fmt: skip
+    pcfg = {"name": "linear", "kwargs": {}, "input": "pooled", "n_last_blocks": 1,
+            "token_pool": 1, "hu_window": [-1000.0, 1000.0], "eval_size": 0,
+            "threshold": 0.5, "encoder_checksum": ckpt_lib.params_checksum(enc),
+            **pcfg_extra}  # fmt: skip
+    work = root / "probe_run"
+    probe_lib.save_probe(work / probe_lib.PROBE_DIR, probe_params, pcfg)
+    (work / "config.json").write_text(json.dumps({"encoder": str(root / "pre"), **config_extra}))
+    return work
+
+
+def test_gate_scores_a_512_px_study_at_its_trained_64_px(tmp_path: Path, mesh8) -> None:
+    """Issue 11: a probe trained at 64 px scores a 512 px study with the probabilities of
+    the same study resized to 64 px first (and not with those of 512 px inputs)."""
+    from dinolg_jax.data import transforms
+    from dinolg_jax.inference import loading
+
+    gate, _ = loading.load_gate(_probe_workdir(tmp_path, 64, {"input_size": 64}, {}))
+    yy, xx = np.mgrid[0:512, 0:512]
+    hu512 = np.stack(
+        [
+            np.where(((yy - 256) / (220.0 - 70 * k)) ** 2 + ((xx - 256) / 230.0) ** 2 < 1, 40, -900)
+            + np.where(((yy - 200 - 40 * k) ** 2 + (xx - 300) ** 2) < 300 * (k + 1) ** 2, 800, 0)
+            for k in range(3)
+        ]
+    ).astype(np.int16)  # within the HU window: normalising and resizing commute
+    seg = pipeline.SliceModel(seg_apply, {}, Spy())
+    pipe = pipeline.CacPipeline(seg, mesh8, gate=gate, batch_size=8)
+    p512 = pipe.gate_probabilities(hu512)
+    hu64 = np.stack([transforms.resized_crops(h, [(0, 0, 512, 512)], 64)[0] for h in hu512])
+    p64 = pipe.gate_probabilities(hu64)  # already at the trained size: not resized again
+    np.testing.assert_allclose(p512, p64, rtol=1e-5, atol=1e-6)
+    assert (
+        p64.std() > 1e-4
+    )  # the slices differ (100x the tolerance above), and so do their probabilities
+    unfixed = loading.gate_from_parts(
+        {"variant": "mu/8", "ref_image_size": 64}, gate.params["encoder"], "linear", {},
+        gate.params["probe"], n_last_blocks=1, token_pool=1, hu_window=(-1000, 1000),
+        eval_size=0,
+    )  # fmt: skip
+    x512 = unfixed.prepare(hu512[:1])  # the old behaviour: the ViT sees 512 px slices
+    assert x512.shape == (1, 512, 512, 1)
+    stale = np.asarray(jax.jit(unfixed.apply)(unfixed.params, jnp.asarray(x512)))
+    assert abs(float(stale.reshape(-1)[0]) - float(p64[0])) > 1e-4
+
+
+def test_gate_input_size_of_an_older_probe_export(tmp_path: Path) -> None:
+    """Exports without ``input_size``: eval_size, else the record size of the training data."""
+    from dinolg_jax.data import synthetic_records
+    from dinolg_jax.inference import loading
+
+    manifest = synthetic_records.write_dataset(tmp_path / "records", size=24, studies=1)
+    work = _probe_workdir(tmp_path / "a", 24, {}, {"data": {"manifest": str(manifest)}})
+    pcfg = loading.read_config(work)
+    assert loading.gate_input_size(work, {"eval_size": 0}, pcfg) == 24
+    assert loading.gate_input_size(work, {"eval_size": 32}, pcfg) == 32
+    assert loading.gate_input_size(work, {"input_size": 40, "eval_size": 0}, pcfg) == 40
+    gate, _ = loading.load_gate(work)
+    assert gate.prepare(np.zeros((2, 128, 128), np.int16)).shape == (2, 24, 24, 1)
+    bare = _probe_workdir(tmp_path / "b", 24, {}, {})
+    with pytest.raises(loading.WorkdirError, match="cannot tell the slice size"):
+        loading.load_gate(bare)
+
+
 def test_study_report_text_and_overlays(tmp_path: Path, mesh8) -> None:
     from dinolg_jax.inference import study_report
 
@@ -469,8 +567,44 @@ def test_study_report_text_and_overlays(tmp_path: Path, mesh8) -> None:
     paths = study_report.write_overlays(tmp_path, study, res, res.labels)
     assert [p.name for p in paths] == ["slice_0002.png", "slice_0005.png", "slice_0007.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+    rgb, title, legend = study_report.overlay_slice(study, res, res.labels, 5)
+    assert "slice 5 of 10, z = 15.0 mm" in title  # make_study: z = 3 mm x slice
+    assert tuple(rgb[12, 13]) == study_report.SMALL_COLOUR  # the 0.25 mm2 LCX pixel
+    assert tuple(rgb[8, 9]) == study_report.VESSEL_COLOURS[3]  # LCA, scored
+    assert [t for t, _ in legend] == [
+        "RCA: 0.0",
+        "LAD: 0.0",
+        "LCA: 6.0",
+        "LCX: 0.0",
+        "< 1 mm\u00b2 (not scored)",
+    ]
+    out = study_report.write_outputs(tmp_path / "all", study, res, res.labels)
+    assert [p.name for p in out["nifti"]] == ["ct.nii.gz", "labels.nii.gz"]
+    assert out["seg"] is None and "not read from DICOM" in out["seg_skipped"]
     err = pipeline.StudyResult("x", "gated", error={"stage": "read", "type": "E", "message": "m"})
     assert study_report.format_report(err) == "Study x: FAILED at read: E: m"
+
+
+def test_score_folder_writes_nifti_seg_and_overlays(tmp_path: Path, mesh8) -> None:
+    """tools/score_study.py's path: a DICOM folder -> ct/labels NIfTI, SEG and overlays."""
+    from dinolg_jax.inference import seg as seg_lib
+    from dinolg_jax.inference import study_report
+
+    study = make_study()
+    write_dicom_series(tmp_path / "dcm", study.hu, z0=-40.0)
+    vol, res, labels = study_report.score_folder(build(mesh8), tmp_path / "dcm", "gated")
+    out = study_report.write_outputs(tmp_path / "out", vol, res, labels)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "ct.nii.gz",
+        "labels.nii.gz",
+        "labels.seg.dcm",
+        "slice_0002.png",
+        "slice_0005.png",
+    ]
+    np.testing.assert_array_equal(seg_lib.read_seg_labels(out["seg"], vol), labels)
+    back, affine = nifti.read_nifti(tmp_path / "out" / "labels.nii.gz")
+    np.testing.assert_array_equal(back, expected_labels(study.hu, [2, 5]))
+    assert affine[2, 3] == -40.0 and (affine[0, 3], affine[1, 3]) == (4.0, -6.0)
 
 
 def test_release_source_truth_matches_phantom_and_no_phi(tmp_path: Path, mesh8) -> None:

@@ -23,6 +23,9 @@ def _record(rng: np.random.Generator) -> dict:
         "has_calcium": True,
         "kind": "gated",
         "kvp": 120.0,
+        "position_mm": np.array([-181.123456789, -204.5, -120.5]),
+        "orientation": np.array([1.0, 0.0, 0.0, 0.0, 0.99998, 0.0063]),
+        "lossy_compression": False,
     }
 
 
@@ -81,3 +84,21 @@ def test_bad_bytes_are_refused():
         records.decode(data[:-10])
     with pytest.raises(records.RecordError, match="version"):
         records.decode(data[:4] + b"\x09\x00" + data[6:])
+
+
+def test_version_1_shards_get_a_clear_error():
+    """Records written before geometry went in (version 1) name the fix."""
+    import struct
+
+    data = bytearray(records.encode(_record(np.random.default_rng(5))))
+    struct.pack_into("<H", data, 4, 1)
+    with pytest.raises(records.RecordError, match=r"version 1 .*re-run tools/convert_coca\.py"):
+        records.decode(bytes(data))
+    assert records.array_shape(bytes(data), "image") == (16, 12)  # the header still reads
+
+
+def test_world_position_kept_exactly():
+    rec = _record(np.random.default_rng(6))
+    out = records.decode(records.encode(rec), fields=["position_mm"])
+    assert out["position_mm"].tolist() == [-181.123456789, -204.5, -120.5]
+    assert "image" not in out and out["lossy_compression"] is False

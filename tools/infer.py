@@ -3,10 +3,13 @@
     python tools/infer.py --config configs/infer.py \
         --config.probe_workdir=runs/probe --config.segmenter_workdir=runs/seg \
         --config.source.kind=release --config.source.path=/data/coca \
-        --config.out_dir=runs/infer [--config.mode=both] [--config.write_nifti=True]
+        --config.out_dir=runs/infer [--config.mode=both] [--config.write_nifti=True] \
+        [--config.write_seg=True]
 
 Writes OUT/results.csv, OUT/studies/*.json, OUT/summary.json (throughput), optional
-OUT/nifti/*.nii.gz and, when ground truth is available, OUT/report/report.md. A study
+OUT/nifti/<study>.ct.nii.gz + <study>.<mode>.labels.nii.gz (on the DICOM's geometry),
+optional OUT/seg/<study>.<mode>.labels.seg.dcm (DICOM SEG, for DICOM sources) and, when
+ground truth is available, OUT/report/report.md. A study
 that fails to read gets an error row; the rest complete. Exit status 0 even then; the
 error count is printed.
 """

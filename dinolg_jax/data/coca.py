@@ -12,6 +12,12 @@ vessel unioned, first vessel kept on conflicts, Center-z mismatch -> labels left
 Decisions here:
 
 - A gated patient without an XML file gets all-zero labels (a zero score), counted.
+- A series stored flipped or with swapped axes is read in the canonical layout
+  (``data/dicom.py``); the XML's ``Point_px`` refer to the stored pixels, so they are
+  mapped with the same permutation (``Reorientation.points``) before rasterising.
+  ``ImageIndex`` counts slices z ascending, which the reader keeps, so it is unchanged.
+  The report says what was reoriented.
+- A study is a `CTVolume` (``data/volume.py``); `Study` is its name here.
 
 Nothing from a DICOM header that identifies a person reaches a `Study` or its report:
 studies are named by dataset-local ids (``gated-0007``, ``nongated-12``) and file paths
@@ -40,6 +46,7 @@ from dinolg_jax.data.calcium_xml import (  # re-exported: part of this module's 
     parse_calcium_xml,
     rasterise_rois,
 )
+from dinolg_jax.data.volume import CTVolume
 
 __all__ = [
     "GATED_DIR",
@@ -83,6 +90,10 @@ class StudyReport(RoiReport):
       dropped_files: (path relative to the release root, reason) of DICOM files not used.
       z_gaps_mm: z-steps that differ from the median step by more than half (missing slices).
       has_xml: gated only: whether a calcium XML exists.
+      reoriented: how the stored slices were permuted to the canonical layout
+        (e.g. "rows and columns flipped"), "" when stored canonical.
+      lossy_files: (path relative to the release root, reason) of slices whose pixels went
+        through lossy compression (their HU are not the scanner's).
     """
 
     study_id: str
@@ -92,36 +103,11 @@ class StudyReport(RoiReport):
     dropped_files: list[tuple[str, str]] = field(default_factory=list)
     z_gaps_mm: list[float] = field(default_factory=list)
     has_xml: bool = False
+    reoriented: str = ""
+    lossy_files: list[tuple[str, str]] = field(default_factory=list)
 
 
-@dataclass
-class Study:
-    """One CT scan, z ascending, with its calcium labels when annotated.
-
-    Attributes:
-      study_id: dataset-local de-identified id, e.g. ``"gated-0007"``, ``"nongated-12"``.
-      kind: ``"gated"`` or ``"nongated"``.
-      hu: int16 [Z, H, W] Hounsfield units, slice 0 the most inferior.
-      labels: uint8 [Z, H, W] (0 bg, 1 RCA, 2 LAD, 3 LCA, 4 LCX); None for non-gated
-        scans and for gated patients whose labels were left out (see report).
-      z_mm: float64 [Z] ImagePositionPatient z of each slice, ascending, mm.
-      pixel_mm: (row, col) pixel spacing, mm.
-      slice_thickness_mm: z-step between slices, mm.
-      kvp: tube voltage (0.0 when unknown).
-      mass_factor: calcium mass calibration (0018,9352) when present, else None.
-      report: what loading skipped, and the self-check.
-    """
-
-    study_id: str
-    kind: str
-    hu: np.ndarray
-    labels: np.ndarray | None
-    z_mm: np.ndarray
-    pixel_mm: tuple[float, float]
-    slice_thickness_mm: float
-    kvp: float
-    mass_factor: tuple[float, ...] | None
-    report: StudyReport
+Study = CTVolume  # a COCA study: a CTVolume with ``kind``, ``labels`` and ``report`` set
 
 
 @dataclass
@@ -219,29 +205,20 @@ def strip_root(text: str, root: str | Path) -> str:
     return text
 
 
-def _study_from_series(
-    series: dicom.CTSeries, study_id: str, kind: str, root: Path
+def _study_from_volume(
+    volume: CTVolume, study_id: str, kind: str, root: Path
 ) -> tuple[Study, StudyReport]:
-    report = StudyReport(study_id=study_id, kind=kind, num_slices=int(series.hu.shape[0]))
-    report.series_count = int(series.series_count)
+    src = volume.source
+    report = StudyReport(study_id=study_id, kind=kind, num_slices=int(volume.hu.shape[0]))
+    report.series_count = int(src.series_count)
     report.dropped_files = [
-        (_relative(d.path, root), strip_root(str(d.reason), root)) for d in series.dropped
+        (_relative(d.path, root), strip_root(str(d.reason), root)) for d in src.dropped
     ]
-    report.z_gaps_mm = [float(g) for g in getattr(series, "z_gaps", ())]
-    mass = series.mass_factor
-    study = Study(
-        study_id=study_id,
-        kind=kind,
-        hu=series.hu,
-        labels=None,
-        z_mm=np.asarray(series.z_mm, np.float64),
-        pixel_mm=(float(series.pixel_mm[0]), float(series.pixel_mm[1])),
-        slice_thickness_mm=float(series.slice_thickness_mm),
-        kvp=float(series.kvp) if series.kvp else 0.0,
-        mass_factor=None if mass is None else tuple(float(m) for m in np.ravel(mass)),
-        report=report,
-    )
-    return study, report
+    report.z_gaps_mm = [float(g) for g in src.z_gaps]
+    report.reoriented = src.reorientation.describe()
+    report.lossy_files = [(_relative(p, root), why) for p, why in src.lossy_files]
+    volume.study_id, volume.kind, volume.report = study_id, kind, report
+    return volume, report
 
 
 def load_gated_study(root: str | Path, pid: int | str) -> Study:
@@ -264,15 +241,22 @@ def load_gated_study(root: str | Path, pid: int | str) -> Study:
     folder = root / GATED_DIR / "patient" / str(pid)
     if not folder.is_dir():
         raise CocaError(f"gated patient {pid}: no DICOM folder {folder}")
-    series = dicom.read_series(folder)
-    study, report = _study_from_series(series, gated_study_id(pid), "gated", root)
+    study, report = _study_from_volume(
+        dicom.read_series(folder), gated_study_id(pid), "gated", root
+    )
     xml = root / GATED_DIR / "calcium_xml" / f"{pid}.xml"
     if not xml.is_file():
         study.labels = np.zeros(study.hu.shape, np.uint8)
         return study
     report.has_xml = True
+    rois = parse_calcium_xml(xml)
+    turn = study.source.reorientation
+    if not turn.is_identity:  # Point_px refer to the stored pixels
+        stored_shape = turn.canonical_shape(study.hu.shape[1:])  # a swap is its own inverse
+        for roi in rois:
+            roi["points_px"] = turn.points(roi["points_px"], stored_shape)
     study.labels = rasterise_rois(
-        parse_calcium_xml(xml),
+        rois,
         study.hu,
         study.z_mm,
         study.pixel_mm,
@@ -295,8 +279,9 @@ def load_nongated_study(root: str | Path, sid: str | int) -> Study:
     folder = outer / fid if (outer / fid).is_dir() else outer
     if not folder.is_dir():
         raise CocaError(f"non-gated study {sid!r}: no folder {outer}")
-    series = dicom.read_series(folder)
-    study, _ = _study_from_series(series, nongated_study_id(fid), "nongated", root)
+    study, _ = _study_from_volume(
+        dicom.read_series(folder), nongated_study_id(fid), "nongated", root
+    )
     return study
 
 

@@ -105,7 +105,10 @@ def slice_records(study: coca.Study) -> Iterator[dict[str, Any]]:
             "lesion_vessels": vessels,
             "has_calcium": bool(lab.any()),
             "kind": study.kind,
-            "kvp": float(study.kvp),
+            "kvp": 0.0 if study.kvp is None else float(study.kvp),
+            "position_mm": study.geometry.positions_mm[z],
+            "orientation": np.asarray(study.geometry.orientation, np.float64),
+            "lossy_compression": bool(study.lossy_compression),
         }
 
 
@@ -177,6 +180,7 @@ def prepare_study(release: str | Path, kind: str, ident: str, cache_dir: str | P
         calcified_slices=int(calcified),
         labels_valid=study.labels is not None,
         kvp=study.kvp,
+        lossy_compression=bool(study.lossy_compression),
         report=asdict(study.report),
         agatston=None,
     )
@@ -416,6 +420,7 @@ def convert_release(
             "agatston": s["agatston"],
             "category": s["category"],
             "calcified_slices": s["calcified_slices"],
+            "lossy_compression": bool(s.get("lossy_compression", False)),
         }
     manifest.save(
         {

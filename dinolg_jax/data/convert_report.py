@@ -41,7 +41,7 @@ def build_report(
         "worst_mean_hu": 0.0,
         "worst_max_hu": 0.0,
     }
-    per_study, conflicts, gaps = {}, {}, {}
+    per_study, conflicts, gaps, lossy, reoriented = {}, {}, {}, {}, {}
     for s in summaries:
         rep = s.get("report")
         if rep is None:
@@ -55,6 +55,10 @@ def build_report(
             conflicts[sid] = rep["conflict_pixels"]
         if rep["z_gaps_mm"]:
             gaps[sid] = rep["z_gaps_mm"]
+        if rep.get("lossy_files"):  # lossy compression changed these slices' HU
+            lossy[sid] = [{"path": p, "reason": r} for p, r in rep["lossy_files"]]
+        if rep.get("reoriented"):
+            reoriented[sid] = rep["reoriented"]
         sc = rep["self_check"]
         if sc["n_checked"]:
             per_study[sid] = {k: sc[k] for k in check}
@@ -90,6 +94,8 @@ def build_report(
             "rois_used": sum(s["report"]["rois_used"] for s in summaries if "report" in s),
             "rois_skipped": reasons,
             "conflict_pixels": conflicts,
+            "studies_lossy_compression": len(lossy),
+            "studies_reoriented": len(reoriented),
         },
         "splits": {
             k: {
@@ -106,6 +112,8 @@ def build_report(
         "skipped_rois": rois,
         "labels_left_out": left_out,
         "z_gaps_mm": gaps,
+        "lossy_compression": lossy,
+        "reoriented": reoriented,
         "ignored_entries": gated.ignored,
         "scores": {
             "rows": len(scores),
@@ -140,6 +148,8 @@ def format_summary(report: dict[str, Any]) -> str:
         f"{c['labels_left_out']}",
         f"files dropped: {c['files_dropped']}; ROIs: {c['rois_total']} in XML, "
         f"{c['rois_used']} rasterised, skipped {c['rois_skipped']}",
+        f"lossy-compressed studies (HU altered): {c.get('studies_lossy_compression', 0)}; "
+        f"reoriented to the canonical layout: {c.get('studies_reoriented', 0)}",
         f"self-check: {sc['n_exact']}/{sc['n_checked']} ROIs exact; worst |diff| area "
         f"{sc['worst_area_cm2']:.4g} cm^2, mean {sc['worst_mean_hu']:.4g} HU, max "
         f"{sc['worst_max_hu']:.4g} HU",

@@ -1,4 +1,4 @@
-"""Read one axial CT series from a folder of DICOM files into a Hounsfield-unit volume.
+"""Read one axial CT series from a folder of DICOM files into a canonical `CTVolume`.
 
 Conventions (see ``shared/docs/coca_format.md``):
 
@@ -14,10 +14,18 @@ Conventions (see ``shared/docs/coca_format.md``):
   (files without one form a single group). A file without SeriesInstanceUID in a
   folder where others have one is dropped. The longest group (most distinct z
   positions, then most files, then the smallest first file path) is kept; every other
-  file is reported in ``CTSeries.dropped``.
+  file is reported in ``SeriesSource.dropped``.
+* Every slice of the kept series must have the same ImageOrientationPatient (within
+  ``AXIAL_TOLERANCE_DEG``; a slice rotated 180 degrees in-plane keeps the slice normal
+  but not the orientation): otherwise :class:`MixedOrientationError` names the odd
+  file. The orientation must be axial with in-plane axes along the patient x / y axes:
+  flipped or swapped axes are reoriented to the canonical layout (``data/orientation.py``;
+  column +x, row +y) with the geometry updated so every voxel keeps its world position;
+  oblique or tilted in-plane axes raise :class:`NonAxialError` naming the series.
 * Slices are sorted by ImagePositionPatient z ascending (index 0 = most inferior),
-  never by file name, InstanceNumber or SliceLocation. Within the kept series, files
-  at the same z (within ``DUPLICATE_Z_TOL_MM``) keep the one with the smallest path.
+  never by file name, InstanceNumber or SliceLocation. Files of the kept series at the
+  same z (within ``DUPLICATE_Z_TOL_MM``) are kept once (smallest path) only when their
+  HU are identical; otherwise :class:`DuplicateSliceError` names both files.
 * HU = stored value * RescaleSlope + RescaleIntercept, per slice. With integer slope
   and intercept (every CT scanner in COCA) this is exact integer arithmetic; otherwise
   it is computed in float64 and rounded half-to-even to whole HU. The result must fit
@@ -26,117 +34,83 @@ Conventions (see ``shared/docs/coca_format.md``):
   separately. Steps that differ from the median by more than half of it (a missing
   slice gives ~2x) are listed in ``z_gaps``; the volume is still returned, so callers
   decide (the converter reports them).
+* Lossy compression is flagged, not refused: a slice stored in a lossy transfer syntax
+  (JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000 and HTJ2K that allow lossy
+  coding, ...) or whose LossyImageCompression is "01" is listed in
+  ``SeriesSource.lossy_files`` and sets ``CTVolume.lossy_compression``: its HU are not
+  the scanner's.
 
-Only geometry and acquisition tags are parsed (``dcmread(specific_tags=...)``); names,
-IDs, dates and institutions are never read, so they cannot leak into the result.
+Only geometry, acquisition and referencing tags are parsed (``dcmread(specific_tags=...)``);
+names, IDs, dates and institutions are never read, so they cannot leak into the result.
+The Study/Series/SOP Instance and Frame of Reference UIDs are read only to let a DICOM
+SEG reference its source (``SeriesReference``); they never enter records or reports.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pydicom
-import pydicom.config
-import pydicom.datadict
-import pydicom.errors
-import pydicom.tag
 import pydicom.uid
 from pydicom.dataset import Dataset
-from pydicom.pixels import get_decoder
 
-# Largest angle between the slice normal and the patient z axis still called axial.
-AXIAL_TOLERANCE_DEG = 1.0
-# Slices closer than this along z are duplicates of each other.
-DUPLICATE_Z_TOL_MM = 1e-3
-# In-plane spacing differences below this are equal (DS strings are rounded).
-SPACING_TOL_MM = 1e-4
-
-_NATIVE_SYNTAXES = frozenset(
-    {
-        pydicom.uid.ImplicitVRLittleEndian,
-        pydicom.uid.ExplicitVRLittleEndian,
-        pydicom.uid.ExplicitVRBigEndian,
-        pydicom.uid.DeflatedExplicitVRLittleEndian,
-    }
+from dinolg_jax.data import orientation as orientation_lib
+from dinolg_jax.data.dicom_slice import (  # re-exported: the errors are this module's API
+    AXIAL_TOLERANCE_DEG,
+    DUPLICATE_Z_TOL_MM,
+    MASS_FACTOR_TAG,
+    ORIENTATION_TOL,
+    PIXEL_DATA_TAG,
+    SPACING_TOL_MM,
+    DicomError,
+    DuplicateSliceError,
+    EmptySeriesError,
+    MissingTagError,
+    MixedOrientationError,
+    MixedSpacingError,
+    NonAxialError,
+    NotCTError,
+    NotDicomError,
+    PixelDataError,
+    SliceInfo,
+    UnsupportedTransferSyntaxError,
+    fmt_mm,
+    quiet_pydicom,
+    read_header,
+    read_hu,
+    tag_floats,
+    tag_int,
+    tag_text,
+    tag_value,
+    validate_slice,
 )
-_MASS_FACTOR_TAG = 0x00189352  # CalciumScoringMassFactorDevice, FL, VM 3
-_PIXEL_DATA_TAG = 0x7FE00010
-# The only tags ever parsed: geometry, grouping, pixel description, acquisition.
-_HEADER_TAGS: list[int | str] = [
-    "SOPClassUID",
-    "Modality",
-    "ImageType",
-    "SeriesInstanceUID",
-    "SeriesNumber",
-    "InstanceNumber",
-    "ImagePositionPatient",
-    "ImageOrientationPatient",
-    "PixelSpacing",
-    "SliceThickness",
-    "KVP",
-    "Rows",
-    "Columns",
-    "SamplesPerPixel",
-    "PhotometricInterpretation",
-    "PlanarConfiguration",
-    "NumberOfFrames",
-    "BitsAllocated",
-    "BitsStored",
-    "HighBit",
-    "PixelRepresentation",
-    "RescaleSlope",
-    "RescaleIntercept",
-    _MASS_FACTOR_TAG,
-    _PIXEL_DATA_TAG,
+from dinolg_jax.data.volume import CTVolume, Geometry
+
+__all__ = [
+    "AXIAL_TOLERANCE_DEG",
+    "DUPLICATE_Z_TOL_MM",
+    "ORIENTATION_TOL",
+    "SPACING_TOL_MM",
+    "DicomError",
+    "DroppedFile",
+    "DuplicateSliceError",
+    "EmptySeriesError",
+    "MissingTagError",
+    "MixedOrientationError",
+    "MixedSpacingError",
+    "NonAxialError",
+    "NotCTError",
+    "NotDicomError",
+    "PixelDataError",
+    "SeriesReference",
+    "SeriesSource",
+    "UnsupportedTransferSyntaxError",
+    "read_dicom_files",
+    "read_series",
 ]
-
-
-class DicomError(ValueError):
-    """Base class: a DICOM input that cannot give a trustworthy CT volume."""
-
-    def __init__(self, path: str | os.PathLike, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
-
-
-class NotDicomError(DicomError):
-    """Not a DICOM file, truncated, or unreadable."""
-
-
-class NotCTError(DicomError):
-    """The kept series is not CT (Modality != CT)."""
-
-
-class NonAxialError(DicomError):
-    """ImageOrientationPatient is not axial within ``AXIAL_TOLERANCE_DEG``."""
-
-
-class MixedSpacingError(DicomError):
-    """In-plane geometry (PixelSpacing, Rows/Columns, orientation) differs inside the series."""
-
-
-class MissingTagError(DicomError):
-    """A required tag is missing or has an unreadable value."""
-
-
-class UnsupportedTransferSyntaxError(DicomError):
-    """A compressed transfer syntax that no installed pydicom plugin decodes."""
-
-
-class PixelDataError(DicomError):
-    """Pixel data present but unusable: undecodable, wrong size, or HU outside int16."""
-
-
-class EmptySeriesError(DicomError):
-    """No DICOM file was found, or no slice is left to build a volume."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,152 +122,72 @@ class DroppedFile:
 
 
 @dataclasses.dataclass(frozen=True)
-class CTSeries:
-    """One axial CT series, z ascending. Carries no identifying header value.
+class SeriesReference:
+    """What a DICOM SEG needs to reference its source series (UIDs and stored geometry).
 
     Attributes:
-      hu: int16 [Z, H, W], Hounsfield units; index 0 is the most inferior slice.
-      z_mm: float64 [Z], ImagePositionPatient z of each slice, ascending, mm.
-      pixel_mm: (row, col) pixel spacing, mm.
-      slice_thickness_mm: median z-step, mm (header SliceThickness for a single slice).
-      header_thickness_mm: SliceThickness as written in the first slice, or None.
-      kvp: tube voltage (KVP) of the first slice, or None.
-      mass_factor: (0018,9352) CalciumScoringMassFactorDevice of the first slice, or None.
+      study_uid, series_uid, frame_of_reference_uid: the series' UIDs.
+      sop_class_uids, sop_instance_uids: of each kept slice, z ascending.
+      positions_mm: float64 [Z, 3] stored ImagePositionPatient, z ascending.
+      orientation: stored ImageOrientationPatient (6 values).
+      pixel_mm: stored PixelSpacing (row, col).
+      shape: stored (Rows, Columns).
+      header_thickness_mm: SliceThickness, or None.
+    """
+
+    study_uid: str
+    series_uid: str
+    frame_of_reference_uid: str
+    sop_class_uids: tuple[str, ...]
+    sop_instance_uids: tuple[str, ...]
+    positions_mm: np.ndarray
+    orientation: tuple[float, ...]
+    pixel_mm: tuple[float, float]
+    shape: tuple[int, int]
+    header_thickness_mm: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesSource:
+    """Where a volume read by this module came from (``CTVolume.source``).
+
+    Attributes:
       files: source file of each slice, z ascending.
       instance_numbers: InstanceNumber of each slice (None when absent), z ascending.
       dropped: files read but left out, with the reason.
       series_count: number of series found (files without SeriesInstanceUID in a
         folder where others have one are not counted as a series).
       z_gaps: z-steps (mm) differing from the median step by more than half of it.
+      reorientation: the pixel permutation applied to reach the canonical layout.
+      stored_orientation: ImageOrientationPatient as stored.
+      lossy_files: (file, reason) of slices whose pixels went through lossy compression.
+      reference: for DICOM SEG; None when the files lack a UID it needs.
+      reference_missing: which UIDs are missing when ``reference`` is None.
     """
 
-    hu: np.ndarray
-    z_mm: np.ndarray
-    pixel_mm: tuple[float, float]
-    slice_thickness_mm: float
-    header_thickness_mm: float | None
-    kvp: float | None
-    mass_factor: tuple[float, ...] | None
     files: tuple[str, ...]
     instance_numbers: tuple[int | None, ...]
     dropped: tuple[DroppedFile, ...]
     series_count: int
     z_gaps: tuple[float, ...] = ()
-
-
-@dataclasses.dataclass
-class _Slice:
-    """Validated per-file geometry of a kept-series candidate."""
-
-    path: str
-    z: float
-    spacing: tuple[float, float]
-    shape: tuple[int, int]
-    normal: np.ndarray  # [3]
-    instance: int | None
-
-
-@contextlib.contextmanager
-def _quiet_pydicom() -> Iterator[None]:
-    """Relaxed value validation (real UIDs are non-standard) and no warning noise."""
-    with pydicom.config.disable_value_validation(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
-def _fmt_mm(z: float) -> str:
-    return repr(round(float(z), 4))
-
-
-def _tag_name(tag: int | str) -> str:
-    if isinstance(tag, str):
-        return tag
-    keyword = pydicom.datadict.keyword_for_tag(tag)
-    return f"{keyword} {pydicom.tag.Tag(tag)}" if keyword else str(pydicom.tag.Tag(tag))
-
-
-def _value(ds: Dataset, path: str, tag: int | str) -> Any:
-    """The element's value, or None when absent or empty; unparsable values raise."""
-    try:
-        elem = ds[tag] if tag in ds else None
-        if elem is None:
-            return None
-        value = elem.value
-    except Exception as e:  # pydicom raises many types for malformed values
-        raise MissingTagError(path, f"{_tag_name(tag)} has an unreadable value ({e})") from e
-    if value is None or (hasattr(value, "__len__") and len(value) == 0):
-        return None
-    return value
-
-
-def _floats(
-    ds: Dataset, path: str, tag: int | str, count: int | None, required: bool
-) -> tuple[float, ...] | None:
-    value = _value(ds, path, tag)
-    name = _tag_name(tag)
-    if value is None:
-        if required:
-            raise MissingTagError(path, f"missing required tag {name}")
-        return None
-    items = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
-    try:
-        out = tuple(float(v) for v in items)
-    except (TypeError, ValueError) as e:
-        raise MissingTagError(path, f"{name} has an unreadable value {value!r}") from e
-    if (count is not None and len(out) != count) or not all(np.isfinite(out)):
-        raise MissingTagError(path, f"{name} should hold {count} finite numbers, got {value!r}")
-    return out
-
-
-def _int(ds: Dataset, path: str, tag: str) -> int | None:
-    value = _value(ds, path, tag)
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError) as e:
-        raise MissingTagError(path, f"{tag} has an unreadable value {value!r}") from e
-
-
-def _text(ds: Dataset, path: str, tag: str) -> str | None:
-    value = _value(ds, path, tag)
-    return None if value is None else str(value).strip() or None
-
-
-def _read_header(path: str) -> Dataset:
-    """Parse the whitelisted tags of one file, pixel data deferred; check it is whole."""
-    try:
-        ds = pydicom.dcmread(path, defer_size=256, specific_tags=_HEADER_TAGS)
-    except pydicom.errors.InvalidDicomError as e:
-        raise NotDicomError(path, "not a DICOM file (no 'DICM' file meta header)") from e
-    except Exception as e:  # EOFError, OSError, struct.error, ValueError ...
-        raise NotDicomError(path, f"unreadable DICOM ({type(e).__name__}: {e})") from e
-    if "TransferSyntaxUID" not in getattr(ds, "file_meta", Dataset()):
-        raise NotDicomError(path, "truncated or malformed: file meta has no TransferSyntaxUID")
-    size = os.path.getsize(path)
-    for raw in list(ds.values()):  # raw elements: no conversion, no deferred read
-        length = getattr(raw, "length", None)
-        tell = getattr(raw, "value_tell", None)
-        if length is None or tell is None or length == 0xFFFFFFFF:
-            continue
-        if tell + length > size:
-            raise NotDicomError(
-                path,
-                f"truncated: element {raw.tag} needs {length} bytes but the file ends "
-                f"{size - tell} bytes after its start",
-            )
-    return ds
+    reorientation: orientation_lib.Reorientation = dataclasses.field(
+        default_factory=orientation_lib.Reorientation
+    )
+    stored_orientation: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    lossy_files: tuple[tuple[str, str], ...] = ()
+    reference: SeriesReference | None = None
+    reference_missing: str = ""
 
 
 def _series_uid(ds: Dataset, path: str) -> str | None:
-    return _text(ds, path, "SeriesInstanceUID")
+    return tag_text(ds, path, "SeriesInstanceUID")
 
 
 def _is_scout(headers: list[tuple[str, Dataset]]) -> bool:
     if len(headers) == 1:
         return True
     for path, ds in headers:
-        image_type = _value(ds, path, "ImageType")
+        image_type = tag_value(ds, path, "ImageType")
         if image_type is not None and "LOCALIZER" in [str(v).upper() for v in image_type]:
             return True
     return False
@@ -303,7 +197,7 @@ def _distinct_z(headers: list[tuple[str, Dataset]]) -> int:
     zs = []
     for path, ds in headers:
         try:
-            ipp = _floats(ds, path, "ImagePositionPatient", 3, required=False)
+            ipp = tag_floats(ds, path, "ImagePositionPatient", 3, required=False)
         except MissingTagError:
             ipp = None
         if ipp is not None:
@@ -319,10 +213,10 @@ def _group(
     dropped: list[DroppedFile] = []
     images = []
     for path, ds in headers:
-        if _PIXEL_DATA_TAG in ds:
+        if PIXEL_DATA_TAG in ds:
             images.append((path, ds))
             continue
-        sop = _text(ds, path, "SOPClassUID")
+        sop = tag_text(ds, path, "SOPClassUID")
         sop_name = pydicom.uid.UID(sop).name if sop else ""
         if not sop or "Image" in sop_name:
             raise NotDicomError(path, "no Pixel Data element (truncated?)")
@@ -336,7 +230,7 @@ def _group(
         if have_uid and uid is None:
             dropped.append(DroppedFile(path, "no SeriesInstanceUID"))
             continue
-        number = _int(ds, path, "SeriesNumber")
+        number = tag_int(ds, path, "SeriesNumber")
         groups.setdefault((uid or "", -1 if number is None else number), []).append((path, ds))
 
     def rank(members: list[tuple[str, Dataset]]) -> tuple:
@@ -357,117 +251,13 @@ def _group(
     return kept, dropped, len(groups)
 
 
-def _validate(path: str, ds: Dataset) -> _Slice:
-    """Check one kept-series header: CT, single frame, axial, all geometry tags."""
-    modality = _text(ds, path, "Modality")
-    if modality is None:
-        raise MissingTagError(path, "missing required tag Modality")
-    if modality.upper() != "CT":
-        raise NotCTError(path, f"Modality is {modality!r}, expected 'CT'")
-    _check_decodable(path, ds)
-    frames = _int(ds, path, "NumberOfFrames")
-    if frames is not None and frames > 1:
-        raise PixelDataError(path, f"{frames} frames; only single-frame CT slices are supported")
-    ipp = _floats(ds, path, "ImagePositionPatient", 3, required=True)
-    iop = _floats(ds, path, "ImageOrientationPatient", 6, required=True)
-    spacing = _floats(ds, path, "PixelSpacing", 2, required=True)
-    if min(spacing) <= 0:
-        raise MissingTagError(path, f"PixelSpacing must be positive, got {spacing}")
-    _floats(ds, path, "RescaleSlope", 1, required=True)
-    _floats(ds, path, "RescaleIntercept", 1, required=True)
-    rows, cols = _int(ds, path, "Rows"), _int(ds, path, "Columns")
-    if rows is None or cols is None:
-        raise MissingTagError(path, "missing required tag Rows or Columns")
-    row_dir, col_dir = np.asarray(iop[:3]), np.asarray(iop[3:])
-    normal = np.cross(row_dir, col_dir)
-    norm = float(np.linalg.norm(normal))
-    if norm < 1e-6:
-        raise NonAxialError(path, f"degenerate ImageOrientationPatient {iop}")
-    normal = normal / norm
-    angle = float(np.degrees(np.arccos(min(1.0, abs(normal[2])))))
-    if angle > AXIAL_TOLERANCE_DEG:
-        raise NonAxialError(
-            path,
-            f"ImageOrientationPatient {list(iop)} is {angle:.1f} deg from axial "
-            f"(tolerance {AXIAL_TOLERANCE_DEG} deg)",
-        )
-    return _Slice(
-        path=path,
-        z=ipp[2],
-        spacing=(spacing[0], spacing[1]),
-        shape=(rows, cols),
-        normal=normal,
-        instance=_int(ds, path, "InstanceNumber"),
-    )
+def _series_name(slices: list[SliceInfo]) -> str:
+    folder = os.path.commonpath([os.path.dirname(s.path) for s in slices])
+    return f"the series in {folder or '.'}"
 
 
-def _check_decodable(path: str, ds: Dataset) -> pydicom.uid.UID:
-    syntax = pydicom.uid.UID(str(ds.file_meta.TransferSyntaxUID))
-    if syntax in _NATIVE_SYNTAXES:
-        return syntax
-    label = f"'{syntax.name}' ({syntax})" if syntax.name != str(syntax) else f"'{syntax}'"
-    try:
-        decoder = get_decoder(syntax)
-    except (NotImplementedError, ValueError) as e:
-        raise UnsupportedTransferSyntaxError(
-            path, f"transfer syntax {label} has no pydicom pixel decoder"
-        ) from e
-    if not decoder.is_available:
-        missing = "; ".join(str(m) for m in decoder.missing_dependencies)
-        raise UnsupportedTransferSyntaxError(
-            path,
-            f"transfer syntax {label} needs a pydicom plugin that is not installed "
-            f"({missing or 'no plugin available'})",
-        )
-    return syntax
-
-
-def _hu_slice(path: str, expected_shape: tuple[int, int]) -> np.ndarray:
-    """Read one file's pixels and convert them to int16 HU [H, W]."""
-    try:
-        ds = pydicom.dcmread(path, specific_tags=_HEADER_TAGS)
-    except Exception as e:
-        raise NotDicomError(path, f"unreadable on second read ({type(e).__name__}: {e})") from e
-    syntax = _check_decodable(path, ds)
-    if syntax in _NATIVE_SYNTAXES:
-        bits = _int(ds, path, "BitsAllocated") or 0
-        samples = _int(ds, path, "SamplesPerPixel") or 1
-        need = expected_shape[0] * expected_shape[1] * samples * bits // 8
-        have = len(ds.PixelData) if _PIXEL_DATA_TAG in ds else 0
-        if have < need:
-            raise NotDicomError(path, f"truncated: {have} pixel bytes, {need} expected")
-    try:
-        stored = ds.pixel_array
-    except Exception as e:
-        raise PixelDataError(
-            path,
-            f"cannot decode pixel data in transfer syntax '{syntax.name}' ({syntax}): "
-            f"{type(e).__name__}: {e}",
-        ) from e
-    if stored.shape != expected_shape or stored.dtype.kind not in "iu":
-        raise PixelDataError(
-            path,
-            f"pixel array {stored.dtype}{list(stored.shape)}, expected integer "
-            f"{list(expected_shape)} (single-sample greyscale)",
-        )
-    slope = _floats(ds, path, "RescaleSlope", 1, required=True)[0]
-    intercept = _floats(ds, path, "RescaleIntercept", 1, required=True)[0]
-    if slope.is_integer() and intercept.is_integer():
-        hu = stored.astype(np.int64) * int(slope) + int(intercept)
-    else:
-        hu = np.rint(stored.astype(np.float64) * slope + intercept)
-    lo, hi = hu.min(), hu.max()
-    info = np.iinfo(np.int16)
-    if lo < info.min or hi > info.max:
-        raise PixelDataError(
-            path,
-            f"HU range [{lo:g}, {hi:g}] (slope {slope:g}, intercept {intercept:g}) "
-            "does not fit int16",
-        )
-    return hu.astype(np.int16)
-
-
-def _check_geometry(slices: list[_Slice]) -> None:
+def _check_geometry(slices: list[SliceInfo]) -> None:
+    """Same shape and spacing everywhere; one orientation (the odd slice is named)."""
     ref = slices[0]
     for s in slices[1:]:
         if s.shape != ref.shape:
@@ -478,41 +268,115 @@ def _check_geometry(slices: list[_Slice]) -> None:
             raise MixedSpacingError(
                 s.path, f"PixelSpacing {s.spacing} differs from {ref.spacing} in {ref.path}"
             )
-        if float(np.dot(s.normal, ref.normal)) < np.cos(np.radians(AXIAL_TOLERANCE_DEG)):
-            raise MixedSpacingError(
-                s.path, f"ImageOrientationPatient differs from the one in {ref.path}"
-            )
+    groups: list[list[SliceInfo]] = []
+    for s in slices:  # sorted by path: groups in order of first appearance
+        for g in groups:
+            if max(abs(a - b) for a, b in zip(s.iop, g[0].iop, strict=True)) <= ORIENTATION_TOL:
+                g.append(s)
+                break
+        else:
+            groups.append([s])
+    if len(groups) > 1:
+        main = max(groups, key=len)  # the first of the largest groups on ties
+        odd = min((s for g in groups if g is not main for s in g), key=lambda s: s.path)
+        n_odd = len(slices) - len(main)
+        raise MixedOrientationError(
+            odd.path,
+            f"ImageOrientationPatient {list(odd.iop)} differs from {list(main[0].iop)} of "
+            f"{len(main)} other slice(s) of {_series_name(slices)} (e.g. "
+            f"{Path(main[0].path).name}); {n_odd} slice(s) disagree: the series is refused",
+        )
 
 
-def _drop_duplicate_z(slices: list[_Slice], dropped: list[DroppedFile]) -> list[_Slice]:
-    """Sort by z ascending; of slices within DUPLICATE_Z_TOL_MM keep the smallest path."""
-    clusters: list[list[_Slice]] = []
+def _unique_z(slices: list[SliceInfo], dropped: list[DroppedFile]) -> tuple[list[SliceInfo], dict]:
+    """Sort by z; keep one file per z, refusing duplicates whose HU differ.
+
+    Returns:
+      The kept slices (z ascending) and {path: HU [H, W]} of every slice read here.
+    """
+    clusters: list[list[SliceInfo]] = []
     for s in sorted(slices, key=lambda s: (s.z, s.path)):
         if clusters and s.z - clusters[-1][0].z < DUPLICATE_Z_TOL_MM:
             clusters[-1].append(s)
         else:
             clusters.append([s])
-    unique = []
+    unique, pixels = [], {}
     for cluster in clusters:
         first = min(cluster, key=lambda c: c.path)
         unique.append(first)
-        reason = f"(kept {Path(first.path).name})"
-        dropped.extend(
-            DroppedFile(c.path, f"duplicate z={_fmt_mm(c.z)} mm {reason}")
-            for c in cluster
-            if c is not first
+        if len(cluster) == 1:
+            continue
+        pixels[first.path] = read_hu(first.path, first.shape)
+        for c in sorted(cluster, key=lambda c: c.path):
+            if c is first:
+                continue
+            hu = read_hu(c.path, c.shape)
+            if not np.array_equal(hu, pixels[first.path]):
+                n = int(np.count_nonzero(hu != pixels[first.path]))
+                raise DuplicateSliceError(
+                    c.path,
+                    f"same z={fmt_mm(c.z)} mm as {first.path} but different pixels ({n} of "
+                    f"{hu.size} differ): which one is right is unknown, the series is refused",
+                )
+            dropped.append(
+                DroppedFile(
+                    c.path,
+                    f"duplicate z={fmt_mm(c.z)} mm, identical pixels "
+                    f"(kept {Path(first.path).name})",
+                )
+            )
+    return unique, pixels
+
+
+def _reference(
+    unique: list[SliceInfo], header_ds: dict[str, Dataset], thickness: float | None
+) -> tuple[SeriesReference | None, str]:
+    """The SEG reference of the kept slices, or None and the missing UIDs."""
+    first = header_ds[unique[0].path]
+    uids = {
+        k: tag_text(first, unique[0].path, k)
+        for k in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
+    }
+    per_slice = [
+        (
+            tag_text(header_ds[s.path], s.path, "SOPClassUID"),
+            tag_text(header_ds[s.path], s.path, "SOPInstanceUID"),
         )
-    return unique
+        for s in unique
+    ]
+    missing = [k for k, v in uids.items() if v is None]
+    if any(c is None for c, _ in per_slice):
+        missing.append("SOPClassUID")
+    if any(i is None for _, i in per_slice):
+        missing.append("SOPInstanceUID")
+    if missing:
+        return None, ", ".join(missing)
+    ref = SeriesReference(
+        study_uid=str(uids["StudyInstanceUID"]),
+        series_uid=str(uids["SeriesInstanceUID"]),
+        frame_of_reference_uid=str(uids["FrameOfReferenceUID"]),
+        sop_class_uids=tuple(str(c) for c, _ in per_slice),
+        sop_instance_uids=tuple(str(i) for _, i in per_slice),
+        positions_mm=np.asarray([s.ipp for s in unique], np.float64),
+        orientation=tuple(unique[0].iop),
+        pixel_mm=unique[0].spacing,
+        shape=unique[0].shape,
+        header_thickness_mm=thickness,
+    )
+    return ref, ""
 
 
-def read_dicom_files(paths: Sequence[str | os.PathLike]) -> CTSeries:
+def read_dicom_files(paths: Sequence[str | os.PathLike], study_id: str = "") -> CTVolume:
     """Read an explicit list of DICOM files as one CT series (see module docstring).
 
     Args:
       paths: DICOM files; all of them are read and grouped into series.
+      study_id: the de-identified id given to the volume (no header value is used).
 
     Returns:
-      The longest series as a :class:`CTSeries`, with the other files in ``dropped``.
+      The longest series as a canonical :class:`~dinolg_jax.data.volume.CTVolume` with
+      ``kind = "dicom"``; ``source`` is a :class:`SeriesSource` (files, the other files
+      in ``dropped``, the reorientation applied, lossy files, the SEG reference).
 
     Raises:
       DicomError: one of its subclasses, naming the file and the problem.
@@ -520,27 +384,31 @@ def read_dicom_files(paths: Sequence[str | os.PathLike]) -> CTSeries:
     files = sorted(dict.fromkeys(str(p) for p in paths))
     if not files:
         raise EmptySeriesError("<no files>", "no DICOM files given")
-    with _quiet_pydicom():
-        headers = [(p, _read_header(p)) for p in files]
+    with quiet_pydicom():
+        headers = [(p, read_header(p)) for p in files]
         kept, dropped, series_count = _group(headers)
-        slices = [_validate(p, ds) for p, ds in kept]  # kept is sorted by path
+        slices = [validate_slice(p, ds) for p, ds in kept]  # kept is sorted by path
         header_ds = dict(kept)
+        _check_geometry(slices)
+        try:
+            turn = orientation_lib.reorientation_for(slices[0].iop, AXIAL_TOLERANCE_DEG)
+        except orientation_lib.OrientationError as e:
+            raise NonAxialError(slices[0].path, f"{_series_name(slices)}: {e}") from e
 
-        unique = _drop_duplicate_z(slices, dropped)
-        _check_geometry(unique)
-
+        unique, pixels = _unique_z(slices, dropped)
         shape = unique[0].shape
         hu = np.empty((len(unique), *shape), np.int16)
         for i, s in enumerate(unique):
-            hu[i] = _hu_slice(s.path, shape)
+            hu[i] = pixels[s.path] if s.path in pixels else read_hu(s.path, shape)
 
         first_ds = header_ds[unique[0].path]
-        thickness = _floats(first_ds, unique[0].path, "SliceThickness", 1, required=False)
-        kvp = _floats(first_ds, unique[0].path, "KVP", 1, required=False)
-        mass = _floats(first_ds, unique[0].path, _MASS_FACTOR_TAG, None, required=False)
+        thickness = tag_floats(first_ds, unique[0].path, "SliceThickness", 1, required=False)
+        kvp = tag_floats(first_ds, unique[0].path, "KVP", 1, required=False)
+        mass = tag_floats(first_ds, unique[0].path, MASS_FACTOR_TAG, None, required=False)
+        header_thickness = thickness[0] if thickness else None
+        reference, missing = _reference(unique, header_ds, header_thickness)
 
     z_mm = np.asarray([s.z for s in unique], np.float64)
-    header_thickness = thickness[0] if thickness else None
     gaps: tuple[float, ...] = ()
     if len(unique) >= 2:
         steps = np.diff(z_mm)
@@ -550,31 +418,52 @@ def read_dicom_files(paths: Sequence[str | os.PathLike]) -> CTSeries:
         step = header_thickness
     else:
         raise MissingTagError(unique[0].path, "single slice without a positive SliceThickness")
-    return CTSeries(
-        hu=hu,
-        z_mm=z_mm,
+    iop = unique[0].iop
+    stored = Geometry(
+        positions_mm=np.asarray([s.ipp for s in unique], np.float64),
+        col_dir=iop[:3],
+        row_dir=iop[3:],
         pixel_mm=unique[0].spacing,
         slice_thickness_mm=step,
         header_thickness_mm=header_thickness,
-        kvp=kvp[0] if kvp else None,
-        mass_factor=mass,
+    )
+    lossy = tuple((s.path, s.lossy) for s in unique if s.lossy)
+    source = SeriesSource(
         files=tuple(s.path for s in unique),
         instance_numbers=tuple(s.instance for s in unique),
         dropped=tuple(sorted(dropped, key=lambda d: d.path)),
         series_count=series_count,
         z_gaps=gaps,
+        reorientation=turn,
+        stored_orientation=tuple(iop),
+        lossy_files=lossy,
+        reference=reference,
+        reference_missing=missing,
+    )
+    return CTVolume(
+        study_id=study_id,
+        hu=turn.apply(hu),
+        geometry=turn.geometry(stored, shape),
+        kvp=kvp[0] if kvp else None,
+        mass_factor=mass,
+        kind="dicom",
+        lossy_compression=bool(lossy),
+        source=source,
     )
 
 
-def read_series(folder: str | os.PathLike, *, pattern: str = "**/*.dcm") -> CTSeries:
+def read_series(
+    folder: str | os.PathLike, *, pattern: str = "**/*.dcm", study_id: str | None = None
+) -> CTVolume:
     """Read the CT series in ``folder`` (every file matching ``pattern``, recursively).
 
     Args:
       folder: a series or patient folder; series folder names are never interpreted.
       pattern: glob pattern relative to ``folder``.
+      study_id: the volume's id; None = the folder's name.
 
     Returns:
-      The longest series, z ascending; see :func:`read_dicom_files`.
+      The longest series, canonical layout, z ascending; see :func:`read_dicom_files`.
 
     Raises:
       FileNotFoundError: ``folder`` is not a directory.
@@ -587,4 +476,4 @@ def read_series(folder: str | os.PathLike, *, pattern: str = "**/*.dcm") -> CTSe
     files = sorted(str(p) for p in root.glob(pattern) if p.is_file())
     if not files:
         raise EmptySeriesError(root, f"no files match {pattern!r}")
-    return read_dicom_files(files)
+    return read_dicom_files(files, root.name if study_id is None else study_id)

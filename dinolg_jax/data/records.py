@@ -9,7 +9,8 @@ offset and length inside the payload and its codec (``raw`` or ``zlib``). Label 
 are ~99.96 % zeros, so they are stored zlib-compressed; the HU image is stored raw so
 that decoding it is a single ``np.frombuffer``.
 
-Fields (version 1):
+Fields (version 2; version 1 had no ``position_mm``, ``orientation`` or
+``lossy_compression``, and its shards are refused with a message to re-convert):
     image:              int16 [H, W], Hounsfield units.
     labels:             uint8 [H, W], 0 background, 1 RCA, 2 LAD, 3 LCA (left main), 4 LCX.
     study:              str, dataset-local de-identified id (e.g. ``"gated-0007"``).
@@ -24,6 +25,15 @@ Fields (version 1):
     has_calcium:        bool, True iff ``labels`` has any foreground pixel.
     kind:               str, ``"gated"`` or ``"nongated"``.
     kvp:                float, tube voltage (0 when unknown).
+    position_mm:        float64 [3], LPS world position (ImagePositionPatient) of the
+                        slice's voxel (0, 0) in the canonical layout, mm.
+    orientation:        float64 [6], ImageOrientationPatient of the canonical layout
+                        (column direction, row direction; ~(1, 0, 0, 0, 1, 0)).
+    lossy_compression:  bool, the study's pixels went through lossy compression.
+
+With ``position_mm``, ``orientation`` and ``pixel_mm`` a study rebuilt from its records
+has the geometry it was read with (``data/volume.py``), so outputs made from a
+converted dataset (NIfTI) sit where the DICOM does.
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ from typing import Any
 import numpy as np
 
 MAGIC = b"DLGR"
-VERSION = 1
+VERSION = 2
 _PREFIX = struct.Struct("<4sHI")
 
 # name -> (dtype, ndim, codec)
@@ -47,6 +57,8 @@ ARRAY_FIELDS: dict[str, tuple[str, int, str]] = {
     "pixel_mm": ("float32", 1, "raw"),
     "lesion_centers": ("float32", 2, "raw"),
     "lesion_vessels": ("uint8", 1, "raw"),
+    "position_mm": ("float64", 1, "raw"),
+    "orientation": ("float64", 1, "raw"),
 }
 # name -> python type
 SCALAR_FIELDS: dict[str, type] = {
@@ -58,6 +70,7 @@ SCALAR_FIELDS: dict[str, type] = {
     "has_calcium": bool,
     "kind": str,
     "kvp": float,
+    "lossy_compression": bool,
 }
 
 
@@ -119,6 +132,26 @@ def encode(record: dict[str, Any]) -> bytes:
     return _PREFIX.pack(MAGIC, VERSION, len(blob)) + blob + b"".join(payloads)
 
 
+def array_shape(data: bytes, name: str) -> tuple[int, ...]:
+    """Shape of array field ``name`` from a record's header, for any record version.
+
+    The prefix and JSON header layout are the same in every version, so this reads old
+    shards too (e.g. the slice size a model was trained at).
+
+    Raises:
+      RecordError: not a record, or no such field.
+    """
+    if len(data) < _PREFIX.size:
+        raise RecordError("record is truncated")
+    magic, _, hlen = _PREFIX.unpack_from(data)
+    if magic != MAGIC:
+        raise RecordError(f"not a dinolg_jax slice record (magic {magic!r})")
+    header = json.loads(bytes(data[_PREFIX.size : _PREFIX.size + hlen]))
+    if name not in header["arrays"]:
+        raise RecordError(f"record has no array field {name!r}")
+    return tuple(int(d) for d in header["arrays"][name]["shape"])
+
+
 def decode(data: bytes, fields: Collection[str] | None = None) -> dict[str, Any]:
     """Parses bytes written by `encode` into a dict of numpy arrays and scalars.
 
@@ -146,7 +179,15 @@ def decode(data: bytes, fields: Collection[str] | None = None) -> dict[str, Any]
     if magic != MAGIC:
         raise RecordError(f"not a dinolg_jax slice record (magic {magic!r})")
     if version != VERSION:
-        raise RecordError(f"record version {version} is not supported (this code reads {VERSION})")
+        hint = (
+            " (written before slice geometry and the lossy flag went into records): re-run "
+            "tools/convert_coca.py to rebuild the shards"
+            if version < VERSION
+            else ": it was written by a newer dinolg_jax"
+        )
+        raise RecordError(
+            f"record version {version} is not supported (this code reads {VERSION}){hint}"
+        )
     start = _PREFIX.size + hlen
     header = json.loads(bytes(data[_PREFIX.size : start]))
     out: dict[str, Any] = dict(header["scalars"])

@@ -68,6 +68,9 @@ def synthetic_slice(
         "has_calcium": bool(num_lesions),
         "kind": "gated",
         "kvp": 120.0,
+        "position_mm": np.array([-0.35 * size, -0.35 * size, 3.0 * slice_index]),
+        "orientation": np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
+        "lossy_compression": False,
     }
 
 

@@ -8,10 +8,17 @@
   val), see :func:`load_gate`.
 
 Input preparation is the training pipeline's own: ``data.transforms.normalize_hu`` with
-the workdir's ``data.hu_window`` and, when its ``data.eval_size`` is set, the bilinear
-``transforms.resized_crops`` resize of ``data.pipeline.SliceExample``. The segmenter must
-see slices at their own resolution (its labels are scored on the HU grid), so a
-segmenter workdir with an ``eval_size`` other than 0 or the slice size is refused.
+the workdir's ``data.hu_window`` and the bilinear ``transforms.resized_crops`` resize of
+``data.pipeline.SliceExample``. The gate sees what the probe was trained on: every slice,
+whatever its stored size, is resized to the probe's **input size** (the side of the
+slices its features were extracted from), recorded as ``input_size`` in the probe export
+by ``train/probe.py``; for exports written before that field, it is read from what the
+workdir already holds (:func:`gate_input_size`: ``eval_size`` when set, else the record
+size of the manifest the probe was trained on). Without it a 512 px study fed to a probe
+trained on 64 px records gave p ~ 0.44 on every slice, so the gate flagged them all.
+The segmenter must see slices at their own resolution (its labels are scored on the HU
+grid), so a segmenter workdir with an ``eval_size`` other than 0 or the slice size is
+refused.
 """
 
 from __future__ import annotations
@@ -54,6 +61,50 @@ def make_prepare(hu_window: Sequence[float], size: int = 0):
         return x[..., None].astype(np.float32)
 
     return prepare
+
+
+def record_slice_shape(manifest: str | os.PathLike, split: str) -> tuple[int, int]:
+    """(H, W) of the first record of ``split`` of a converted dataset (any record version)."""
+    import grain
+
+    from dinolg_jax.data import manifest as manifest_lib
+    from dinolg_jax.data import records
+
+    man = manifest_lib.load(manifest)
+    source = grain.sources.ArrayRecordDataSource(man.shard_paths(split))
+    shape = records.array_shape(source[0], "image")
+    return int(shape[0]), int(shape[1])
+
+
+def gate_input_size(
+    probe_workdir: str | os.PathLike, probe_config: dict[str, Any], run_config: Any
+) -> int:
+    """The slice side the probe's features were extracted at (see the module docstring).
+
+    Order: the export's ``input_size``; its ``eval_size`` when non-zero; the record size
+    of the manifest in the workdir's ``config.json`` (``data.manifest``, or the phantom
+    that ``train/probe.py`` makes under the workdir when it is empty).
+
+    Raises:
+      WorkdirError: none of these is available.
+    """
+    for key in ("input_size", "eval_size"):
+        if int(probe_config.get(key, 0) or 0) > 0:
+            return int(probe_config[key])
+    data = run_config.get("data", {}) or {}
+    manifest = Path(data.get("manifest") or Path(probe_workdir) / "phantom" / "data")
+    if manifest.is_dir():
+        manifest = manifest / "manifest.json"
+    split = str((run_config.get("eval", {}) or {}).get("train_split", "train"))
+    if not manifest.is_file():
+        raise WorkdirError(
+            f"{probe_workdir}: cannot tell the slice size the probe was trained at (no "
+            f"input_size in its export, no manifest at {manifest}); re-run train/probe.py"
+        )
+    h, w = record_slice_shape(manifest, split)
+    if h != w:
+        raise WorkdirError(f"{manifest}: records of {h} x {w} px; the gate needs square slices")
+    return h
 
 
 def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
@@ -162,7 +213,7 @@ def load_gate(
         n_last_blocks=int(pcfg["n_last_blocks"]),
         token_pool=int(pcfg["token_pool"]),
         hu_window=pcfg["hu_window"],
-        eval_size=int(pcfg.get("eval_size", 0)),
+        eval_size=gate_input_size(probe_workdir, pcfg, run_config),
         dtype=run_config.get("features", {}).get("dtype") or None,
         name=f"{enc_cfg.get('variant', '?')}+{pcfg['name']}",
     )
@@ -230,7 +281,8 @@ def gate_from_parts(
       n_last_blocks: CLS tokens of the last n blocks in the pooled feature.
       token_pool: patch-token pooling of the transformer probe's input.
       hu_window: the feature extraction's HU window.
-      eval_size: the feature extraction's slice resize (0: none).
+      eval_size: the side of the slices the features were extracted from: every slice is
+        resized to it (0: keep the stored size, only right when it is the trained size).
       dtype: encoder compute dtype (None: the export's).
       name: for logs.
     """

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from dinolg_jax.data.volume import CTVolume
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.scoring.agatston import (
     VESSELS,
@@ -140,45 +141,6 @@ class BatchedRunner:
         x = np.asarray(self.prepare(hu), np.float32)
         x = np.broadcast_to(x, (self.batch_size, *x.shape[1:])).copy()
         jax.block_until_ready(self._fn(self.params, mesh_lib.global_batch_from_numpy(x, self.mesh)))
-
-
-@dataclass
-class StudyVolume:
-    """What the pipeline needs of one CT study (a `coca.Study` converts with `from_study`).
-
-    Attributes:
-      study_id: de-identified id.
-      hu: int16 [Z, H, W], z ascending.
-      pixel_mm: (row, col) pixel spacing, mm.
-      slice_thickness_mm: z-step, mm.
-      z_mm: [Z] slice positions, mm (for NIfTI geometry); None if unknown.
-      labels: uint8 [Z, H, W] ground truth, or None.
-      mass_factor: calcium mass calibration (scalar or 3-vector), or None.
-      kvp: tube voltage, 0 when unknown.
-    """
-
-    study_id: str
-    hu: np.ndarray
-    pixel_mm: tuple[float, float]
-    slice_thickness_mm: float
-    z_mm: np.ndarray | None = None
-    labels: np.ndarray | None = None
-    mass_factor: Any = None
-    kvp: float = 0.0
-
-    @classmethod
-    def from_study(cls, study: Any) -> StudyVolume:
-        """From a ``dinolg_jax.data.coca.Study`` (or anything with the same fields)."""
-        return cls(
-            study_id=str(study.study_id),
-            hu=np.asarray(study.hu),
-            pixel_mm=(float(study.pixel_mm[0]), float(study.pixel_mm[1])),
-            slice_thickness_mm=float(study.slice_thickness_mm),
-            z_mm=None if study.z_mm is None else np.asarray(study.z_mm, np.float64),
-            labels=None if study.labels is None else np.asarray(study.labels),
-            mass_factor=getattr(study, "mass_factor", None),
-            kvp=float(getattr(study, "kvp", 0.0) or 0.0),
-        )
 
 
 def score_summary(result: AgatstonResult) -> dict[str, Any]:
@@ -350,12 +312,13 @@ class CacPipeline:
         return labels
 
     def score(
-        self, study: StudyVolume, mode: str = "gated", *, keep_labels: bool = False
+        self, study: CTVolume, mode: str = "gated", *, keep_labels: bool = False
     ) -> StudyResult:
         """Scores one study.
 
         Args:
-          study: the volume and its geometry (ground-truth labels optional).
+          study: the volume and its geometry (``data.volume.CTVolume``; ground-truth
+            labels optional).
           mode: "gated" (segment the slices the gate flags) or "unet_only" (every slice).
           keep_labels: keep the predicted label volume in the result (for NIfTI output).
 

@@ -6,9 +6,13 @@ each requested mode and writes, under ``out_dir``::
     studies/<study>.<mode>.json   per-study result (scores, lesions, flagged slices,
                                   gate probabilities, timings, convention) or the error
     results.csv                   one row per (study, mode); see CSV_COLUMNS
-    nifti/<study>.<mode>.labels.nii.gz  predicted labels (with ``write_nifti``), plus
-    nifti/<study>.ct.nii.gz             the HU volume on the same grid (ITK-SNAP/Slicer)
-    summary.json                  counts, errors, throughput (slices/s, studies/s) per mode
+    nifti/<study>.<mode>.labels.nii.gz  predicted labels, uint8 (with ``write_nifti``), and
+    nifti/<study>.ct.nii.gz             the HU volume, int16, on the same grid: both on the
+                                        study's real geometry (they overlay the DICOM)
+    seg/<study>.<mode>.labels.seg.dcm   DICOM SEG of the predicted labels referencing the
+                                        source slices (with ``write_seg``, DICOM sources)
+    summary.json                  counts, errors, throughput (slices/s, studies/s) per mode,
+                                  and ``seg_skipped`` (studies without a SEG, and why)
 
 A study is read once and scored in every mode. Each new slice size first compiles the
 models (``CacPipeline.warmup``), so per-study timings exclude compilation (reported as
@@ -29,8 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from dinolg_jax.data import coca
+from dinolg_jax.data.volume import CTVolume
 from dinolg_jax.inference import nifti
-from dinolg_jax.inference.pipeline import MODES, CacPipeline, StudyResult, StudyVolume
+from dinolg_jax.inference import seg as seg_lib
+from dinolg_jax.inference.pipeline import MODES, CacPipeline, StudyResult
 from dinolg_jax.inference.sources import StudyTask
 from dinolg_jax.scoring.agatston import VESSELS
 
@@ -115,24 +121,28 @@ def _safe_name(study_id: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in study_id)
 
 
-def _write_volumes(out: Path, study: StudyVolume, result: StudyResult, ct_written: set) -> None:
-    affine = nifti.ras_affine(
-        study.pixel_mm,
-        z_mm=study.z_mm,
-        slice_thickness_mm=study.slice_thickness_mm,
-        allow_uneven_z=True,
-    )
+def _write_volumes(
+    out: Path,
+    study: CTVolume,
+    result: StudyResult,
+    *,
+    write_nifti: bool,
+    write_seg: bool,
+    ct_written: set,
+    seg_skipped: dict[str, str],
+) -> None:
     name = _safe_name(study.study_id)
-    nifti.write_nifti(
-        out / f"{name}.{result.mode}.labels.nii.gz",
-        result.labels,
-        affine,
-        description=f"CAC labels 0 bg 1 RCA 2 LAD 3 LCA 4 LCX ({result.mode})",
-        intent_name="labels",
-    )
-    if name not in ct_written:
-        nifti.write_nifti(out / f"{name}.ct.nii.gz", study.hu, affine, description="CT HU")
+    if write_nifti:
+        ct = None if name in ct_written else out / "nifti" / f"{name}.ct.nii.gz"
+        labels = out / "nifti" / f"{name}.{result.mode}.labels.nii.gz"
+        nifti.write_study(ct, labels, study, result.labels, note=result.mode)
         ct_written.add(name)
+    if write_seg and study.study_id not in seg_skipped:
+        try:
+            path = out / "seg" / f"{name}.{result.mode}.labels.seg.dcm"
+            seg_lib.write_seg(path, study, result.labels)
+        except seg_lib.SegUnavailable as e:
+            seg_skipped[study.study_id] = str(e)
 
 
 def run_inference(
@@ -142,6 +152,7 @@ def run_inference(
     *,
     modes: Sequence[str] = ("gated",),
     write_nifti: bool = False,
+    write_seg: bool = False,
     source_roots: Sequence[str | os.PathLike] = (),
     progress: Callable[[Sequence[StudyTask]], Any] | None = None,
     convention_note: str = "",
@@ -154,6 +165,8 @@ def run_inference(
       out_dir: output folder (created).
       modes: subset of ("gated", "unet_only").
       write_nifti: also write label (and CT) volumes as NIfTI.
+      write_seg: also write the labels as DICOM SEG (studies read from DICOM with the UIDs
+        a SEG needs; the others are listed in the summary's ``seg_skipped``).
       source_roots: paths stripped from error messages.
       progress: wraps the task list (e.g. ``tqdm.tqdm``) for a progress bar.
       convention_note: free text stored in the summary (e.g. the config's source).
@@ -168,10 +181,10 @@ def run_inference(
             raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
     out = Path(out_dir)
     (out / "studies").mkdir(parents=True, exist_ok=True)
-    if write_nifti:
-        (out / "nifti").mkdir(exist_ok=True)
+    keep = bool(write_nifti or write_seg)
     results: dict[str, list[StudyResult]] = {m: [] for m in modes}
     ct_written: set[str] = set()
+    seg_skipped: dict[str, str] = {}
     compiled: dict[str, float] = {}  # slice shape -> compile seconds (excluded from timings)
     t_start = time.perf_counter()
     iterable = progress(tasks) if progress is not None else tasks
@@ -197,9 +210,17 @@ def run_inference(
                         compiled[str(shape)] = pipeline.warmup(shape)
                     t1 = time.perf_counter()
                     try:
-                        result = pipeline.score(study, mode, keep_labels=write_nifti)
-                        if write_nifti:
-                            _write_volumes(out / "nifti", study, result, ct_written)
+                        result = pipeline.score(study, mode, keep_labels=keep)
+                        if keep:
+                            _write_volumes(
+                                out,
+                                study,
+                                result,
+                                write_nifti=write_nifti,
+                                write_seg=write_seg,
+                                ct_written=ct_written,
+                                seg_skipped=seg_skipped,
+                            )
                             result.labels = None
                     except Exception as e:
                         result = StudyResult(task.study_id, mode, num_slices=len(study.hu))
@@ -223,6 +244,11 @@ def run_inference(
     summary["convention_note"] = convention_note
     summary["scoring"] = dict(pipeline.scoring)
     summary["threshold"] = pipeline.threshold
+    summary["seg_skipped"] = (
+        {k: clean_message(ValueError(v), source_roots) for k, v in seg_skipped.items()}
+        if write_seg
+        else {}
+    )
     _write_json(out / "summary.json", summary)
     summary["results"] = results
     return summary
@@ -286,6 +312,7 @@ def infer_from_config(config: Any, *, progress: Callable | None = None) -> dict[
         config.out_dir,
         modes=modes,
         write_nifti=bool(config.write_nifti),
+        write_seg=bool(config.get("write_seg", False)),
         source_roots=roots,
         progress=progress,
     )

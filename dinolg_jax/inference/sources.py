@@ -1,11 +1,14 @@
 """Where studies come from for inference: a manifest split, a COCA release, DICOM folders.
 
 Each source is a list of :class:`StudyTask` (a de-identified id plus a ``load()`` that
-reads the study when called), so a study that fails to read fails alone, inside the
-inference loop, and becomes an error row while the rest complete.
+reads the study when called, as a ``data.volume.CTVolume`` with its real geometry), so
+a study that fails to read fails alone, inside the inference loop, and becomes an error
+row while the rest complete.
 
 * :func:`manifest_tasks`: the records of one split of a converted dataset, regrouped per
-  study (a study's records are contiguous and z-ascending, see ``data/manifest.py``).
+  study (a study's records are contiguous and z-ascending, see ``data/manifest.py``);
+  the geometry comes from the records (``position_mm``, ``orientation``, ``pixel_mm``),
+  so there is no DICOM to reference and no SEG.
 * :func:`release_tasks`: the gated patients (with their annotations as ground truth) or
   the non-gated studies of a COCA release, read through ``data/coca.py``.
 * :func:`dicom_tasks`: each subfolder of a root (or the root itself when it holds the
@@ -26,7 +29,7 @@ import numpy as np
 
 from dinolg_jax.data import coca, dicom, records
 from dinolg_jax.data import manifest as manifest_lib
-from dinolg_jax.inference.pipeline import StudyVolume
+from dinolg_jax.data.volume import CTVolume, Geometry
 
 
 @dataclass(frozen=True)
@@ -34,13 +37,13 @@ class StudyTask:
     """One study to score: its id and a loader (errors surface when ``load`` is called)."""
 
     study_id: str
-    load: Callable[[], StudyVolume]
+    load: Callable[[], CTVolume]
 
 
-def _load_manifest_study(source, study_id: str, rng: range) -> StudyVolume:
-    hu, labels, z = [], [], []
-    pixel_mm = thickness = None
-    kvp = 0.0
+def _load_manifest_study(source, study_id: str, rng: range) -> CTVolume:
+    hu, labels, positions = [], [], []
+    rec: dict[str, Any] = {}
+    lossy = False
     for i in rng:
         rec = records.decode(source[i])
         if rec["study"] != study_id:
@@ -49,18 +52,25 @@ def _load_manifest_study(source, study_id: str, rng: range) -> StudyVolume:
             )
         hu.append(rec["image"])
         labels.append(rec["labels"])
-        z.append(float(rec["z_mm"]))
-        pixel_mm = tuple(float(v) for v in rec["pixel_mm"])
-        thickness = float(rec["slice_thickness_mm"])
-        kvp = float(rec.get("kvp", 0.0))
-    return StudyVolume(
+        positions.append(np.asarray(rec["position_mm"], np.float64))
+        lossy = lossy or bool(rec["lossy_compression"])
+    orientation = [float(v) for v in rec["orientation"]]
+    geometry = Geometry(
+        positions_mm=np.stack(positions),
+        col_dir=orientation[:3],
+        row_dir=orientation[3:],
+        pixel_mm=tuple(float(v) for v in rec["pixel_mm"]),
+        slice_thickness_mm=float(rec["slice_thickness_mm"]),
+    )
+    kvp = float(rec["kvp"])
+    return CTVolume(
         study_id=study_id,
         hu=np.stack(hu).astype(np.int16),
-        pixel_mm=pixel_mm,
-        slice_thickness_mm=thickness,
-        z_mm=np.asarray(z, np.float64),
+        geometry=geometry,
         labels=np.stack(labels).astype(np.uint8),
-        kvp=kvp,
+        kvp=kvp if kvp > 0 else None,
+        kind=str(rec["kind"]),
+        lossy_compression=lossy,
     )
 
 
@@ -82,7 +92,7 @@ def manifest_tasks(manifest: str | os.PathLike, split: str) -> list[StudyTask]:
     for study_id in man.studies_in(split):
         rng = man.study_range(study_id, split)
 
-        def load(study_id=study_id, rng=rng) -> StudyVolume:
+        def load(study_id=study_id, rng=rng) -> CTVolume:
             return _load_manifest_study(source, study_id, rng)
 
         tasks.append(StudyTask(study_id, load))
@@ -102,7 +112,7 @@ def release_tasks(root: str | os.PathLike, kind: str = "gated") -> list[StudyTas
         return [
             StudyTask(
                 coca.gated_study_id(pid),
-                lambda pid=pid: StudyVolume.from_study(coca.load_gated_study(root, pid)),
+                lambda pid=pid: coca.load_gated_study(root, pid),
             )
             for pid in pids
         ]
@@ -111,30 +121,20 @@ def release_tasks(root: str | os.PathLike, kind: str = "gated") -> list[StudyTas
         return [
             StudyTask(
                 coca.nongated_study_id(sid),
-                lambda sid=sid: StudyVolume.from_study(coca.load_nongated_study(root, sid)),
+                lambda sid=sid: coca.load_nongated_study(root, sid),
             )
             for sid in sids
         ]
     raise ValueError(f"kind must be 'gated' or 'nongated', got {kind!r}")
 
 
-def _volume_from_series(study_id: str, series: dicom.CTSeries) -> StudyVolume:
-    return StudyVolume(
-        study_id=study_id,
-        hu=series.hu,
-        pixel_mm=(float(series.pixel_mm[0]), float(series.pixel_mm[1])),
-        slice_thickness_mm=float(series.slice_thickness_mm),
-        z_mm=np.asarray(series.z_mm, np.float64),
-        labels=None,
-        mass_factor=series.mass_factor,
-        kvp=float(series.kvp or 0.0),
-    )
+def load_dicom_study(folder: str | os.PathLike, study_id: str | None = None) -> CTVolume:
+    """Reads one DICOM series folder (recursively) as a canonical ``CTVolume``.
 
-
-def load_dicom_study(folder: str | os.PathLike, study_id: str | None = None) -> StudyVolume:
-    """Reads one DICOM series folder (recursively) as a :class:`StudyVolume`."""
+    Its id is ``study_id`` or the folder's name (no header value is used).
+    """
     folder = Path(folder)
-    return _volume_from_series(study_id or folder.name, dicom.read_series(folder))
+    return dicom.read_series(folder, study_id=study_id or folder.name)
 
 
 def dicom_tasks(root: str | os.PathLike) -> list[StudyTask]:
@@ -164,7 +164,7 @@ def dicom_tasks(root: str | os.PathLike) -> list[StudyTask]:
     return [
         StudyTask(
             folder.name,
-            lambda folder=folder: _volume_from_series(folder.name, dicom.read_series(folder)),
+            lambda folder=folder: load_dicom_study(folder),
         )
         for folder in folders
     ]

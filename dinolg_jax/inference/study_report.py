@@ -3,8 +3,14 @@
 :func:`format_report` renders a :class:`~dinolg_jax.inference.pipeline.StudyResult` as
 plain text: the per-vessel table (Agatston, volume, lesion count), the total, the risk
 categories (paper4 and standard5), CAC-DRS, the flagged slices and the Agatston
-convention used. :func:`write_overlays` saves one PNG per slice that has calcium: the
-slice in a soft-tissue/calcium window with the scored lesion pixels coloured by vessel.
+convention used. :func:`write_overlays` saves one PNG per slice with
+predicted calcium: the slice in a soft-tissue/calcium window (canonical layout: anterior
+at the top, the patient's left on the image's right, as radiologists read axial CT),
+the scored lesion pixels coloured by artery with a legend (artery and its score on the
+slice), lesions below the minimum area drawn in magenta and named so in the legend
+("not scored"), and the slice index and z position (mm) in the title.
+:func:`write_outputs` writes the overlays plus ``ct.nii.gz``, ``labels.nii.gz`` and, for
+studies read from DICOM, ``labels.seg.dcm`` into one folder (``tools/score_study.py``).
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dinolg_jax.inference.pipeline import StudyResult, StudyVolume
+from dinolg_jax.data.volume import CTVolume
+from dinolg_jax.inference.pipeline import StudyResult
 from dinolg_jax.scoring.agatston import VESSELS
 
 # Vessel label -> RGB (RCA red, LAD green, LCA blue, LCX yellow).
 VESSEL_COLOURS = {1: (1.0, 0.2, 0.2), 2: (0.2, 0.9, 0.2), 3: (0.3, 0.5, 1.0), 4: (1.0, 0.9, 0.1)}
+SMALL_COLOUR = (1.0, 0.3, 1.0)  # magenta: candidate lesions below the minimum area
 DISPLAY_WINDOW_HU = (-200.0, 800.0)
 
 
@@ -67,45 +75,105 @@ def format_report(result: StudyResult) -> str:
     return "\n".join(lines)
 
 
+def small_lesions(
+    hu: np.ndarray, labels: np.ndarray, convention: dict, pixel_mm: tuple[float, float]
+) -> np.ndarray:
+    """bool [H, W]: calcium pixels of one slice in lesions below the minimum area.
+
+    The same rule as ``scoring.agatston``: per vessel, in-plane connected components
+    (``convention["connectivity"]``) of labelled pixels with HU >= ``threshold_hu``; a
+    component is below the minimum when its area < ``min_area_mm2``.
+    """
+    from scipy import ndimage
+
+    structure = ndimage.generate_binary_structure(2, 1 if convention["connectivity"] == 4 else 2)
+    out = np.zeros(hu.shape, bool)
+    area_px = pixel_mm[0] * pixel_mm[1]
+    for v in VESSEL_COLOURS:
+        comp, n = ndimage.label((labels == v) & (hu >= convention["threshold_hu"]), structure)
+        if n:
+            sizes = np.bincount(comp.ravel(), minlength=n + 1) * area_px
+            small = np.flatnonzero(sizes < convention["min_area_mm2"] * (1 - 1e-9))
+            out |= np.isin(comp, small[small > 0])
+    return out
+
+
+def overlay_slice(
+    study: CTVolume, result: StudyResult, labels: np.ndarray, z: int
+) -> tuple[np.ndarray, str, list[tuple[str, tuple[float, float, float]]]]:
+    """One overlay: (RGB float [H, W, 3], title, legend [(text, colour)]).
+
+    Scored calcium (labelled, HU >= threshold, in a lesion of at least the minimum area)
+    takes its artery's colour, calcium in smaller lesions ``SMALL_COLOUR``; the legend
+    gives each artery's Agatston on this slice and names the small lesions "not scored";
+    the title gives the slice index and its z position in mm.
+    """
+    conv = result.scores.convention
+    threshold = float(conv["threshold_hu"])
+    hu = study.hu[z].astype(np.float32)
+    lo, hi = DISPLAY_WINDOW_HU
+    grey = np.clip((hu - lo) / (hi - lo), 0.0, 1.0)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    below = small_lesions(study.hu[z], labels[z], conv, study.pixel_mm)
+    calcium = (labels[z] > 0) & (hu >= threshold) & ~below
+    legend = []
+    for v, colour in VESSEL_COLOURS.items():
+        rgb[calcium & (labels[z] == v)] = colour
+        name = VESSELS[v - 1]
+        score = sum(
+            les.score for les in result.scores.lesions if les.slice == z and les.vessel == name
+        )
+        legend.append((f"{name}: {score:.1f}", colour))
+    rgb[below] = SMALL_COLOUR
+    legend.append((f"< {conv['min_area_mm2']:g} mm\u00b2 (not scored)", SMALL_COLOUR))
+    title = (
+        f"{result.study_id}  slice {z} of {len(study.hu)}, z = {study.z_mm[z]:.1f} mm\n"
+        f"calcium >= {threshold:g} HU; Agatston on this slice by artery"
+    )
+    return rgb, title, legend
+
+
 def write_overlays(
     out_dir: str | os.PathLike,
-    study: StudyVolume,
+    study: CTVolume,
     result: StudyResult,
     labels: np.ndarray,
 ) -> list[Path]:
-    """One PNG per slice with a scored lesion: the slice and its lesion pixels by vessel.
+    """One PNG per slice with predicted calcium (:func:`overlay_slice`), slice order.
 
     Args:
       out_dir: folder (created).
-      study: the scanned volume.
-      result: its result (lesions give the slices; the threshold comes from the convention).
+      study: the scanned volume (canonical layout).
+      result: its result (lesions give the scored slices and their scores; the
+        threshold, connectivity and minimum area come from its convention).
       labels: uint8 [Z, H, W] predicted labels (``score(..., keep_labels=True)``).
 
     Returns:
-      The files written, slice order.
+      The files written (``slice_<index>.png``): slices with a scored lesion or with
+      calcium in lesions below the minimum area.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    threshold = float(result.scores.convention["threshold_hu"])
-    slices = sorted({les.slice for les in result.scores.lesions})
-    lo, hi = DISPLAY_WINDOW_HU
+    conv = result.scores.convention
+    small = {
+        int(z)
+        for z in np.flatnonzero(np.any(labels > 0, axis=(1, 2)))
+        if small_lesions(study.hu[z], labels[z], conv, study.pixel_mm).any()
+    }
     paths = []
-    for z in slices:
-        hu = study.hu[z].astype(np.float32)
-        grey = np.clip((hu - lo) / (hi - lo), 0.0, 1.0)
-        rgb = np.repeat(grey[..., None], 3, axis=-1)
-        calcium = (labels[z] > 0) & (hu >= threshold)
-        for v, colour in VESSEL_COLOURS.items():
-            rgb[calcium & (labels[z] == v)] = colour
-        fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    for z in sorted({les.slice for les in result.scores.lesions} | small):
+        rgb, title, legend = overlay_slice(study, result, labels, z)
+        fig, ax = plt.subplots(figsize=(5.5, 5.5), dpi=100)
         ax.imshow(rgb, interpolation="nearest")
-        found = [f"{les.vessel} {les.score:.1f}" for les in result.scores.lesions if les.slice == z]
-        ax.set_title(f"{result.study_id} slice {z}: " + ", ".join(found), fontsize=8)
+        ax.set_title(title, fontsize=8)
+        handles = [Patch(facecolor=c, edgecolor="none", label=t) for t, c in legend]
+        ax.legend(handles=handles, loc="lower right", fontsize=7, framealpha=0.8)
         ax.axis("off")
         fig.tight_layout()
         path = out / f"slice_{z:04d}.png"
@@ -113,6 +181,31 @@ def write_overlays(
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def write_outputs(
+    out_dir: str | os.PathLike, study: CTVolume, result: StudyResult, labels: np.ndarray
+) -> dict[str, object]:
+    """Overlays, ``ct.nii.gz``, ``labels.nii.gz`` and (DICOM sources) ``labels.seg.dcm``.
+
+    Returns:
+      ``{"overlays": [paths], "nifti": [ct, labels], "seg": path or None,
+      "seg_skipped": reason or ""}``.
+    """
+    from dinolg_jax.inference import nifti
+    from dinolg_jax.inference import seg as seg_lib
+
+    out = Path(out_dir)
+    written: dict[str, object] = {"overlays": write_overlays(out, study, result, labels)}
+    written["nifti"] = nifti.write_study(
+        out / "ct.nii.gz", out / "labels.nii.gz", study, labels, note=result.mode
+    )
+    written["seg"], written["seg_skipped"] = None, ""
+    try:
+        written["seg"] = seg_lib.write_seg(out / "labels.seg.dcm", study, labels)
+    except seg_lib.SegUnavailable as e:
+        written["seg_skipped"] = str(e)
+    return written
 
 
 def score_folder(pipeline, folder: str | os.PathLike, mode: str = "gated"):

@@ -301,6 +301,7 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
       (loss per epoch), ``threshold``, ``val`` and ``test`` metrics, split sizes,
       ``encoder_checksum``, ``params_checksum``, ``wall_s``.
     """
+    from dinolg_jax.inference import loading as loading_lib
     from dinolg_jax.train.pretrain import prepare_manifest
 
     t_start = time.perf_counter()
@@ -352,6 +353,9 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
         "token_pool": int(f.token_pool),
         "hu_window": list(config.data.hu_window),
         "eval_size": int(config.data.eval_size),
+        # The slice side features were extracted at: inference resizes every slice to it.
+        "input_size": int(config.data.eval_size)
+        or loading_lib.record_slice_shape(manifest, config.eval.train_split)[0],
         "threshold": threshold,
         "target_recall": target,
         "encoder_checksum": enc_sum,
