@@ -157,7 +157,33 @@ def patient_table(rows: list[dict[str, Any]]) -> str:
         )
     ok = sum(1 for r in gated if not r["error"])
     lines.append(f"risk category (paper4) agrees for {agree} of {ok} test patients")
+    lost = gate_losses(rows)
+    if lost:
+        lines.append(
+            f"the gate lost {len(lost)} calcified patient(s) the U-Net alone finds "
+            f"({', '.join(lost)}): every calcified slice of them scored below the probe's "
+            "threshold, so none was segmented"
+        )
+    else:
+        lines.append("the gate lost no calcified patient that the U-Net alone finds")
     return "\n".join(lines)
+
+
+def gate_losses(rows: list[dict[str, Any]]) -> list[str]:
+    """Patients with calcium that the U-Net alone scores above 0 but the gated system at 0.
+
+    Args:
+      rows: ``stages.infer`` summary ``patients`` (both modes).
+    """
+    unet = {r["study"]: r for r in rows if r["mode"] == "unet_only" and not r["error"]}
+    lost = []
+    for r in rows:
+        u = unet.get(r["study"])
+        if r["mode"] != "gated" or r["error"] or u is None:
+            continue
+        if (r["true_total"] or 0) > 0 and (u["pred_total"] or 0) > 0 and not r["pred_total"]:
+            lost.append(r["study"])
+    return lost
 
 
 def run_demo(
