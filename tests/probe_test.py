@@ -199,15 +199,19 @@ def test_run_probe_end_to_end(tiny_encoder, tmp_path):
     np.testing.assert_allclose(np.asarray(gate)[:12], want, rtol=1e-5, atol=1e-6)
 
 
-def test_patch_max_feature_is_the_max_over_final_patch_tokens():
+def test_pooling_with_patch_max_holds_the_max_over_final_patch_tokens():
     vit = ViT(variant="mu/8", n_last_blocks=1)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 16, 16, 1)), jnp.float32)
     params = vit.init(jax.random.key(0), x)["params"]
     plain, _ = features.pooled_and_tokens(vit, params, x, 1)
-    with_max, _ = features.pooled_and_tokens(vit, params, x, 1, patch_max=True)
+    with_max, _ = features.pooled_and_tokens(vit, params, x, 1, "cls_mean_max")
+    only_max, _ = features.pooled_and_tokens(vit, params, x, 1, "max")
     _, aux = vit.apply({"params": params}, x)
     patches = np.asarray(aux["tokens"][:, 1:], np.float32)  # [3, 4, 32]
     d = patches.shape[-1]
     np.testing.assert_array_equal(np.asarray(with_max)[:, : plain.shape[1]], plain)
     np.testing.assert_allclose(np.asarray(with_max)[:, -d:], patches.max(axis=1), rtol=1e-6)
     assert with_max.shape == (3, plain.shape[1] + d)
+    np.testing.assert_array_equal(only_max, np.asarray(with_max)[:, -d:])
+    with pytest.raises(ValueError, match="pooling"):
+        features.pooled_and_tokens(vit, params, x, 1, "sum")

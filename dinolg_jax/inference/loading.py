@@ -212,7 +212,7 @@ def load_gate(
         probe_params,
         n_last_blocks=int(pcfg["n_last_blocks"]),
         token_pool=int(pcfg["token_pool"]),
-        patch_max=bool(pcfg.get("patch_max", False)),
+        pooling=str(pcfg.get("pooling", "cls_mean")),
         hu_window=pcfg["hu_window"],
         eval_size=gate_input_size(probe_workdir, pcfg, run_config),
         dtype=run_config.get("features", {}).get("dtype") or None,
@@ -263,7 +263,7 @@ def gate_from_parts(
     n_last_blocks: int,
     token_pool: int,
     hu_window: Sequence[float],
-    patch_max: bool = False,
+    pooling: str = "cls_mean",
     eval_size: int = 0,
     dtype: str | None = None,
     name: str = "",
@@ -282,7 +282,7 @@ def gate_from_parts(
       probe_params: the probe's params.
       n_last_blocks: CLS tokens of the last n blocks in the pooled feature.
       token_pool: patch-token pooling of the transformer probe's input.
-      patch_max: the pooled feature holds the max over patch tokens too.
+      pooling: the pooled feature's kind (``train.features.POOLINGS``).
       hu_window: the feature extraction's HU window.
       eval_size: the side of the slices the features were extracted from: every slice is
         resized to it (0: keep the stored size, only right when it is the trained size).
@@ -297,7 +297,7 @@ def gate_from_parts(
     use_pooled = PROBE_INPUTS[probe_name] == "pooled"
 
     def apply(params, x):
-        pooled, tokens = pooled_and_tokens(vit, params["encoder"], x, token_pool, patch_max)
+        pooled, tokens = pooled_and_tokens(vit, params["encoder"], x, token_pool, pooling)
         logits = probe.apply({"params": params["probe"]}, pooled if use_pooled else tokens)
         return jax.nn.sigmoid(logits)
 

@@ -4,10 +4,11 @@ Per slice (``data.pipeline.eval_dataset`` order: every record of the split once)
 
     pooled  float32 [N, (n+1) D]  CLS of the last n blocks (each through the final norm)
                                   and the mean of the final patch tokens, concatenated
-                                  (DINO's linear-evaluation feature; input of ``linear``);
-                                  with ``patch_max`` also the per-channel max over the
-                                  final patch tokens ([N, (n+2) D]): a lesion that fills
-                                  one patch of 64 moves the max, not the mean
+                                  (DINO's linear-evaluation feature; input of ``linear``)
+                                  with ``pooling="cls_mean"``; ``"cls_mean_max"`` appends
+                                  the per-channel max over the final patch tokens ([N,
+                                  (n+2) D]), ``"max"`` is that max alone ([N, D]): a
+                                  lesion in one patch of 64 moves the max, not the mean
     tokens  float16 [N, T, D]     final patch tokens, average-pooled over
                                   ``token_pool x token_pool`` cells of the patch grid,
                                   T = (H/p/pool)(W/p/pool) (input of ``transformer``)
@@ -57,19 +58,26 @@ def encoder_model(model_config: dict[str, Any], n_last_blocks: int, dtype: Any =
     )
 
 
+POOLINGS = ("cls_mean", "cls_mean_max", "max")
+
+
 def pooled_and_tokens(
-    vit: ViT, params: Any, images: jax.Array, token_pool: int, patch_max: bool = False
+    vit: ViT, params: Any, images: jax.Array, token_pool: int, pooling: str = "cls_mean"
 ):
-    """Features of one batch: (pooled float32 [B, (n+1)D] or [B, (n+2)D] with
-    ``patch_max``, tokens float16 [B, T, D]); see the module docstring."""
+    """Features of one batch: (pooled float32 [B, F] with F by ``pooling``, tokens float16
+    [B, T, D]); see the module docstring."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     cls, aux = vit.apply({"params": params}, images, train=False)
     p = decode_variant(vit.variant).patch
     b, h, w, _ = images.shape
     patches = aux["tokens"][:, 1:].astype(jnp.float32)  # [B, N, D]
     per_block = aux.get("cls_per_block", cls[:, None]).astype(jnp.float32)  # [B, n, D]
     parts = [per_block.reshape(b, -1), patches.mean(axis=1)]
-    if patch_max:
+    if pooling == "cls_mean_max":
         parts.append(patches.max(axis=1))
+    elif pooling == "max":
+        parts = [patches.max(axis=1)]
     pooled = jnp.concatenate(parts, axis=-1)
     gh, gw, d = h // p, w // p, patches.shape[-1]
     q = int(token_pool)
@@ -80,11 +88,11 @@ def pooled_and_tokens(
 
 
 @functools.lru_cache(maxsize=8)
-def make_feature_fn(vit: ViT, mesh: jax.sharding.Mesh, token_pool: int, patch_max: bool = False):
+def make_feature_fn(vit: ViT, mesh: jax.sharding.Mesh, token_pool: int, pooling: str = "cls_mean"):
     """Jitted ``(params, images [B,H,W,1]) -> (pooled, tokens)``, batch split over the mesh."""
     batch = mesh_lib.batch_sharding(mesh)
     return jax.jit(
-        functools.partial(pooled_and_tokens, vit, token_pool=token_pool, patch_max=patch_max),
+        functools.partial(pooled_and_tokens, vit, token_pool=token_pool, pooling=pooling),
         in_shardings=(mesh_lib.replicated(mesh), batch),
         out_shardings=(batch, batch),
     )
@@ -117,7 +125,7 @@ def extract_features(
     mesh: jax.sharding.Mesh,
     *,
     token_pool: int = 1,
-    patch_max: bool = False,
+    pooling: str = "cls_mean",
     cache_dir: str | os.PathLike | None = None,
     encoder_checksum: str | None = None,
     progress: bool = True,
@@ -130,7 +138,7 @@ def extract_features(
         ``hu_window``, ``eval_size`` as in pretraining).
       mesh: the batch is split over all its devices.
       token_pool: pooling factor of the token grid.
-      patch_max: append the max over patch tokens to ``pooled``.
+      pooling: what ``pooled`` holds (:data:`POOLINGS`, module docstring).
       cache_dir: folder of cached features (None: no cache).
       encoder_checksum: ``params_checksum`` of ``params`` (computed when None and caching).
       progress: show a tqdm bar.
@@ -151,7 +159,7 @@ def extract_features(
             "variant": vit.variant,
             "n_last_blocks": vit.n_last_blocks,
             "token_pool": int(token_pool),
-            "patch_max": bool(patch_max),
+            "pooling": str(pooling),
             "hu_window": list(data.hu_window),
             "eval_size": int(data.eval_size),
             "dtype": jnp.dtype(vit.dtype).name,
@@ -160,7 +168,7 @@ def extract_features(
         target = Path(cache_dir) / feature_key(encoder_checksum, split, settings)
         if (target / "meta.json").is_file():
             return load_features(target)
-    fn = make_feature_fn(vit, mesh, int(token_pool), bool(patch_max))
+    fn = make_feature_fn(vit, mesh, int(token_pool), str(pooling))
     params = jax.device_put(params, mesh_lib.replicated(mesh))
     tmp = None if target is None else target.with_name(target.name + f".tmp{os.getpid()}")
     out: dict[str, Any] = {}

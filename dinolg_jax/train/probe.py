@@ -61,7 +61,7 @@ def base_config(probe: str = "linear") -> ml_collections.ConfigDict:
     c.features = ml_collections.ConfigDict()
     c.features.n_last_blocks = 4  # CLS of the last n blocks in the linear feature (DINO: 4)
     c.features.token_pool = 4  # transformer input: patch-token grid pooled 4x4 (64x64 -> 16x16)
-    c.features.patch_max = False  # linear input also holds the max over patch tokens
+    c.features.pooling = "cls_mean"  # linear input: "cls_mean" (DINO), "cls_mean_max", "max"
     c.features.cache_dir = ""  # "" -> WORKDIR/features
     c.features.dtype = ""  # encoder compute dtype; "" -> the export's
     c.probe = ml_collections.ConfigDict()
@@ -284,10 +284,10 @@ def make_score_fn(
       mesh: the (data, fsdp) mesh.
     """
     kind, pool = probe_config["input"], int(probe_config["token_pool"])
-    patch_max = bool(probe_config.get("patch_max", False))
+    pooling = str(probe_config.get("pooling", "cls_mean"))
 
     def scores(enc_params, probe_params, images):
-        pooled, tokens = features_lib.pooled_and_tokens(vit, enc_params, images, pool, patch_max)
+        pooled, tokens = features_lib.pooled_and_tokens(vit, enc_params, images, pool, pooling)
         x = pooled if kind == "pooled" else tokens
         return jax.nn.sigmoid(probe_model.apply({"params": probe_params}, x.astype(jnp.float32)))
 
@@ -323,7 +323,7 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
     feats = {
         s: features_lib.extract_features(
             vit, enc_params, manifest, config.eval[f"{s}_split"], config.data, mesh,
-            token_pool=int(f.token_pool), patch_max=bool(f.get("patch_max", False)),
+            token_pool=int(f.token_pool), pooling=str(f.get("pooling", "cls_mean")),
             cache_dir=cache, encoder_checksum=enc_sum,
         )
         for s in ("train", "val", "test")
@@ -354,7 +354,7 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
         "input": kind,
         "n_last_blocks": int(f.n_last_blocks),
         "token_pool": int(f.token_pool),
-        "patch_max": bool(f.get("patch_max", False)),
+        "pooling": str(f.get("pooling", "cls_mean")),
         "hu_window": list(config.data.hu_window),
         "eval_size": int(config.data.eval_size),
         # The slice side features were extracted at: inference resizes every slice to it.
