@@ -12,12 +12,14 @@ multiply-add (`decode`), exact in float32.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import cv2
 import numpy as np
 
 DTYPES = ("float32", "uint16")
+CROP_KEYS = ("global", "local")  # the crop arrays of a pretraining batch
 UINT16_STEP = 2.0**-13
 UINT16_MIN = -4.0
 CV_DTYPES = {np.dtype(np.float32): cv2.CV_32F, np.dtype(np.uint16): cv2.CV_16U}
@@ -59,3 +61,8 @@ def decode(x: Any) -> Any:
     if x.dtype == np.uint16:
         return x.astype(np.float32) * np.float32(UINT16_STEP) + np.float32(UINT16_MIN)
     return x
+
+
+def decode_crops(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"global": decode(...), "local": decode(...)}`` of a batch (the keys it has)."""
+    return {k: decode(batch[k]) for k in CROP_KEYS if k in batch}
