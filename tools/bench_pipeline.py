@@ -46,6 +46,7 @@ _BATCH = flags.DEFINE_integer("batch_size", 32, "Batch size.")
 _VARIANT = flags.DEFINE_enum("variant", "dinolg", ["dino", "dinolg"], "Crop recipe.")
 _DTYPE = flags.DEFINE_enum("batch_dtype", "float32", ["float32", "uint16"], "Crop dtype.")
 _OP_ONLY = flags.DEFINE_bool("op_only", False, "Time decode + MultiCrop in a loop only.")
+_BREAKDOWN = flags.DEFINE_bool("breakdown", True, "Also time each stage alone (CPU us/sample).")
 
 
 def _cpu_s() -> float:
@@ -101,6 +102,30 @@ def _time_pipeline(manifest, data, seconds):
     return n, wall, cpu, main
 
 
+def _breakdown(manifest, data, n=256) -> dict:
+    """CPU microseconds per sample of each stage of the workers-0 pipeline, timed alone."""
+    source = grain.sources.ArrayRecordDataSource(manifest.shard_paths("pretrain"))
+    shuffled = grain.MapDataset.range(len(source)).seed(data.seed).shuffle()
+    op, decode = MultiCrop.from_config(data), pipeline.DecodeRecord(MultiCrop.RECORD_FIELDS)
+    batch_fn = pipeline.CropsMajorBatch(op, data.batch_dtype)
+    us = {}
+
+    def timed(name, fn):
+        fn()  # warm: first touches, scratch buffers, the noise table
+        t = time.process_time()
+        out = fn()
+        us[name] = round((time.process_time() - t) / n * 1e6, 1)
+        return out
+
+    order = timed("shuffle_index", lambda: [shuffled[i] for i in range(n)])
+    blobs = timed("read", lambda: [source[i] for i in order])
+    recs = timed("decode", lambda: [decode.map(b) for b in blobs])
+    gens = [np.random.Generator(np.random.Philox(i)) for i in range(n)]
+    plans = timed("plan", lambda: [op.plan(r, g) for r, g in zip(recs, gens, strict=True)])
+    timed("render_batches", lambda: [batch_fn(plans[i : i + 32]) for i in range(0, n, 32)])
+    return {"breakdown_cpu_us_per_sample": us, "sum_us": round(sum(us.values()), 1)}
+
+
 def main(argv: list[str]) -> None:
     del argv
     data = pipeline.default_data_config(_VARIANT.value)
@@ -134,9 +159,11 @@ def main(argv: list[str]) -> None:
                 n, wall, cpu, main_cpu = _time_pipeline(manifest, data, _SECONDS.value)
                 run = f"workers_{workers}"
                 rows[run].append(_report(run, n, wall, cpu, main_cpu, crops))
+        breakdown = _breakdown(manifest, data) if _BREAKDOWN.value else {}
     keys = ("samples_per_s", "samples_per_cpu_s")
     med = {run: {k: float(np.median([r[k] for r in rs])) for k in keys} for run, rs in rows.items()}
     summary = {"summary": True, "rounds": _ROUNDS.value, "batch_dtype": _DTYPE.value, **med}
+    summary.update(breakdown)
     for key in med:
         for base in ("baseline_fresh", "baseline_table"):
             if key.startswith(("workers", "op")) and base in med:
