@@ -1,5 +1,8 @@
 """uint16 crops: the fixed-point code, OpenCV's encoding pass, and a DINO step fed with them."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -89,3 +92,10 @@ def test_pretraining_step_takes_uint16_crops():
     assert m16["grad_norm"] == pytest.approx(m32["grad_norm"], rel=8 * bf16)
     for a, b in zip(jax.tree.leaves(p16), jax.tree.leaves(p32), strict=True):
         np.testing.assert_allclose(a, b, rtol=bf16, atol=bf16 * float(np.abs(b).max()))
+
+
+def test_the_step_and_bench_step_do_not_need_opencv():
+    # tools/bench_step.py (the GPU check) imports train.state; the GPU machine may have
+    # no OpenCV wheel, so decoding crops must not pull it in.
+    code = "import sys, dinolg_jax.train.state; assert 'cv2' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

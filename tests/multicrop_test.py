@@ -151,6 +151,8 @@ def test_deterministic_and_never_uses_global_numpy_rng(monkeypatch):
 def test_bad_input():
     with pytest.raises(ValueError, match="crop counts"):
         MultiCrop(n_global=0)
+    with pytest.raises(ValueError, match="blur radius 6"):
+        MultiCrop(global_size=32, local_size=6)
     with pytest.raises(ValueError, match=r"\[H, W\]"):
         _small().random_map({"image": np.zeros((2, 64, 64), np.int16)}, _gen(0))
 

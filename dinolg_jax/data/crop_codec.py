@@ -15,14 +15,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import cv2
 import numpy as np
 
 DTYPES = ("float32", "uint16")
 CROP_KEYS = ("global", "local")  # the crop arrays of a pretraining batch
 UINT16_STEP = 2.0**-13
 UINT16_MIN = -4.0
-CV_DTYPES = {np.dtype(np.float32): cv2.CV_32F, np.dtype(np.uint16): cv2.CV_16U}
 
 
 def check_dtype(name: str) -> np.dtype:

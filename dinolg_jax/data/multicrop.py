@@ -104,6 +104,12 @@ class MultiCrop(grain.transforms.RandomMap):
         self.brightness_delta = float(brightness_delta)
         self.noise_prob, self.noise_std = float(noise_prob), float(noise_std)
         self.debug = bool(debug)
+        radius = int(resample.blur_radii(np.array([max(self.blur_sigma)]), self.blur_truncate)[0])
+        if any(self.blur_probs) and radius >= min(self.global_size, self.local_size):
+            raise ValueError(
+                f"blur radius {radius} must be smaller than the crop sides "
+                f"{self.global_size}, {self.local_size}"
+            )
 
     @classmethod
     def from_config(cls, data: ml_collections.ConfigDict, *, debug: bool = False) -> MultiCrop:

@@ -39,6 +39,7 @@ cv2.setNumThreads(1)
 
 _SCRATCH = threading.local()
 _FLIP_CODE = {(False, False): None, (True, False): 0, (False, True): 1, (True, True): -1}
+_CV_DTYPE = {np.dtype(np.float32): cv2.CV_32F, np.dtype(np.uint16): cv2.CV_16U}
 
 
 def scratch_buffer(name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -151,7 +152,7 @@ def render_crops(
             std * mul,
             gamma * mul + add,
             dst=dst,
-            dtype=-1 if not encoded else crop_codec.CV_DTYPES[out.dtype],
+            dtype=_CV_DTYPE[out.dtype],
         )
 
 
