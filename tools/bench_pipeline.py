@@ -1,6 +1,6 @@
 """Throughput of the pretraining input pipeline beside a plain OpenCV baseline, same run.
 
-    OMP_NUM_THREADS=1 python tools/bench_pipeline.py --workers=0,1,2 --seconds=8 --rounds=3
+    OMP_NUM_THREADS=1 python tools/bench_pipeline.py --workers=0,1,2 --seconds=3 --rounds=7
     python tools/bench_pipeline.py --op_only --seconds=10
 
 Each round times, one after the other on the same records: the plain OpenCV baseline
@@ -11,7 +11,8 @@ second, each a full multi-crop of ``n_global`` x global + ``n_local`` x local cr
 every augmentation at its default probability), ``crops_per_s``, ``samples_per_cpu_s``
 (CPU time of this process and its Grain workers: the per-core figure, robust to other
 load) and ``main_cpu_s_per_sample``. The last line (``"summary"``) has the medians over
-rounds and the ratios ``workers_W / baseline`` side by side. ``--op_only``: only ``op``.
+rounds and the ratios ``workers_W / baseline``, each the median over rounds of that round's
+ratio (runs of a round are side by side in time). ``--op_only``: only ``op``.
 
 Records: 512 x 512, written like the converter's (`convert.WRITER_OPTIONS`). Keep
 ``--records`` in the thousands: Grain's index shuffle costs ~2.6 ms per element on a
@@ -167,8 +168,10 @@ def main(argv: list[str]) -> None:
     for key in med:
         for base in ("baseline_fresh", "baseline_table"):
             if key.startswith(("workers", "op")) and base in med:
-                for k in keys:
-                    summary[f"{key}/{base}[{k}]"] = round(med[key][k] / med[base][k], 2)
+                for k in keys:  # median over rounds of the same round's ratio (paired)
+                    pairs = zip(rows[key], rows[base], strict=True)
+                    ratio = np.median([a[k] / b[k] for a, b in pairs])
+                    summary[f"{key}/{base}[{k}]"] = round(float(ratio), 2)
     print(json.dumps(summary), flush=True)
 
 
