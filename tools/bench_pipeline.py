@@ -162,7 +162,10 @@ def main(argv: list[str]) -> None:
                 rows[run].append(_report(run, n, wall, cpu, main_cpu, crops))
         breakdown = _breakdown(manifest, data) if _BREAKDOWN.value else {}
     keys = ("samples_per_s", "samples_per_cpu_s")
-    med = {run: {k: float(np.median([r[k] for r in rs])) for k in keys} for run, rs in rows.items()}
+    med = {
+        run: {k: round(float(np.median([r[k] for r in rs])), 1) for k in keys}
+        for run, rs in rows.items()
+    }
     summary = {"summary": True, "rounds": _ROUNDS.value, "batch_dtype": _DTYPE.value, **med}
     summary.update(breakdown)
     for key in med:
