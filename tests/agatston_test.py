@@ -377,3 +377,51 @@ def test_sparse_slices_keep_their_indices_and_2d_input():
     assert single.total == pytest.approx(16.0) and single.lesions[0].slice == 0
     below = ag.agatston(hu[5], labels[5], (1.0, 1.0), 3.0, min_area_mm2=0)
     assert below.total == 0.0 and below.lesions == ()
+
+
+# ---------------------------------------------------------------------------
+# The sparse label scan: blocks, tails, dtypes and layouts.
+
+
+def _sparse_case():
+    """2 x 200 x 200 (80 kB, several scan blocks and a tail): lesions on block edges."""
+    rng = np.random.default_rng(11)
+    hu = rng.normal(100, 80, size=(2, 200, 200)).astype(np.int16)  # ~31 % >= 130 HU
+    labels = np.zeros(hu.shape, np.uint8)
+    # 32768 bytes per block of the scan: rows 163-164 of slice 0 straddle its end, the
+    # last rows of slice 1 lie in the tail after the last whole block.
+    for z, r, c, v in [(0, 162, 60, 1), (0, 163, 195, 2), (1, 3, 0, 3), (1, 196, 190, 4)]:
+        labels[z, r : r + 4, c : c + 5] = v
+        hu[z, r : r + 4, c : c + 5] = rng.integers(100, 600, size=(4, 5))
+    labels[1, 100:104, 100:103] = 2  # two vessels touching: separate lesions
+    labels[1, 100:104, 103:106] = 4
+    hu[1, 100:104, 100:106] = 350
+    return hu, labels
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_sparse_scan_matches_reference_for_every_label_dtype_and_layout(connectivity):
+    hu, labels = _sparse_case()
+    expected = _reference(hu, labels, (0.5, 0.5), 3.0, 130, connectivity, 0.0, True, None)
+    variants = {
+        dtype: (hu, labels.astype(dtype)) for dtype in (np.uint8, np.int16, np.int32, np.int64)
+    }
+    # Non-contiguous views (the scan copies them) and float HU.
+    variants["flipped"] = (hu[:, ::-1], labels[:, ::-1])
+    variants["float_hu"] = (hu.astype(np.float32), labels)
+    for name, (h, lab) in variants.items():
+        res = ag.agatston(h, lab, (0.5, 0.5), 3.0, connectivity=connectivity, min_area_mm2=0)
+        ref = (
+            expected
+            if name != "flipped"
+            else _reference(h, lab, (0.5, 0.5), 3.0, 130, connectivity, 0.0, True, None)
+        )
+        assert len(res.lesions) == len(ref[3]) >= 6, name
+        for vessel in ag.VESSELS:
+            assert res.per_vessel[vessel] == pytest.approx(ref[0][vessel], rel=1e-12), name
+    # Boolean labels are all RCA.
+    res = ag.agatston(hu, labels > 0, (0.5, 0.5), 3.0, connectivity=connectivity)
+    ref = _reference(hu, (labels > 0).astype(np.uint8), (0.5, 0.5), 3.0, 130, connectivity,
+                     1.0, True, None)  # fmt: skip
+    assert res.per_vessel["RCA"] == pytest.approx(ref[0]["RCA"], rel=1e-12)
+    assert res.total == pytest.approx(res.per_vessel["RCA"])

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dinolg_jax.data import pipeline, synthetic_records, transforms
+from dinolg_jax.data import crop_codec, pipeline, synthetic_records, transforms
 from dinolg_jax.data.multicrop import MultiCrop, crop_position
 
 QUIET = dict(  # every intensity augmentation off, for exact pixel checks
@@ -151,5 +151,27 @@ def test_deterministic_and_never_uses_global_numpy_rng(monkeypatch):
 def test_bad_input():
     with pytest.raises(ValueError, match="crop counts"):
         MultiCrop(n_global=0)
+    with pytest.raises(ValueError, match="blur radius 6"):
+        MultiCrop(global_size=32, local_size=6)
     with pytest.raises(ValueError, match=r"\[H, W\]"):
         _small().random_map({"image": np.zeros((2, 64, 64), np.int16)}, _gen(0))
+
+
+def test_batch_render_equals_per_sample_crops():
+    # The pipeline plans per element and renders a batch at once, crops-major; the
+    # result must be what random_map gives sample by sample, for float32 and uint16.
+    op = _small(n_local_random=3, n_local_guided=2)
+    recs = [_record(s, lesions=s % 3) for s in range(3)]
+    singles = [op.random_map(r, _gen(10 + i)) for i, r in enumerate(recs)]
+    plans = [op.plan(r, _gen(10 + i)) for i, r in enumerate(recs)]
+    for dtype in (np.float32, np.uint16):
+        g = np.zeros((op.n_global, 3, 32, 32, 1), dtype)
+        loc = np.zeros((op.n_local, 3, 16, 16, 1), dtype)
+        op.render(plans, g, loc)
+        for b, single in enumerate(singles):
+            for key, out in (("global", g), ("local", loc)):
+                got = crop_codec.decode(out[:, b])
+                tol = 1e-7 if dtype == np.float32 else crop_codec.UINT16_STEP / 2 + 1e-6
+                assert np.abs(got - single[key]).max() <= tol, (dtype, key)
+        for key in ("guided_hit", "boxes", "flips", "blur_sigma"):
+            np.testing.assert_array_equal(plans[1].fields[key], singles[1][key])

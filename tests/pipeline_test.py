@@ -1,10 +1,11 @@
 """Grain pipelines: worker- and process-count invariance, resume, eval order, sharding."""
 
+import cv2
 import numpy as np
 import pytest
 
+from dinolg_jax.data import crop_codec, pipeline, records, synthetic_records, transforms
 from dinolg_jax.data import manifest as manifest_lib
-from dinolg_jax.data import pipeline, records, synthetic_records, transforms
 from dinolg_jax.data.multicrop import MultiCrop
 
 
@@ -230,3 +231,34 @@ def test_decode_views_or_copies_arrays_by_alignment():
         assert np.shares_memory(out["image"], raw) == aligned
         seen.add(aligned)
     assert seen == {True, False}
+
+
+def test_uint16_batches_are_the_float32_batches_to_half_a_step(dataset):
+    runs = {}
+    for dtype, workers in (("float32", 0), ("uint16", 0), ("uint16", 1)):
+        data = _config(batch_dtype=dtype, worker_count=workers, worker_buffer_size=1)
+        it = iter(pipeline.pretrain_dataset(dataset, data, process_index=0, process_count=1))
+        runs[dtype, workers] = _take(it, 2)
+        if hasattr(it, "close"):
+            it.close()
+    _assert_same(runs["uint16", 0], runs["uint16", 1])  # worker count still does not matter
+    for f32, u16 in zip(runs["float32", 0], runs["uint16", 0], strict=True):
+        assert f32.keys() == u16.keys()
+        for key in f32:
+            if key in crop_codec.CROP_KEYS:
+                assert u16[key].dtype == np.uint16 and u16[key].shape == f32[key].shape
+                err = np.abs(crop_codec.decode(u16[key]) - f32[key]).max()
+                assert err <= crop_codec.UINT16_STEP / 2 + 1e-6, key
+            else:
+                np.testing.assert_array_equal(u16[key], f32[key], err_msg=key)
+
+
+def test_worker_init_makes_opencv_single_threaded():
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(4)
+        pipeline._worker_init(0, 1)
+        assert cv2.getNumThreads() == 1
+    finally:
+        pipeline._IN_WORKER = False
+        cv2.setNumThreads(before)

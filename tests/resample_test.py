@@ -109,3 +109,23 @@ def test_resized_blurred_crops_equal_resize_then_blur():
         resample.resized_blurred_crops(image, boxes[:1], 4, sigmas=[2.0])
     with pytest.raises(ValueError, match="sigmas and shifts"):
         resample.resized_blurred_crops(image, boxes[:2], 8, sigmas=[1.0])
+
+
+def test_render_crops_noise_and_finish_match_reference():
+    # alpha * flip(blur(resize)) + std * table window + gamma, written into batch slots.
+    rng = np.random.default_rng(4)
+    image = rng.normal(size=(50, 60)).astype(np.float32)
+    table = rng.standard_normal(2000).astype(np.float32)
+    boxes = [[0, 0, 50, 60], [3, 4, 20, 30], [30, 10, 20, 11]]
+    flips, sigmas = [[True, False], [False, True], [True, True]], [0.0, 1.1, 0.5]
+    radii = resample.blur_radii(np.array(sigmas), 3.0).tolist()
+    stds, offsets, gammas = [0.3, 0.0, 1.5], [0, 17, 1500], [0.25, -1.0, 0.0]
+    out = np.full((3, 2, 12, 12), np.nan, np.float32)
+    resample.render_crops(
+        out[:, 0], image, boxes, flips, sigmas, radii, 0.7, gammas, stds, offsets, table
+    )
+    assert np.isnan(out[:, 1]).all()  # the other batch slot is untouched
+    for k, box in enumerate(boxes):
+        ref = _reference_crop(image, box, 12, flips[k], sigmas[k], 3.0, 0.7, gammas[k])
+        ref = ref + stds[k] * table[offsets[k] : offsets[k] + 144].reshape(12, 12)
+        np.testing.assert_allclose(out[k, 0], ref, atol=2e-5, err_msg=f"crop {k}")

@@ -45,6 +45,9 @@ def main(argv: list[str]) -> None:
             errors=len(m["errors"]),
             slices_per_s=m["slices_per_s"],
             studies_per_s=m["studies_per_s"],
+            # Over the whole run's wall time, reading (prefetched) included.
+            end_to_end_studies_per_s=m["end_to_end_studies_per_s"],
+            end_to_end_slices_per_s=m["slices"] / summary["wall_s"] if summary["wall_s"] else None,
         )
         print(json.dumps(line))
     print(f"outputs: {_CONFIG.value.out_dir}")

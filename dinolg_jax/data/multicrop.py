@@ -24,10 +24,19 @@ Output of `MultiCrop.random_map` (per slice)::
                    NaN where none
     "blur_sigma":  float32 [n_global + n_local], 0 where the crop was not blurred
     "study", "slice": the record's, when present
+
+Two stages: `MultiCrop.plan` makes every random draw of a sample (from the generator
+Grain hands to that element, so nothing depends on the worker count) and touches no
+pixel; `MultiCrop.render` cuts, resizes, blurs, flips and finishes the crops of a list of
+plans with OpenCV (`resample.render_crops`) straight into a crops-major batch, float32 or
+uint16 (`crop_codec`). The pipeline plans per element and renders per batch
+(`pipeline.CropsMajorBatch`), so no per-sample crop arrays are allocated or copied;
+`random_map` does both for one slice.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -95,6 +104,12 @@ class MultiCrop(grain.transforms.RandomMap):
         self.brightness_delta = float(brightness_delta)
         self.noise_prob, self.noise_std = float(noise_prob), float(noise_std)
         self.debug = bool(debug)
+        radius = int(resample.blur_radii(np.array([max(self.blur_sigma)]), self.blur_truncate)[0])
+        if any(self.blur_probs) and radius >= min(self.global_size, self.local_size):
+            raise ValueError(
+                f"blur radius {radius} must be smaller than the crop sides "
+                f"{self.global_size}, {self.local_size}"
+            )
 
     @classmethod
     def from_config(cls, data: ml_collections.ConfigDict, *, debug: bool = False) -> MultiCrop:
@@ -151,53 +166,21 @@ class MultiCrop(grain.transforms.RandomMap):
         out[:, :2] = np.clip(start, 0, limit)
         return out, lesion.astype(np.float32)
 
-    def _augment(
-        self,
-        image: np.ndarray,
-        boxes: np.ndarray,
-        size: int,
-        u: np.ndarray,
-        blur_p: np.ndarray,
-        rng: np.random.Generator,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Resize, flip, blur, brightness, noise of crops of one size -> (crops, flips, sigma).
+    def plan(self, element: dict[str, Any], rng: np.random.Generator) -> CropPlan:
+        """Every random draw of one sample's multi-crop (no pixels are touched).
 
-        `image` is the clipped HU slice (`transforms.clip_hu`): the rest of the
-        normalisation is folded into the resize (scale) and the brightness shift. `u`:
-        uniforms [n, 7] (flip v, flip h, blur, noise, brightness, sigma, delta).
+        Draws, in order: `transforms.sample_boxes`, the guided re-positioning (slices with
+        calcium), uniforms [n, 7] (flip v, flip h, blur, noise, brightness, sigma, delta),
+        then the noise-table offsets of the global and of the local crops.
         """
-        flips = u[:, :2] < (self.vflip_prob, self.hflip_prob)
-        lo, hi = self.blur_sigma
-        sigma = np.where(u[:, 2] < blur_p, lo + (hi - lo) * u[:, 5], 0.0)
-        delta = self.brightness_delta * (2.0 * u[:, 6] - 1.0)
-        scale, offset = transforms.hu_affine(self.hu_window)
-        crops = resample.resized_blurred_crops(
-            image,
-            boxes,
-            size,
-            flips[:, 0],
-            flips[:, 1],
-            sigma,
-            truncate=self.blur_truncate,
-            scale=scale,
-            shift=offset + np.where(u[:, 4] < self.brightness_prob, delta, 0.0),
-        )
-        stds = np.where(u[:, 3] < self.noise_prob, self.noise_std, 0.0)
-        transforms.add_noise(crops, stds, rng)
-        return crops, flips, sigma.astype(np.float32)
-
-    def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         hu = np.asarray(element["image"])
         if hu.ndim != 2:
             raise ValueError(f"record image must be [H, W], got {hu.shape}")
         shape = hu.shape
-        # Crops only read the clipped slice: it lives in a reused per-thread buffer.
-        image = transforms.clip_hu(
-            hu, self.hu_window, resample.scratch_buffer("slice", shape, np.float32)
-        )
         centers = np.asarray(element.get("lesion_centers", np.zeros((0, 2))), np.float32)
         centers = centers.reshape(-1, 2)
-        guided = bool(element.get("has_calcium", False)) and len(centers) > 0
+        has_calcium = bool(element.get("has_calcium", False))
+        guided = has_calcium and len(centers) > 0
 
         ng, nl = self.n_global, self.n_local
         scales = np.array([self.global_scale] * ng + [self.local_scale] * nl)
@@ -212,27 +195,103 @@ class MultiCrop(grain.transforms.RandomMap):
         blur_p = np.full(ng + nl, self.blur_probs[2])
         blur_p[:ng] = self.blur_probs[1]
         blur_p[0] = self.blur_probs[0]
-        gcrops, gflips, gsigma = self._augment(
-            image, boxes[:ng], self.global_size, u[:ng], blur_p[:ng], rng
+        flips = u[:, :2] < (self.vflip_prob, self.hflip_prob)
+        lo, hi = self.blur_sigma
+        sigma = np.where(u[:, 2] < blur_p, lo + (hi - lo) * u[:, 5], 0.0)
+        delta = self.brightness_delta * (2.0 * u[:, 6] - 1.0)
+        _, offset = transforms.hu_affine(self.hu_window)
+        shift = offset + np.where(u[:, 4] < self.brightness_prob, delta, 0.0)
+        stds = np.where(u[:, 3] < self.noise_prob, self.noise_std, 0.0)
+        noise_offset = np.concatenate(
+            [
+                transforms.noise_offsets(rng, ng, self.global_size**2),
+                transforms.noise_offsets(rng, nl, self.local_size**2),
+            ]
         )
-        lcrops, lflips, lsigma = self._augment(
-            image, boxes[ng:], self.local_size, u[ng:], blur_p[ng:], rng
-        )
-        out: dict[str, Any] = {
-            "global": gcrops[..., None],
-            "local": lcrops[..., None],
-            "guided_hit": hit,
-            "has_calcium": np.bool_(element.get("has_calcium", False)),
-        }
+        fields: dict[str, Any] = {"guided_hit": hit, "has_calcium": np.bool_(has_calcium)}
         if self.debug:
-            out["boxes"] = boxes.astype(np.int32)
-            out["flips"] = np.concatenate([gflips, lflips])
-            out["lesion"] = lesion
-            out["blur_sigma"] = np.concatenate([gsigma, lsigma])
+            fields["boxes"] = boxes.astype(np.int32)
+            fields["flips"] = flips
+            fields["lesion"] = lesion
+            fields["blur_sigma"] = sigma.astype(np.float32)
             for key in ("study", "slice"):
                 if key in element:
-                    out[key] = element[key]
-        return out
+                    fields[key] = element[key]
+        return CropPlan(
+            hu=hu,
+            boxes=boxes.tolist(),
+            flips=flips.tolist(),
+            sigma=sigma.tolist(),
+            radii=resample.blur_radii(sigma, self.blur_truncate).tolist(),
+            shift=shift.tolist(),
+            noise_std=stds.tolist(),
+            noise_offset=noise_offset.tolist(),
+            fields=fields,
+        )
+
+    def render(self, plans: Sequence[CropPlan], global_out: np.ndarray, local_out: np.ndarray):
+        """Writes the crops of `plans` into crops-major batch arrays.
+
+        Args:
+          plans: B plans (`plan`).
+          global_out: float32 or uint16 [n_global, B, G, G, 1] (`crop_codec`); written.
+          local_out: same dtype, [n_local, B, L, L, 1]; written.
+        """
+        scale, _ = transforms.hu_affine(self.hu_window)
+        table = transforms.noise_table()
+        ng = self.n_global
+        for b, p in enumerate(plans):
+            # The clipped slice lives in a reused per-thread buffer; the rest of the
+            # normalisation is the affine finish of every crop.
+            image = transforms.clip_hu(
+                p.hu, self.hu_window, resample.scratch_buffer("slice", p.hu.shape, np.float32)
+            )
+            for out, part in ((global_out, slice(0, ng)), (local_out, slice(ng, None))):
+                resample.render_crops(
+                    out[:, b, :, :, 0],
+                    image,
+                    p.boxes[part],
+                    p.flips[part],
+                    p.sigma[part],
+                    p.radii[part],
+                    scale,
+                    p.shift[part],
+                    p.noise_std[part],
+                    p.noise_offset[part],
+                    table,
+                )
+
+    def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        p = self.plan(element, rng)
+        g = np.empty((self.n_global, 1, self.global_size, self.global_size, 1), np.float32)
+        loc = np.empty((self.n_local, 1, self.local_size, self.local_size, 1), np.float32)
+        self.render([p], g, loc)
+        return {"global": g[:, 0], "local": loc[:, 0], **p.fields}
+
+
+@dataclasses.dataclass(frozen=True)
+class CropPlan:
+    """The draws of one sample's multi-crop (`MultiCrop.plan`), global crops first.
+
+    Attributes:
+      hu: int16 [H, W] the record's slice (a view of the record bytes), HU.
+      boxes: per crop ``[top, left, height, width]``, source pixels.
+      flips: per crop ``[vertical, horizontal]``.
+      sigma, radii: blur standard deviation (output pixels) and kernel radius; 0: none.
+      shift: value added after the blur (normalisation offset + brightness delta).
+      noise_std, noise_offset: noise standard deviation (0: none) and its table offset.
+      fields: the per-sample outputs (``guided_hit``, ``has_calcium``, debug fields).
+    """
+
+    hu: np.ndarray
+    boxes: list
+    flips: list
+    sigma: list
+    radii: list
+    shift: list
+    noise_std: list
+    noise_offset: list
+    fields: dict
 
 
 def crop_position(

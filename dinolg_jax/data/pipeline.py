@@ -2,8 +2,9 @@
 
 Pretraining (`pretrain_dataset`)::
 
-    ArrayRecord source -> seed -> shuffle -> repeat -> decode -> MultiCrop (random_map)
-      -> batch (local batch) -> this process's batches -> to_iter_dataset -> mp_prefetch
+    ArrayRecord source -> seed -> shuffle -> repeat -> decode -> MultiCrop.plan (random_map)
+      -> batch (local batch; MultiCrop.render writes the crops straight into the batch)
+      -> this process's batches -> to_iter_dataset -> mp_prefetch
 
 Determinism. Grain derives each element's generator from the seed and the element's
 index in the shuffled, repeated stream, so a crop depends only on (seed, position). The
@@ -18,7 +19,8 @@ batches do not depend on ``worker_count`` either. The iterator's ``get_state`` /
 Pretraining batch (per process, B = batch_size / process_count), crops-major so a
 training step can reshape one resolution to ``[n * B, ...]`` in one call::
 
-    "global":      float32 [n_global, B, G, G, 1]
+    "global":      float32 [n_global, B, G, G, 1]  (``data.batch_dtype``: or uint16, see
+                   crop_codec; a training step decodes it with ``crop_codec.decode``)
     "local":       float32 [n_local, B, L, L, 1]  (random crops first, guided last)
     "guided_mask": bool [n_local]     which local crops are guided (same every batch)
     "guided_hit":  bool [B, n_local]  guided crop centred on a lesion of that slice
@@ -39,14 +41,15 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import cv2
 import grain
 import ml_collections
 import numpy as np
 from absl import flags
 
+from dinolg_jax.data import crop_codec, records, transforms
 from dinolg_jax.data import manifest as manifest_lib
-from dinolg_jax.data import records, transforms
-from dinolg_jax.data.multicrop import MultiCrop
+from dinolg_jax.data.multicrop import CropPlan, MultiCrop
 
 _SOURCE = grain.sources.ArrayRecordDataSource
 
@@ -86,6 +89,9 @@ def default_data_config(variant: str = "dinolg") -> ml_collections.ConfigDict:
     c.noise_prob = 0.5
     c.noise_std = 0.02  # normalised units (20 HU)
     # Loading.
+    # Crops of a pretraining batch: "float32", or "uint16" fixed point (half the bytes,
+    # error <= 6.1e-5; the training step decodes it on device, see crop_codec).
+    c.batch_dtype = "float32"
     c.batch_size = 64  # GLOBAL batch (all processes); must divide by process_count
     c.worker_count = 0  # Grain multiprocess workers (0: in this process)
     c.worker_buffer_size = 2  # batches buffered per worker
@@ -151,37 +157,52 @@ def _worker_init(worker_index: int, worker_count: int) -> None:
     del worker_index, worker_count
     global _IN_WORKER
     _IN_WORKER = True
+    cv2.setNumThreads(1)  # one core per worker: crops are too small for a thread pool
 
 
-def _crop_stack(arrays: list[np.ndarray]) -> np.ndarray:
-    """np.stack(arrays, axis=1), into a shared-memory array inside a Grain worker."""
-    shape = (arrays[0].shape[0], len(arrays), *arrays[0].shape[1:])
-    out = None
+def _batch_array(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array, in shared memory inside a Grain worker."""
     if _IN_WORKER and math.prod(shape):
         try:  # Grain's own shared-memory array (private module; plain arrays if it moves)
             from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
 
-            out = SharedMemoryArray(shape, arrays[0].dtype)
+            return SharedMemoryArray(shape, dtype)
         except (ImportError, OSError):
-            out = None
-    return np.stack(arrays, axis=1, out=out)
+            pass
+    return np.empty(shape, dtype)
+
+
+class PlanCrops(grain.transforms.RandomMap):
+    """Grain op: decoded record -> its `CropPlan` (`MultiCrop.plan`, the element's draws)."""
+
+    def __init__(self, op: MultiCrop):
+        self.op = op
+
+    def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> CropPlan:
+        return self.op.plan(element, rng)
 
 
 class CropsMajorBatch:
-    """Grain ``batch_fn``: stacks `MultiCrop` outputs, crop axis first (module docstring)."""
+    """Grain ``batch_fn``: renders `CropPlan` s into a crops-major batch (module docstring).
 
-    def __init__(self, guided_mask: np.ndarray):
-        self.guided_mask = np.asarray(guided_mask, dtype=bool)
+    The crops are written once, straight into the batch arrays (shared memory inside a
+    Grain worker): no per-sample crop arrays, no stacking copy.
+    """
 
-    def __call__(self, elements: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    def __init__(self, op: MultiCrop, dtype: str = "float32"):
+        self.op, self.dtype = op, crop_codec.check_dtype(dtype)
+
+    def __call__(self, plans: Sequence[CropPlan]) -> dict[str, np.ndarray]:
+        op, b = self.op, len(plans)
+        g, loc = op.global_size, op.local_size
         out = {
-            "global": _crop_stack([e["global"] for e in elements]),
-            "local": _crop_stack([e["local"] for e in elements]),
-            "guided_mask": self.guided_mask.copy(),
+            "global": _batch_array((op.n_global, b, g, g, 1), self.dtype),
+            "local": _batch_array((op.n_local, b, loc, loc, 1), self.dtype),
+            "guided_mask": op.guided_mask,
         }
-        for key in elements[0]:
-            if key not in out:
-                out[key] = np.stack([e[key] for e in elements])
+        op.render(plans, out["global"], out["local"])
+        for key in plans[0].fields:
+            out[key] = np.stack([p.fields[key] for p in plans])
         return out
 
 
@@ -281,8 +302,9 @@ def pretrain_dataset(
     ds = ds.repeat()
     if chosen is not None:
         ds = ds.map(_ReadRecord(m.shard_paths(split)))
-    ds = ds.map(DecodeRecord(MultiCrop.RECORD_FIELDS)).random_map(op)
-    ds = ds.batch(local, drop_remainder=True, batch_fn=CropsMajorBatch(op.guided_mask))
+    ds = ds.map(DecodeRecord(MultiCrop.RECORD_FIELDS)).random_map(PlanCrops(op))
+    batch_fn = CropsMajorBatch(op, data.get("batch_dtype", "float32"))
+    ds = ds.batch(local, drop_remainder=True, batch_fn=batch_fn)
     return _finish(ds[index::count], data)
 
 

@@ -8,8 +8,8 @@ Conventions:
   * Intensities: `normalize_hu` maps a Hounsfield window ``[lo, hi]`` linearly onto
     ``[-1, 1]`` (values outside the window are clipped first). Brightness deltas and
     noise standard deviations are in these normalised units (1 unit = (hi - lo) / 2 HU).
-  * Boxes, resizing and blur: see `resample` (`resized_crops`, `gaussian_blur` are
-    re-exported here).
+  * Boxes, resizing and blur: see `resample` (OpenCV; `resized_crops`, `gaussian_blur`
+    are re-exported here).
   * Noise: additive Gaussian, read at a random offset from a fixed table of standard
     normal draws (`noise_table`). Drawing fresh normals costs ~17 ns per value with
     Grain's Philox generator (a quarter of a million values per multi-crop sample);
@@ -126,6 +126,13 @@ def _scaled_noise_table(std: float) -> np.ndarray:
     return table
 
 
+def noise_offsets(rng: np.random.Generator, n: int, count: int) -> np.ndarray:
+    """`n` offsets of `count`-value windows of `noise_table`, int64 [n]: one draw from `rng`."""
+    if count > NOISE_TABLE_SIZE:
+        raise ValueError(f"images of {count} pixels exceed the noise table")
+    return rng.integers(0, NOISE_TABLE_SIZE - count + 1, size=n)
+
+
 def add_noise(images: np.ndarray, stds: np.ndarray, rng: np.random.Generator) -> None:
     """Adds zero-mean Gaussian noise in place: ``images[i] += stds[i] * N(0, 1)``.
 
@@ -139,9 +146,7 @@ def add_noise(images: np.ndarray, stds: np.ndarray, rng: np.random.Generator) ->
       rng: the generator of this element.
     """
     count = math.prod(images.shape[1:])
-    if count > NOISE_TABLE_SIZE:
-        raise ValueError(f"images of {count} pixels exceed the noise table")
-    offsets = rng.integers(0, NOISE_TABLE_SIZE - count + 1, size=len(images))
+    offsets = noise_offsets(rng, len(images), count)
     for i, (offset, std) in enumerate(zip(offsets, np.asarray(stds, np.float32), strict=True)):
         if std:
             window = _scaled_noise_table(float(std))[offset : offset + count]

@@ -34,7 +34,7 @@ from typing import Any
 
 from dinolg_jax.data import coca
 from dinolg_jax.data.volume import CTVolume
-from dinolg_jax.inference import nifti
+from dinolg_jax.inference import nifti, prefetch
 from dinolg_jax.inference import seg as seg_lib
 from dinolg_jax.inference.pipeline import MODES, CacPipeline, StudyResult
 from dinolg_jax.inference.sources import StudyTask
@@ -191,15 +191,13 @@ def run_inference(
     with (out / "results.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
-        for task in iterable:
-            t0 = time.perf_counter()
-            study, read_error = None, None
-            try:
-                study = task.load()
-            except Exception as e:
-                read_error = {"stage": "read", "type": type(e).__name__}
-                read_error["message"] = clean_message(e, source_roots)
-            t_read = time.perf_counter() - t0
+        # The next study is read (in a background thread) while this one is scored.
+        loads = prefetch.Prefetcher(prefetch.timed_calls(task.load for task in tasks))
+        for task, (study, error, t_read) in zip(iterable, loads, strict=True):
+            read_error = None
+            if error is not None:
+                read_error = {"stage": "read", "type": type(error).__name__}
+                read_error["message"] = clean_message(error, source_roots)
             for mode in modes:
                 if read_error is not None:
                     result = StudyResult(task.study_id, mode, error=dict(read_error))

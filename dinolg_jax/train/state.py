@@ -33,6 +33,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from dinolg_jax.data import crop_codec
 from dinolg_jax.dino.loss import dino_loss, koleo_loss, teacher_collapse_stats, update_center
 from dinolg_jax.dino.optim import optimizer_from_schedules
 from dinolg_jax.dino.schedules import DinoSchedules
@@ -233,6 +234,8 @@ def make_train_step(
         state: TrainState, batch: Batch, key: jax.Array, nan_at_step: jax.Array
     ) -> tuple[TrainState, Metrics]:
         rng = jax.random.fold_in(key, state.step)
+        # Crops may arrive as uint16 fixed point (config.data.batch_dtype): decoded here.
+        batch = {**batch, **crop_codec.decode_crops(batch)}
         global_crops = batch["global"]
         views = [global_crops]
         if "local" in batch and batch["local"].shape[0] > 0:
