@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import plistlib
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grain
 import numpy as np
 import pytest
 
-from dinolg_jax.data import coca, convert, manifest, phantom, records
+from dinolg_jax.data import coca, convert, convert_report, manifest, phantom, records
 
 REPO = Path(__file__).resolve().parents[1]
 N_GATED = 12
@@ -50,10 +53,9 @@ def converted(tmp_path_factory):
 
 def _read_split(out: Path, split: str) -> list[dict]:
     m = manifest.load(out)
-    paths = m.shard_paths(split)
-    if not paths:
+    if m.num_records(split) == 0:
         return []
-    source = grain.sources.ArrayRecordDataSource(paths)
+    source = grain.sources.ArrayRecordDataSource(m.shard_paths(split))
     return [records.decode(source[i]) for i in range(len(source))]
 
 
@@ -206,14 +208,18 @@ def test_rerun_workers_seed_and_no_phi(converted, tmp_path):
 
 
 def test_tiny_release_with_empty_splits(tmp_path):
-    # Two patients: too few per category for val/test, which stay empty but valid.
+    # Two patients: too few per category for val/test, which stay empty but valid; the
+    # converter warns, and asking for an empty split's shards names it.
     phantom.make_release(tmp_path / "rel", n_gated=2, n_nongated=0, seed=2, size=48, slices=(4, 5))
-    convert.convert_release(tmp_path / "rel", tmp_path / "out", seed=0, progress=False)
+    report = convert.convert_release(tmp_path / "rel", tmp_path / "out", seed=0, progress=False)
     m = manifest.load(tmp_path / "out")
-    assert m.num_records("val") == 0 and m.shard_paths("val") == []
-    assert m.num_records("test") == 0
+    assert m.num_records("val") == 0 and m.num_records("test") == 0
     assert m.num_records("train") > 0
     assert m.num_records("pretrain") == m.num_records("train")
+    assert [w.split(" is empty")[0] for w in report["warnings"]] == ["split 'val'", "split 'test'"]
+    assert "WARNING: split 'test' is empty" in convert_report.format_summary(report)
+    with pytest.raises(manifest.ManifestError, match=r"split 'test' has no records.*larger"):
+        m.shard_paths("test")
 
 
 def test_not_a_release(tmp_path):
@@ -232,3 +238,57 @@ def test_tool_converts(converted, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "self-check" in proc.stdout and "slices_per_s" in proc.stdout
     assert _files(out) == _files(converted[2])
+
+
+def _wait_for_lock(out: Path, pid: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Polls ``out/.lock`` until it holds `pid` (the process is inside its conversion)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lock = out / ".lock"
+        if lock.is_file() and lock.read_text().strip() == str(pid):
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.002)
+    raise AssertionError("the first conversion never took the lock")
+
+
+def test_two_conversions_into_one_folder(converted, tmp_path):
+    """Seeds 0 and 1 into one folder at once: the second stops, the first is untouched."""
+    release = converted[0]
+    out = tmp_path / "shared"
+    tool = [sys.executable, str(REPO / "tools" / "convert_coca.py"), f"--release={release}",
+            f"--out={out}", "--shards_per_split=2"]  # fmt: skip
+    first = subprocess.Popen(
+        [*tool, "--seed=0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        _wait_for_lock(out, first.pid, first)
+        os.kill(first.pid, signal.SIGSTOP)  # freeze it mid-conversion, lock held
+        second = subprocess.run([*tool, "--seed=1"], capture_output=True, text=True, timeout=120)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    _, err_first = first.communicate(timeout=120)
+    assert second.returncode == 1, second.stderr
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: another conversion"), lines
+    assert f"(pid {first.pid})" in lines[0] and str(out) in lines[0]
+    assert first.returncode == 0, err_first
+    # The survivor's output is exactly a lone seed-0 conversion: no shard of seed 1, no
+    # held-out patient in pretrain, counts that match.
+    assert _files(out) == _files(converted[2])
+    m = manifest.load(out)
+    held_out = {s for s, e in m.studies.items() if e["split"] in ("val", "test")}
+    assert held_out and not held_out & {r["study"] for r in _read_split(out, "pretrain")}
+    # The lock is free again: the next conversion into the folder proceeds.
+    convert.convert_release(release, out, seed=0, shards_per_split=2, progress=False)
+    assert _files(out) == _files(converted[2])
+
+
+def test_stale_temp_files_of_a_killed_run_are_removed(converted, tmp_path):
+    release, _, ref, _ = converted
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ".train-00000-of-00002.array_record.4242-deadbeef.tmp"
+    stale.write_bytes(b"half a shard")
+    convert.convert_release(release, out, seed=0, shards_per_split=2, progress=False)
+    assert not stale.exists() and _files(out) == _files(ref)
