@@ -108,6 +108,21 @@ def verify_shards(manifest: Any, *, full: bool = True) -> list[tuple[str, str, s
 class NamedShardSource(grain.sources.ArrayRecordDataSource):
     """Grain's ArrayRecord source; a failed read raises `ShardReadError` naming the shard."""
 
+    def __init__(self, paths: Sequence[str], *args: Any, **kwargs: Any) -> None:
+        try:
+            super().__init__(paths, *args, **kwargs)
+        except (RuntimeError, OSError) as e:  # a damaged footer: opening fails
+            bad = []
+            for p in [paths] if isinstance(paths, str | os.PathLike) else paths:
+                try:
+                    count_records(p)
+                except (RuntimeError, OSError):
+                    bad.append(str(p))
+            raise ShardReadError(
+                f"cannot open shard {', '.join(bad) or paths}: {e} "
+                "(check the dataset with tools/verify_dataset.py; re-convert to repair it)"
+            ) from e
+
     def _where(self, key: SupportsIndex) -> str:
         try:
             reader, position = self._reader_idx_and_position(key)

@@ -50,6 +50,7 @@ import ml_collections
 import optax
 from absl import logging
 
+from dinolg_jax.data import manifest as manifest_lib
 from dinolg_jax.data import pipeline
 from dinolg_jax.models.segmenters import build_segmenter
 from dinolg_jax.runtime import checkpoint as ckpt_lib
@@ -337,6 +338,7 @@ def train_segmenter(
     Raises:
       NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
       ValueError: a batch that does not split over the devices.
+      ManifestError: the train or evaluation split has no records (before training).
     """
     from dinolg_jax.train.pretrain import prepare_manifest
 
@@ -346,6 +348,8 @@ def train_segmenter(
     config_dict = config.to_dict()
     write_json(workdir / "config.json", config_dict)
     manifest = prepare_manifest(config, workdir)
+    for split in (config.data.train_split, config.eval.split):  # an empty split fails now,
+        manifest_lib.load(manifest).shard_paths(split)  # not after training
     mesh = mesh_lib.mesh_from_config(config.mesh)
     data = config.data
     if data.batch_size % mesh.devices.size:
