@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import plistlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -292,3 +293,85 @@ def test_stale_temp_files_of_a_killed_run_are_removed(converted, tmp_path):
     stale.write_bytes(b"half a shard")
     convert.convert_release(release, out, seed=0, shards_per_split=2, progress=False)
     assert not stale.exists() and _files(out) == _files(ref)
+
+
+def _edit_first_roi(xml: Path, edit) -> None:
+    """Applies `edit` to the first ROI with points and a vessel name."""
+    with xml.open("rb") as f:
+        data = plistlib.load(f)
+    for image in data["Images"]:
+        for roi in image["ROIs"]:
+            if roi["Point_px"] and roi["Name"].lower().startswith(("left", "right")):
+                edit(roi)
+                with xml.open("wb") as f:
+                    plistlib.dump(data, f)
+                return
+    raise AssertionError(f"no ROI to edit in {xml.name}")
+
+
+@pytest.fixture(scope="module")
+def faulty_release(tmp_path_factory):
+    """Six patients: one XML with a number as text, one whose first ROI fails the self-check."""
+    release = tmp_path_factory.mktemp("faulty") / "release"
+    truth = phantom.make_release(release, n_gated=6, n_nongated=1, seed=4, size=48, slices=(4, 6))
+    annotated = [int(p) for p, t in truth["gated"].items() if t["has_dicom"] and t["n_rois"]]
+    bad_xml, unreliable = annotated[0], annotated[1]
+    xml_dir = release / coca.GATED_DIR / "calcium_xml"
+    _edit_first_roi(xml_dir / f"{bad_xml}.xml", lambda roi: roi.update(Area="0,42"))
+    _edit_first_roi(xml_dir / f"{unreliable}.xml", lambda roi: roi.update(Area=roi["Area"] + 0.05))
+    return release, truth, bad_xml, unreliable
+
+
+@pytest.mark.parametrize("policy", ["exclude", "keep"])
+def test_faulty_xml_costs_only_that_patients_labels(faulty_release, tmp_path, policy):
+    release, truth, bad_xml, unreliable = faulty_release
+    report = convert.convert_release(
+        release, tmp_path / "out", seed=0, progress=False, unreliable_labels=policy
+    )
+    m = manifest.load(tmp_path / "out")
+    bad_id, unrel_id = coca.gated_study_id(bad_xml), coca.gated_study_id(unreliable)
+    # The malformed XML: labels left out with the reason, the scan still converted.
+    [left_out] = [e for e in report["labels_left_out"] if e["study"] == bad_id]
+    assert left_out["reason"].startswith(f"unusable calcium XML: {bad_xml}.xml ImageIndex")
+    assert "Area is not a number: '0,42'" in left_out["reason"]
+    assert m.studies[bad_id]["split"] == "pretrain" and m.studies[bad_id]["agatston"] is None
+    assert not report["skipped_patients"] or bad_id not in {
+        p["study"] for p in report["skipped_patients"]
+    }
+    # The self-check failure: per-ROI in the report, unreliable in the manifest.
+    [entry] = report["labels_unreliable"]
+    assert entry["study"] == unrel_id and entry["rois"][0]["reason"].startswith("self-check")
+    flagged = m.studies[unrel_id]["labels_unreliable"]
+    assert len(flagged) == 1 and "self-check failed: |diff| area 0.05" in flagged[0]
+    assert m.data["unreliable_labels"] == policy
+    if policy == "exclude":
+        assert m.studies[unrel_id]["split"] == "pretrain" and entry["split"] == "pretrain"
+    else:
+        assert m.studies[unrel_id]["split"] in ("train", "val", "test")
+    # Every other patient converted as usual.
+    others = [p for p, t in truth["gated"].items() if t["has_dicom"]]
+    assert {coca.gated_study_id(int(p)) for p in others} <= set(m.studies)
+    for p in others:
+        if int(p) not in (bad_xml, unreliable):
+            e = m.studies[coca.gated_study_id(int(p))]
+            assert e["agatston"]["total"] == truth["gated"][p]["total"]
+            assert "labels_unreliable" not in e
+
+
+def test_bad_scores_sheet_stops_before_any_study_is_loaded(faulty_release, tmp_path):
+    release = tmp_path / "release"
+    shutil.copytree(faulty_release[0], release)
+    sheet = release / coca.NONGATED_DIR / "scores.xlsx"
+    sheet.write_text("filename ,LCA,LAD,LCX,RCA,total\n0A,0,0,0,0,0\n")  # a CSV
+    with pytest.raises(coca.CocaError, match=rf"{sheet}: not a readable \.xlsx"):
+        convert.convert_release(release, tmp_path / "out", progress=False)
+    assert not list((tmp_path / "out").rglob("*.records"))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "convert_coca.py"), f"--release={release}",
+         f"--out={tmp_path / 'out'}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(
+        f"error: {sheet}: not a readable .xlsx workbook"
+    )
