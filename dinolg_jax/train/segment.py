@@ -361,6 +361,9 @@ def train_segmenter(
     total_steps = (
         int(config.optim.get("num_steps", 0)) or int(config.optim.epochs) * steps_per_epoch
     )
+    finished = ckpt_lib.finished_summary(workdir, total_steps)
+    if finished is not None:  # a re-run of a finished run: nothing to do
+        return finished
 
     model, encoder_params = build_model(config)
     tx = build_optimizer(config.optim, total_steps)
@@ -376,10 +379,9 @@ def train_segmenter(
     ckpt = ckpt_lib.Checkpointer(
         workdir / ckpt_lib.CHECKPOINT_DIR, max_to_keep=int(config.checkpoint.keep)
     )
-    if ckpt.latest_step() is not None:
-        state, data_state, _ = ckpt.restore(None, abstract)
+    state, data_state = ckpt_lib.restore_or_init(ckpt, abstract, lambda: state, workdir)
+    if data_state is not None:
         iterator.set_state(data_state)
-        logging.info("resumed from step %d", int(state.step))
     loss_json = json.dumps(config.loss.to_dict(), sort_keys=True)
     step_fn = _step_program(model, tx, image_shape, mesh, loss_json)
 
