@@ -157,6 +157,12 @@ def test_train_segmenter_resumes_exactly_and_evaluates(tmp_path):
     true_all = sum(v["true_px"] for v in ev["all_slices"].values())
     true_calc = sum(v["true_px"] for v in ev["calcium_slices"].values())
     assert true_all == true_calc > 0  # no foreground outside calcified slices
+    # A re-run of the finished run returns its summary at once (no step, no new lines).
+    lines = (work / "metrics.jsonl").read_text()
+    rerun = segment.train_segmenter(_smoke_config(manifest, 4), work)
+    assert rerun == json.loads((work / "summary.json").read_text())
+    assert rerun["params_checksum"] == first["params_checksum"] and rerun["metrics"]
+    assert (work / "metrics.jsonl").read_text() == lines
 
 
 def test_smoke_config_phantom_has_val_and_test(tmp_path):

@@ -356,8 +356,9 @@ def finished_summary(workdir: str | os.PathLike, total_steps: int) -> dict[str, 
     """The summary of a run that already finished `total_steps`, or None.
 
     A run is finished when ``summary.json`` says ``status: done`` at ``step ==
-    total_steps`` and its encoder export (when the run has one) is of that step: a
-    re-run then returns this at once. An extended run (more steps) gets None.
+    total_steps``, its checkpoint of that step exists, and its encoder export (when the
+    run has one) is of that step: a re-run then returns this at once. An extended run
+    (more steps) or one whose last checkpoint is gone gets None (it resumes).
     """
     workdir = Path(workdir)
     try:
@@ -367,6 +368,8 @@ def finished_summary(workdir: str | os.PathLike, total_steps: int) -> dict[str, 
     if summary.get("status") != "done" or summary.get("step") != total_steps:
         return None
     if summary.get("total_steps") != total_steps:
+        return None
+    if not (workdir / CHECKPOINT_DIR / str(total_steps)).is_dir():
         return None
     export = workdir / ENCODER_DIR / _EXPORT
     if (workdir / ENCODER_DIR).exists():

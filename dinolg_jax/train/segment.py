@@ -332,8 +332,9 @@ def train_segmenter(
 
     Returns:
       The summary, also written to ``workdir/summary.json``: ``step``, ``total_steps``,
-      ``steps_per_epoch``, ``model``, ``metrics`` (last logged), ``first_loss``, ``eval``
-      (see :func:`evaluate`), ``params_checksum``, ``wall_s``.
+      ``steps_per_epoch``, ``model``, ``status`` ("done"), ``metrics`` (last logged),
+      ``first_loss``, ``eval`` (see :func:`evaluate`), ``params_checksum``, ``wall_s``. A
+      re-run of a finished run returns its summary at once.
 
     Raises:
       NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
@@ -424,6 +425,7 @@ def train_segmenter(
         "total_steps": total_steps,
         "steps_per_epoch": steps_per_epoch,
         "model": str(config.model.name),
+        "status": "done",
         "metrics": last,
         "first_loss": first_loss,
         "eval_split": str(config.eval.split),
