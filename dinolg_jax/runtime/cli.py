@@ -6,10 +6,10 @@
   file that does not load, `UsageError` / ``app.UsageError`` raised by the tool, e.g. a
   path that does not exist or a wrong mode) print ``error: ...`` on one line and exit 2,
   before any model or data is loaded.
-- Data errors (``OSError``s such as a missing file, and every exception class defined in
+- Data errors (``OSError``s such as a missing file, every exception class defined in
   this project: ``ManifestError``, ``CocaError``, ``DicomError``, ``ConvertError``,
-  ``CheckpointError``, ``NonFiniteLossError``, ...) print ``error: ...`` on one line and
-  exit 1.
+  ``CheckpointError``, ``NonFiniteLossError``, ..., and a ``ValueError`` this project's
+  code raises itself) print ``error: ...`` on one line and exit 1.
 - Anything else is a bug and keeps its traceback.
 - Unless ``--verbosity`` (or ``-v``) is given, log records below ERROR from libraries
   (Orbax, JAX, Grain, etils, ...) are dropped from the terminal; this project's own log
@@ -58,7 +58,8 @@ def fail(message: str, code: int = EXIT_DATA) -> NoReturn:
     sys.exit(code)
 
 
-def _verbose() -> bool:
+def verbose() -> bool:
+    """Whether ``--verbosity`` (or ``-v``) was given: library logs and tracebacks shown."""
     try:
         return bool(flags.FLAGS["verbosity"].present)
     except (KeyError, flags.Error):
@@ -66,10 +67,17 @@ def _verbose() -> bool:
 
 
 def is_data_error(err: BaseException) -> bool:
-    """OSErrors and the project's own exception classes (module ``dinolg_jax.*``)."""
+    """OSErrors, the project's own exception classes (module ``dinolg_jax.*``), and a
+    ``ValueError`` raised by a ``raise`` in this project's code (a deliberate message)."""
     if isinstance(err, OSError):
         return True
-    return any(c.__module__.startswith("dinolg_jax.") for c in type(err).__mro__)
+    if any(c.__module__.startswith("dinolg_jax.") for c in type(err).__mro__):
+        return True
+    tb, last = err.__traceback__, None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    own = last is not None and any(p in last.tb_frame.f_code.co_filename for p in _OWN_CODE)
+    return isinstance(err, ValueError) and own
 
 
 def _library_chatter(record: std_logging.LogRecord) -> bool:
@@ -86,6 +94,15 @@ def quiet_libraries() -> None:
         handler.addFilter(_library_chatter)
 
 
+def _essence(err: BaseException) -> str:
+    """The telling line of a message that carries a traceback or a list of attempts."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    if any(ln.startswith("Traceback") for ln in lines):
+        return lines[-1]  # the exception line that ends the embedded traceback
+    errno = [ln for ln in lines if ln.startswith("[Errno")]
+    return errno[-1] if errno else one_line(err)
+
+
 def _config_message(err: BaseException) -> str:
     text = one_line(err)
     if isinstance(err, AttributeError | KeyError):
@@ -99,17 +116,22 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
     try:
         rest = flags.FLAGS(list(argv))
     except flags.Error as e:
-        fail(f"{one_line(e)} (--helpshort lists the flags)", EXIT_USAGE)
+        fail(f"{_essence(e)} (--helpshort lists the flags)", EXIT_USAGE)
     except (AttributeError, KeyError, TypeError, ValueError) as e:  # --config.x overrides
         fail(f"bad config override: {_config_message(e)}", EXIT_USAGE)
     # Config files load lazily: load them now, so their errors are usage errors too.
     for name in list(flags.FLAGS):
         try:
-            flags.FLAGS[name].value  # noqa: B018
+            value = flags.FLAGS[name].value
+            if type(value).__name__ == "_ErrorConfig":  # ml_collections' deferred failure
+                value["load"]  # raises the load error
         except Exception as e:
             if _verbose_argv(argv):
                 raise
-            fail(f"--{name}: {one_line(e)}", EXIT_USAGE)
+            fail(
+                f"--{name}={flags.FLAGS[name].serialize().split('=', 1)[-1]}: {_essence(e)}",
+                EXIT_USAGE,
+            )
     return rest
 
 
@@ -121,16 +143,16 @@ def run(main: Callable[[list[str]], Any]) -> None:
     """``absl.app.run(main)`` with the error and logging policy of the module docstring."""
 
     def guarded(argv: list[str]) -> Any:
-        if not _verbose():
+        if not verbose():
             quiet_libraries()
         try:
             return main(argv)
         except app.UsageError as e:
-            if _verbose():
+            if verbose():
                 raise
             fail(one_line(e), EXIT_USAGE)
         except Exception as e:
-            if _verbose() or not is_data_error(e):
+            if verbose() or not is_data_error(e):
                 raise
             fail(one_line(e), EXIT_DATA)
 
