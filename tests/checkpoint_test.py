@@ -172,7 +172,14 @@ def _never():
 
 def test_no_good_step_is_an_error_never_a_fresh_start(tmp_path):
     folder = tmp_path / "run" / "checkpoints"
-    _, abstract = _tiny_run(folder, steps=(1, 2))
+    saved, abstract = _tiny_run(folder, steps=(1, 2))
+    stored = ckpt_lib.stored_checksums(folder, 2)
+    assert stored["state"] == saved[2]
+    want = {
+        "w": np.arange(64.0, dtype=np.float32).reshape(8, 8) * 2,
+        "b": np.full(3, 2.0, np.float32),
+    }
+    assert stored["params"] == ckpt_lib.params_checksum(want)  # for params-only readers
     for s in (1, 2):
         _flip(folder / str(s) / "data" / "metadata", offset=3)
     ckpt = ckpt_lib.Checkpointer(folder)

@@ -123,12 +123,29 @@ def _json_sha256(obj: Any) -> str:
 
 
 def _checksums(state: Any, data: Any, config: Any) -> dict[str, str]:
-    """What a checkpoint stores about itself: state params_checksum, data and config SHA-256."""
-    return {
+    """What a checkpoint stores about itself: `params_checksum` of the state (and of its
+    ``params`` alone, for readers of only those), SHA-256 of the data state and config."""
+    out = {
         "state": params_checksum(state),
         "data": _json_sha256(data),
         "config": _json_sha256(config),
     }
+    params = state.get("params") if isinstance(state, Mapping) else getattr(state, "params", None)
+    if params is not None:
+        out["params"] = params_checksum(params)
+    return out
+
+
+def stored_checksums(directory: str | os.PathLike, step: int) -> dict[str, str] | None:
+    """The checksums a checkpoint step stored (``state``, ``params``, ``data``, ``config``).
+
+    For readers that restore part of a step themselves (e.g. only ``params``): compare
+    ``params_checksum(params)`` with ``["params"]``. None when the step stored none.
+    """
+    path = Path(directory) / str(int(step)) / _CHECKSUM_ITEM / "metadata"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
 
 
 def encode_data_state(state: Any) -> dict[str, Any]:
