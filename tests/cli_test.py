@@ -166,3 +166,42 @@ def test_data_errors_exit_1_and_verbosity_shows_the_traceback(tmp_path):
     assert f"{tmp_path / 'manifest.json'}: not valid JSON" in line
     loud = _tool(ROOT / "tools/verify_dataset.py", tmp_path, "--verbosity=0")
     assert loud.returncode == 1 and "Traceback" in loud.stderr and "ManifestError" in loud.stderr
+
+
+_FALLBACK_SCRIPT = """
+import pathlib
+import jax.numpy as jnp
+from absl import flags
+from dinolg_jax.runtime import checkpoint, cli
+
+flags.DEFINE_string("dir", None, "")
+
+def main(argv):
+    ckpt = checkpoint.Checkpointer(flags.FLAGS.dir, async_save=False)
+    state = {f"w{i}": jnp.full((64,), float(i)) for i in range(40)}
+    ckpt.save(1, state, None, {})
+    ckpt.save(2, {k: v + 1 for k, v in state.items()}, None, {})
+    ckpt.close()
+    data = max(pathlib.Path(flags.FLAGS.dir, "2", "state", "d").iterdir(),
+               key=lambda p: p.stat().st_size)
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    data.write_bytes(bytes(raw))
+    ckpt = checkpoint.Checkpointer(flags.FLAGS.dir)
+    restored, _ = checkpoint.restore_or_init(ckpt, state, lambda: None, flags.FLAGS.dir)
+    ckpt.close()
+    print("restored", ckpt.restored_step, float(restored["w3"][0]))
+
+cli.run(main)
+"""
+
+
+def test_fallback_to_an_older_checkpoint_is_one_warning_line(tmp_path):
+    script = tmp_path / "tool.py"
+    script.write_text(_FALLBACK_SCRIPT)
+    proc = _tool(script, f"--dir={tmp_path / 'ckpt'}")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "restored 1 3.0"
+    assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr
+    warnings = [ln for ln in proc.stderr.splitlines() if "is unusable" in ln]
+    assert len(warnings) == 1 and f"{tmp_path / 'ckpt' / '2'} is unusable" in warnings[0]

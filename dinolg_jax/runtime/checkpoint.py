@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,25 @@ def params_checksum(tree: Any) -> str:
         digest.update(header.encode())
         digest.update(arr.tobytes())
     return digest.hexdigest()
+
+
+def _drop_closed_loop_noise() -> None:
+    """After a failed Orbax restore, TensorStore callbacks still pending reach a closed
+    asyncio loop and Python prints one ``RuntimeError: Event loop is closed`` traceback
+    per array (hundreds) through ``sys.unraisablehook``. This filter drops exactly those
+    and passes every other unraisable exception on."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_closed_loop", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._drops_closed_loop = True
+    sys.unraisablehook = hook
 
 
 def _json_sha256(obj: Any) -> str:
@@ -268,6 +288,7 @@ class Checkpointer:
             try:
                 out = self._restore_verified(s, abstract_state)
             except Exception as e:  # Orbax / TensorStore / JSON raise many types
+                _drop_closed_loop_noise()
                 reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
                 problems.append(f"step {s}: {reason}")
                 if step is not None:
