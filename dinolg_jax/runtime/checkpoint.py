@@ -283,12 +283,12 @@ class Checkpointer:
         steps = self.all_steps() if step is None else [int(step)]
         if not steps:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        _drop_closed_loop_noise()  # before: the noise starts while a failed read unwinds
         problems = []
         for s in reversed(steps):
             try:
                 out = self._restore_verified(s, abstract_state)
             except Exception as e:  # Orbax / TensorStore / JSON raise many types
-                _drop_closed_loop_noise()
                 reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
                 problems.append(f"step {s}: {reason}")
                 if step is not None:
