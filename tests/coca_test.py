@@ -342,3 +342,119 @@ def test_phantom_labels_reproduce_truth(tiny_phantom):
         assert scores[name]["total_mismatch"] == t["total_mismatch"]
         study = coca.load_nongated_study(root, name)
         assert study.labels is None and study.hu.shape[0] == t["n_slices"]
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("Area", "0.12 cm2", "Area is not a number: '0.12 cm2'"),
+        ("NumberOfPoints", "four", "NumberOfPoints is not a number"),
+        ("Mean", [1.0], "Mean is a list, not a number"),
+        ("ROIs", {"Name": "x"}, "ROIs is a dict, not a list"),
+    ],
+)
+def test_malformed_xml_names_file_and_roi(tmp_path, field, value, message):
+    hu = _volume()
+    roi = _roi(NAMES[1], _box(3, 6, 3, 6), -27.0, hu[1], 0.5)
+    images = {1: [roi]}
+    if field == "ROIs":
+        images = {1: value}
+        data = {"Images": [{"ImageIndex": 1, "ROIs": value}]}
+        with (tmp_path / "7.xml").open("wb") as f:
+            plistlib.dump(data, f)
+    else:
+        roi[field] = value
+        _plist(tmp_path / "7.xml", images)
+    with pytest.raises(coca.CocaError, match=rf"7\.xml ImageIndex 1.*{message}"):
+        coca.parse_calcium_xml(tmp_path / "7.xml")
+
+
+def _one_patient_release(tmp_path, roi: dict, hu: np.ndarray, z_mm: np.ndarray) -> Path:
+    gated = tmp_path / coca.GATED_DIR
+    _write_ct(gated / "patient" / "0" / "S", hu, z_mm, 0.5, "1.2.9.1")
+    (gated / "calcium_xml").mkdir()
+    _plist(gated / "calcium_xml" / "0.xml", {1: [roi]})
+    return tmp_path
+
+
+def test_malformed_xml_leaves_labels_out_and_keeps_the_scan(tmp_path):
+    hu, z_mm = _volume(seed=3), np.array([-30.0, -27.0, -24.0, -21.0])
+    roi = _roi(NAMES[2], _box(3, 6, 3, 6), -27.0, hu[1], 0.5)
+    roi["Area"] = "n/a"
+    study = coca.load_gated_study(_one_patient_release(tmp_path, roi, hu, z_mm), 0)
+    assert study.labels is None
+    np.testing.assert_array_equal(study.hu, hu)
+    assert study.report.labels_left_out.startswith("unusable calcium XML: 0.xml ImageIndex 1")
+    assert "Area is not a number" in study.report.labels_left_out
+
+
+def test_number_of_points_zero_with_points_uses_the_points(tmp_path):
+    hu, z_mm = _volume(seed=3), np.array([-30.0, -27.0, -24.0, -21.0])
+    roi = _roi(NAMES[2], _box(3, 6, 3, 6), -27.0, hu[1], 0.5)
+    roi["NumberOfPoints"] = 0
+    study = coca.load_gated_study(_one_patient_release(tmp_path, roi, hu, z_mm), 0)
+    expected = np.zeros(hu.shape, np.uint8)
+    expected[1, 3:7, 3:7] = 2
+    expected[hu < 130] = 0
+    np.testing.assert_array_equal(study.labels, expected)
+    assert study.report.rois_used == 1 and not study.report.skipped_rois
+    assert not study.report.unreliable
+
+
+def test_zero_pixel_and_self_check_failures_are_reported_per_roi():
+    hu = _volume()
+    z_mm = np.arange(4) * 3.0
+    empty = _roi(NAMES[1], _box(13, 14, 13, 14), 3.0, None, 0.5)  # HU < 130 there
+    empty.update(Area=0.02, Mean=300.0, Max=400.0)
+    off = _roi(NAMES[2], _box(3, 6, 3, 6), 3.0, hu[1], 0.5)
+    off["Area"] += 0.01
+    good = _roi(NAMES[4], _box(9, 11, 9, 12), 3.0, hu[1], 0.5)
+    parsed = []
+    for k, r in enumerate([empty, off, good]):
+        pts = np.array([[float(v) for v in p.strip("()").split(",")] for p in r["Point_px"]])
+        parsed.append(
+            {"image_index": 1, "roi": k, "name": r["Name"], "points_px": pts,
+             "center": (0.0, 0.0, 3.0), "area": r["Area"], "mean": r["Mean"], "min": r["Min"],
+             "max": r["Max"], "num_points": len(pts)}
+        )  # fmt: skip
+    report = coca.RoiReport()
+    labels = coca.rasterise_rois(parsed, hu, z_mm, (0.5, 0.5), 3.0, report)
+    assert labels is not None and report.rois_used == 3
+    got = [(u.image_index, u.roi, u.reason.split(" ")[0]) for u in report.unreliable]
+    assert got == [(1, 0, "0"), (1, 1, "self-check")]
+    assert "0 pixels" in report.unreliable[0].reason
+    assert "area 0.01 cm^2" in report.unreliable[1].reason
+
+
+def _scores_folder(tmp_path) -> Path:
+    folder = tmp_path / coca.NONGATED_DIR
+    folder.mkdir()
+    return folder / "scores.xlsx"
+
+
+@pytest.mark.parametrize("content", ["empty", "csv", "truncated"])
+def test_unreadable_scores_sheet_names_the_file(tmp_path, content):
+    path = _scores_folder(tmp_path)
+    if content == "empty":
+        path.write_bytes(b"")
+    elif content == "csv":
+        path.write_text("filename ,LCA,LAD,LCX,RCA,total\n12A,0,1,0,0,1\n")
+    else:
+        book = openpyxl.Workbook()
+        book.active.append(["filename", "LCA", "LAD", "LCX", "RCA", "total"])
+        book.save(path)
+        path.write_bytes(path.read_bytes()[:-300])
+    with pytest.raises(coca.CocaError, match=rf"{path}: not a readable \.xlsx workbook"):
+        coca.load_nongated_scores(tmp_path)
+
+
+def test_non_numeric_study_id_names_file_and_row(tmp_path):
+    path = _scores_folder(tmp_path)
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["filename ", "LCA", "LAD", "LCX", "RCA", "total"])
+    sheet.append(["12A", 0, 1, 0, 0, 1])
+    sheet.append(["patient twelve", 0, 1, 0, 0, 1])
+    book.save(path)
+    with pytest.raises(coca.CocaError, match=rf"{path} row 3: study id 'patient twelve'"):
+        coca.load_nongated_scores(tmp_path)

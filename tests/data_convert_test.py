@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import plistlib
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grain
 import numpy as np
 import pytest
 
-from dinolg_jax.data import coca, convert, manifest, phantom, records
+from dinolg_jax.data import coca, convert, convert_report, manifest, phantom, records
 
 REPO = Path(__file__).resolve().parents[1]
 N_GATED = 12
@@ -50,10 +54,9 @@ def converted(tmp_path_factory):
 
 def _read_split(out: Path, split: str) -> list[dict]:
     m = manifest.load(out)
-    paths = m.shard_paths(split)
-    if not paths:
+    if m.num_records(split) == 0:
         return []
-    source = grain.sources.ArrayRecordDataSource(paths)
+    source = grain.sources.ArrayRecordDataSource(m.shard_paths(split))
     return [records.decode(source[i]) for i in range(len(source))]
 
 
@@ -206,14 +209,18 @@ def test_rerun_workers_seed_and_no_phi(converted, tmp_path):
 
 
 def test_tiny_release_with_empty_splits(tmp_path):
-    # Two patients: too few per category for val/test, which stay empty but valid.
+    # Two patients: too few per category for val/test, which stay empty but valid; the
+    # converter warns, and asking for an empty split's shards names it.
     phantom.make_release(tmp_path / "rel", n_gated=2, n_nongated=0, seed=2, size=48, slices=(4, 5))
-    convert.convert_release(tmp_path / "rel", tmp_path / "out", seed=0, progress=False)
+    report = convert.convert_release(tmp_path / "rel", tmp_path / "out", seed=0, progress=False)
     m = manifest.load(tmp_path / "out")
-    assert m.num_records("val") == 0 and m.shard_paths("val") == []
-    assert m.num_records("test") == 0
+    assert m.num_records("val") == 0 and m.num_records("test") == 0
     assert m.num_records("train") > 0
     assert m.num_records("pretrain") == m.num_records("train")
+    assert [w.split(" is empty")[0] for w in report["warnings"]] == ["split 'val'", "split 'test'"]
+    assert "WARNING: split 'test' is empty" in convert_report.format_summary(report)
+    with pytest.raises(manifest.ManifestError, match=r"split 'test' has no records.*larger"):
+        m.shard_paths("test")
 
 
 def test_not_a_release(tmp_path):
@@ -232,3 +239,139 @@ def test_tool_converts(converted, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "self-check" in proc.stdout and "slices_per_s" in proc.stdout
     assert _files(out) == _files(converted[2])
+
+
+def _wait_for_lock(out: Path, pid: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Polls ``out/.lock`` until it holds `pid` (the process is inside its conversion)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lock = out / ".lock"
+        if lock.is_file() and lock.read_text().strip() == str(pid):
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.002)
+    raise AssertionError("the first conversion never took the lock")
+
+
+def test_two_conversions_into_one_folder(converted, tmp_path):
+    """Seeds 0 and 1 into one folder at once: the second stops, the first is untouched."""
+    release = converted[0]
+    out = tmp_path / "shared"
+    tool = [sys.executable, str(REPO / "tools" / "convert_coca.py"), f"--release={release}",
+            f"--out={out}", "--shards_per_split=2"]  # fmt: skip
+    first = subprocess.Popen(
+        [*tool, "--seed=0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        _wait_for_lock(out, first.pid, first)
+        os.kill(first.pid, signal.SIGSTOP)  # freeze it mid-conversion, lock held
+        second = subprocess.run([*tool, "--seed=1"], capture_output=True, text=True, timeout=120)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    _, err_first = first.communicate(timeout=120)
+    assert second.returncode == 1, second.stderr
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: another conversion"), lines
+    assert f"(pid {first.pid})" in lines[0] and str(out) in lines[0]
+    assert first.returncode == 0, err_first
+    # The survivor's output is exactly a lone seed-0 conversion: no shard of seed 1, no
+    # held-out patient in pretrain, counts that match.
+    assert _files(out) == _files(converted[2])
+    m = manifest.load(out)
+    held_out = {s for s, e in m.studies.items() if e["split"] in ("val", "test")}
+    assert held_out and not held_out & {r["study"] for r in _read_split(out, "pretrain")}
+    # The lock is free again: the next conversion into the folder proceeds.
+    convert.convert_release(release, out, seed=0, shards_per_split=2, progress=False)
+    assert _files(out) == _files(converted[2])
+
+
+def test_stale_temp_files_of_a_killed_run_are_removed(converted, tmp_path):
+    release, _, ref, _ = converted
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ".train-00000-of-00002.array_record.4242-deadbeef.tmp"
+    stale.write_bytes(b"half a shard")
+    convert.convert_release(release, out, seed=0, shards_per_split=2, progress=False)
+    assert not stale.exists() and _files(out) == _files(ref)
+
+
+def _edit_first_roi(xml: Path, edit) -> None:
+    """Applies `edit` to the first ROI with points and a vessel name."""
+    with xml.open("rb") as f:
+        data = plistlib.load(f)
+    for image in data["Images"]:
+        for roi in image["ROIs"]:
+            if roi["Point_px"] and roi["Name"].lower().startswith(("left", "right")):
+                edit(roi)
+                with xml.open("wb") as f:
+                    plistlib.dump(data, f)
+                return
+    raise AssertionError(f"no ROI to edit in {xml.name}")
+
+
+@pytest.fixture(scope="module")
+def faulty_release(tmp_path_factory):
+    """Six patients: one XML with a number as text, one whose first ROI fails the self-check."""
+    release = tmp_path_factory.mktemp("faulty") / "release"
+    truth = phantom.make_release(release, n_gated=6, n_nongated=1, seed=4, size=48, slices=(4, 6))
+    annotated = [int(p) for p, t in truth["gated"].items() if t["has_dicom"] and t["n_rois"]]
+    bad_xml, unreliable = annotated[0], annotated[1]
+    xml_dir = release / coca.GATED_DIR / "calcium_xml"
+    _edit_first_roi(xml_dir / f"{bad_xml}.xml", lambda roi: roi.update(Area="0,42"))
+    _edit_first_roi(xml_dir / f"{unreliable}.xml", lambda roi: roi.update(Area=roi["Area"] + 0.05))
+    return release, truth, bad_xml, unreliable
+
+
+@pytest.mark.parametrize("policy", ["exclude", "keep"])
+def test_faulty_xml_costs_only_that_patients_labels(faulty_release, tmp_path, policy):
+    release, truth, bad_xml, unreliable = faulty_release
+    report = convert.convert_release(
+        release, tmp_path / "out", seed=0, progress=False, unreliable_labels=policy
+    )
+    m = manifest.load(tmp_path / "out")
+    bad_id, unrel_id = coca.gated_study_id(bad_xml), coca.gated_study_id(unreliable)
+    # The malformed XML: labels left out with the reason, the scan still converted.
+    [left_out] = [e for e in report["labels_left_out"] if e["study"] == bad_id]
+    assert left_out["reason"].startswith(f"unusable calcium XML: {bad_xml}.xml ImageIndex")
+    assert "Area is not a number: '0,42'" in left_out["reason"]
+    assert m.studies[bad_id]["split"] == "pretrain" and m.studies[bad_id]["agatston"] is None
+    assert not report["skipped_patients"] or bad_id not in {
+        p["study"] for p in report["skipped_patients"]
+    }
+    # The self-check failure: per-ROI in the report, unreliable in the manifest.
+    [entry] = report["labels_unreliable"]
+    assert entry["study"] == unrel_id and entry["rois"][0]["reason"].startswith("self-check")
+    flagged = m.studies[unrel_id]["labels_unreliable"]
+    assert len(flagged) == 1 and "self-check failed: |diff| area 0.05" in flagged[0]
+    assert m.data["unreliable_labels"] == policy
+    if policy == "exclude":
+        assert m.studies[unrel_id]["split"] == "pretrain" and entry["split"] == "pretrain"
+    else:
+        assert m.studies[unrel_id]["split"] in ("train", "val", "test")
+    # Every other patient converted as usual.
+    others = [p for p, t in truth["gated"].items() if t["has_dicom"]]
+    assert {coca.gated_study_id(int(p)) for p in others} <= set(m.studies)
+    for p in others:
+        if int(p) not in (bad_xml, unreliable):
+            e = m.studies[coca.gated_study_id(int(p))]
+            assert e["agatston"]["total"] == truth["gated"][p]["total"]
+            assert "labels_unreliable" not in e
+
+
+def test_bad_scores_sheet_stops_before_any_study_is_loaded(faulty_release, tmp_path):
+    release = tmp_path / "release"
+    shutil.copytree(faulty_release[0], release)
+    sheet = release / coca.NONGATED_DIR / "scores.xlsx"
+    sheet.write_text("filename ,LCA,LAD,LCX,RCA,total\n0A,0,0,0,0,0\n")  # a CSV
+    with pytest.raises(coca.CocaError, match=rf"{sheet}: not a readable \.xlsx"):
+        convert.convert_release(release, tmp_path / "out", progress=False)
+    assert not list((tmp_path / "out").rglob("*.records"))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "convert_coca.py"), f"--release={release}",
+         f"--out={tmp_path / 'out'}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(
+        f"error: {sheet}: not a readable .xlsx workbook"
+    )

@@ -146,6 +146,32 @@ def test_pretrain_resume_is_exact_and_nan_guard_keeps_last_good_checkpoint(tmp_p
     assert finite and step == 2
     assert (finite, step, checksum) == _checkpoint_checksum(straight, 2)
 
+    # Re-running the finished run returns at once with its summary; nothing is rewritten.
+    metrics_before = (straight / "metrics.jsonl").read_text()
+    encoder_before = sorted((p, p.stat().st_mtime_ns) for p in (straight / "encoder").rglob("*"))
+    rc, out, err = _finish(_start(straight, manifest, cache))
+    assert rc == 0, err[-3000:]
+    assert (
+        json.loads(out.strip().splitlines()[-1])["params_checksum"] == summary_a["params_checksum"]
+    )
+    assert json.loads((straight / "summary.json").read_text()) == summary_a
+    assert (straight / "metrics.jsonl").read_text() == metrics_before
+    assert sorted((p, p.stat().st_mtime_ns) for p in (straight / "encoder").rglob("*")) == (
+        encoder_before
+    )
+    # Extending it (3 epochs = 9 steps): it resumes at 6, and the encoder and the summary
+    # are both of step 9.
+    rc, _, err = _finish(_start(straight, manifest, cache, "--config.num_epochs=3"))
+    assert rc == 0, err[-3000:]
+    extended = json.loads((straight / "summary.json").read_text())
+    assert (extended["step"], extended["total_steps"], extended["status"]) == (9, 9, "done")
+    assert [s for s in _losses(straight) if s > 6] == [7, 8, 9]
+    export = json.loads((straight / "encoder" / "export.json").read_text())
+    assert export["step"] == 9
+    params, _ = ckpt_lib.load_encoder(straight)
+    assert ckpt_lib.params_checksum(params) == export["params_checksum"]
+    assert extended["params_checksum"] != summary_a["params_checksum"]
+
 
 def _read_varint(buf, pos):
     shift = value = 0

@@ -157,3 +157,34 @@ def test_train_segmenter_resumes_exactly_and_evaluates(tmp_path):
     true_all = sum(v["true_px"] for v in ev["all_slices"].values())
     true_calc = sum(v["true_px"] for v in ev["calcium_slices"].values())
     assert true_all == true_calc > 0  # no foreground outside calcified slices
+    # A re-run of the finished run returns its summary at once (no step, no new lines).
+    lines = (work / "metrics.jsonl").read_text()
+    rerun = segment.train_segmenter(_smoke_config(manifest, 4), work)
+    assert rerun == json.loads((work / "summary.json").read_text())
+    assert rerun["params_checksum"] == first["params_checksum"] and rerun["metrics"]
+    assert (work / "metrics.jsonl").read_text() == lines
+
+
+def test_smoke_config_phantom_has_val_and_test(tmp_path):
+    # Without a manifest the smoke run makes its own phantom; it must have a test split
+    # to evaluate on (the 6-patient phantom had none and failed after ~95 s of training).
+    from dinolg_jax.data import manifest as manifest_lib
+    from dinolg_jax.train.pretrain import prepare_manifest
+
+    c = _smoke_config("", 1)
+    c.data.manifest = ""
+    m = manifest_lib.load(prepare_manifest(c, tmp_path))
+    assert m.num_records("val") > 0 and m.num_records(c.eval.split) > 0
+
+
+def test_empty_eval_split_fails_before_training(tmp_path):
+    from dinolg_jax.data import manifest as manifest_lib
+
+    manifest = write_dataset(tmp_path / "data", size=32, studies=2, splits=("pretrain", "train"))
+    data = json.loads(manifest.read_text())
+    data["splits"]["test"] = {"shards": [], "num_records": 0, "num_studies": 0, "num_positive": 0}
+    manifest_lib.save(data, manifest)
+    work = tmp_path / "run"
+    with pytest.raises(manifest_lib.ManifestError, match="split 'test' has no records"):
+        segment.train_segmenter(_smoke_config(manifest, 4), work)
+    assert not (work / "checkpoints").exists() and not (work / "metrics.jsonl").exists()

@@ -11,10 +11,11 @@ done or after a SIGTERM checkpoint (re-run to resume), 1 on a non-finite loss.
 """
 
 import json
-import sys
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
+
+from dinolg_jax.runtime import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Ablation config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output (and resume) directory.")
@@ -23,23 +24,18 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
     from dinolg_jax.experiments import ablation, stages  # after flags: they touch devices
-    from dinolg_jax.train import pretrain, segment
 
     try:
         results = ablation.run_ablation(_CONFIG.value, _WORKDIR.value)
     except stages.StageInterrupted as err:
         print(f"interrupted: {err}")
-        return
-    except (pretrain.NonFiniteLossError, segment.NonFiniteLossError) as err:
-        logging.error("%s", err)
-        print(f"ERROR: {err}", file=sys.stderr)
-        sys.exit(1)
+        return  # a non-finite loss or a data error: one error line from cli.run
     for arm, agg in results["aggregate"].items():
         print(json.dumps({"arm": arm, "probe_f1": agg.get("probe_f1")}))
     print(f"report: {_WORKDIR.value}/{results['report']}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

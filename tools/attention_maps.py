@@ -21,7 +21,7 @@ from pathlib import Path
 import jax
 import matplotlib
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -30,6 +30,7 @@ from dinolg_jax.data import manifest as manifest_lib
 from dinolg_jax.data import records, transforms
 from dinolg_jax.eval.attention import attention_calcium_ratio, calcium_patch_mask
 from dinolg_jax.models.vit import ViT, decode_variant
+from dinolg_jax.runtime import cli, workdirs
 from dinolg_jax.runtime.checkpoint import load_encoder
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Pretraining workdir (encoder + config).")
@@ -59,15 +60,15 @@ def _slices(manifest: Path, split: str, n: int) -> list[dict]:
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    workdir = Path(_WORKDIR.value)
+        raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
+    workdir = workdirs.require(_WORKDIR.value, "pretrain", "--workdir")
     params, model_config = load_encoder(workdir)
     config = json.loads((workdir / "config.json").read_text())
     manifest = config["data"]["manifest"] or workdir / "phantom" / "data" / "manifest.json"
     size = _SIZE.value or int(config["data"]["global_size"])
     patch = decode_variant(model_config["variant"]).patch
     if size % patch:
-        raise app.UsageError(f"--size {size} is not a multiple of the patch size {patch}")
+        raise cli.UsageError(f"--size {size} is not a multiple of the patch size {patch}")
     recs = _slices(Path(manifest), _SPLIT.value, _NUM.value)
     images = []
     for rec in recs:
@@ -125,4 +126,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

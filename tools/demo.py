@@ -11,10 +11,11 @@ stages are skipped. The logic lives in `dinolg_jax.experiments.demo.run_demo`.
 
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from dinolg_jax.experiments import demo
+from dinolg_jax.runtime import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "demo_out", "Folder for every demo output.")
@@ -22,11 +23,12 @@ _WORKDIR = flags.DEFINE_string("workdir", "demo_out", "Folder for every demo out
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save/restore at INFO
+    if not cli.verbose():  # the stages' INFO lines stay out of the demo's tables
+        logging.set_verbosity(logging.WARNING)
     t0 = time.perf_counter()
     demo.run_demo(_WORKDIR.value, _CONFIG.value)
     print(f"demo wall time: {time.perf_counter() - t0:.0f} s (workdir {_WORKDIR.value})")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

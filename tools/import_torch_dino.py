@@ -14,10 +14,10 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from dinolg_jax.models import convert
-from dinolg_jax.runtime import checkpoint
+from dinolg_jax.runtime import checkpoint, cli
 
 _PTH = flags.DEFINE_string("pth", None, "Official DINO checkpoint (.pth) or a .npz of it.")
 _VARIANT = flags.DEFINE_string("variant", "S/8", "ViT variant of the weights, e.g. S/8, B/16.")
@@ -38,7 +38,7 @@ def load_state_dict(path: Path, allow_pickle: bool) -> dict:
     try:
         import torch
     except ImportError as err:
-        raise SystemExit("reading .pth files needs PyTorch (pip install torch)") from err
+        raise cli.UsageError("reading .pth files needs PyTorch (pip install torch)") from err
     payload = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     payload = convert.backbone_state_dict(payload, _WHICH.value)
     return {k: v.detach().float().numpy() for k, v in payload.items() if hasattr(v, "detach")}
@@ -46,7 +46,8 @@ def load_state_dict(path: Path, allow_pickle: bool) -> dict:
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.require_file(_PTH.value, "--pth", "an official DINO checkpoint (.pth) or a .npz of it")
     sd = convert.backbone_state_dict(load_state_dict(Path(_PTH.value), _PICKLE.value), _WHICH.value)
     params = convert.vit_params_from_torch(sd, _VARIANT.value, ref_image_size=_REF.value)
     model_config = {
@@ -61,4 +62,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

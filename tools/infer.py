@@ -20,6 +20,7 @@ import tqdm
 from absl import app, flags
 from ml_collections import config_flags
 
+from dinolg_jax.runtime import cli, workdirs
 from dinolg_jax.runtime import mesh as mesh_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Inference config file.")
@@ -32,6 +33,7 @@ flags.mark_flags_as_required(["config"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    workdirs.check_infer_config(_CONFIG.value)  # paths and modes, before any model loads
     mesh_lib.maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
     from dinolg_jax.inference import run  # after distributed init: it touches devices
 
@@ -56,4 +58,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

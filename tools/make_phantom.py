@@ -12,9 +12,10 @@ from __future__ import annotations
 import collections
 import time
 
-from absl import app, flags
+from absl import flags
 
 from dinolg_jax.data import phantom
+from dinolg_jax.runtime import cli
 
 _OUT = flags.DEFINE_string("out", None, "Release root to write.", required=True)
 _PATIENTS = flags.DEFINE_integer("patients", 8, "Gated patients with DICOM.")
@@ -55,4 +56,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -8,16 +8,16 @@ Re-running with the same ``--workdir`` resumes. Several processes (one per host)
 pass ``--coordinator_address host:port --num_processes N --process_id i`` (or the
 ``DINOLG_COORDINATOR`` / ``DINOLG_NUM_PROCESSES`` / ``DINOLG_PROCESS_ID`` variables; SLURM
 and Open MPI launches are detected). Exit status: 0 when done or after a SIGTERM
-checkpoint, 1 on a non-finite loss.
+checkpoint, 1 on a non-finite loss or a data error, 2 on a usage error (one ``error:``
+line each). A finished run re-run returns at once; more epochs extend it.
 """
 
 import json
-import logging as std_logging
-import sys
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
+from dinolg_jax.runtime import cli, workdirs
 from dinolg_jax.runtime import mesh as mesh_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Pretraining config file.")
@@ -28,26 +28,16 @@ _PID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _quiet_orbax(record: std_logging.LogRecord) -> bool:
-    """Drops Orbax's per-save INFO chatter; keeps its warnings and errors."""
-    return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(_quiet_orbax)
+        raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
+    workdirs.require_manifest(_CONFIG.value.data.manifest, "--config.data.manifest")
     mesh_lib.maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
     from dinolg_jax.train import pretrain  # after distributed init: it touches devices
 
-    try:
-        summary = pretrain.pretrain(_CONFIG.value, _WORKDIR.value)
-    except pretrain.NonFiniteLossError as err:
-        logging.error("%s", err)
-        print(f"ERROR: {err}", file=sys.stderr)
-        sys.exit(1)
+    summary = pretrain.pretrain(_CONFIG.value, _WORKDIR.value)  # errors: cli.run
     print(json.dumps({k: summary[k] for k in ("step", "status", "params_checksum")}))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

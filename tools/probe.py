@@ -13,9 +13,10 @@ retrains the probe. Prints the test confusion counts and scores; everything is i
 
 import json
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from dinolg_jax.runtime import cli, workdirs
 from dinolg_jax.runtime import mesh as mesh_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Probe config file.")
@@ -28,7 +29,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
+    workdirs.require(_CONFIG.value.encoder, "pretrain", "--config.encoder")
+    workdirs.require_manifest(_CONFIG.value.data.manifest, "--config.data.manifest")
     mesh_lib.maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
     from dinolg_jax.train import probe  # after distributed init: it touches devices
 
@@ -47,4 +50,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -16,6 +16,8 @@ from pathlib import Path
 import ml_collections
 from absl import app, flags
 
+from dinolg_jax.runtime import cli, workdirs
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder holding probe/ and segment/.")
 _PROBE = flags.DEFINE_string("probe_workdir", None, "Probe workdir (default WORKDIR/probe).")
 _SEG = flags.DEFINE_string("segmenter_workdir", None, "U-Net workdir (default WORKDIR/segment).")
@@ -48,6 +50,7 @@ def main(argv: list[str]) -> None:
             },
         }
     )
+    workdirs.check_score_study(argv[1], config.probe_workdir, config.segmenter_workdir, _MODE.value)
     pipe = loading.build_pipeline(config, mesh_lib.make_mesh(), need_gate=_MODE.value == "gated")
     study, result, labels = study_report.score_folder(pipe, folder, _MODE.value)
     print(study_report.format_report(result))
@@ -59,4 +62,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -8,15 +8,15 @@ Models by name (``configs/segment_smoke.py:<name>`` or ``--config.model.name``):
 attention_unet, swin_unet, vit_unet (the last needs ``--config.encoder=PRETRAIN_WORKDIR``).
 Re-running with the same ``--workdir`` resumes. Prints the per-artery Dice on the
 evaluation split; everything is in ``WORKDIR/summary.json``. Exit status 1 on a
-non-finite loss.
+non-finite loss or a data error, 2 on a usage error (one ``error:`` line each).
 """
 
 import json
-import sys
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
+from dinolg_jax.runtime import cli, workdirs
 from dinolg_jax.runtime import mesh as mesh_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Segmentation config file.")
@@ -29,16 +29,15 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    if config.model.name == "vit_unet":
+        workdirs.require(config.encoder, "pretrain", "--config.encoder")
+    workdirs.require_manifest(config.data.manifest, "--config.data.manifest")
     mesh_lib.maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
     from dinolg_jax.train import segment  # after distributed init: it touches devices
 
-    try:
-        summary = segment.train_segmenter(_CONFIG.value, _WORKDIR.value)
-    except segment.NonFiniteLossError as err:
-        logging.error("%s", err)
-        print(f"ERROR: {err}", file=sys.stderr)
-        sys.exit(1)
+    summary = segment.train_segmenter(config, _WORKDIR.value)  # errors: cli.run
     ev = summary["eval"]
     print(
         json.dumps(
@@ -56,4 +55,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -16,7 +16,7 @@ import math
 import grain
 import matplotlib
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 matplotlib.use("Agg")
 import matplotlib.patches as patches
@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt
 from dinolg_jax.data import manifest as manifest_lib
 from dinolg_jax.data import pipeline, records, transforms
 from dinolg_jax.data.multicrop import MultiCrop
+from dinolg_jax.runtime import cli
 
 _MANIFEST = flags.DEFINE_string("manifest", None, "manifest.json or its folder.", required=True)
 _SPLIT = flags.DEFINE_string("split", "pretrain", "Manifest split.")
@@ -38,7 +39,7 @@ def main(argv: list[str]) -> None:
     del argv
     m = manifest_lib.load(_MANIFEST.value)
     if not 0 <= _INDEX.value < m.num_records(_SPLIT.value):
-        raise app.UsageError(f"--index must be in [0, {m.num_records(_SPLIT.value)})")
+        raise cli.UsageError(f"--index must be in [0, {m.num_records(_SPLIT.value)})")
     source = grain.sources.ArrayRecordDataSource(m.shard_paths(_SPLIT.value))
     rec = records.decode(source[_INDEX.value])
     data = pipeline.default_data_config(_VARIANT.value)
@@ -80,4 +81,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

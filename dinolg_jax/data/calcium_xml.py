@@ -16,8 +16,15 @@ where the release is silent:
   whose ``ImageIndex`` is outside the series, means the annotation belongs to another
   series: the patient's labels are left out (None) and the report says why.
 - Empty placeholders (no points), junk names (``1``, ``Unnamed``) and outlines with
-  fewer than 3 points are skipped and reported.
+  fewer than 3 points are skipped and reported. ``NumberOfPoints`` is not trusted: an ROI
+  with points is rasterised from its points whatever that field says (0 included).
+- A malformed field (a number written as text, ``ROIs`` not a list, an ROI not a dict)
+  raises `CocaError` naming the file, image and ROI; `coca.load_gated_study` then leaves
+  the patient's labels out with that reason (the scan is still converted).
 - Every rasterised ROI is checked against its own ``Area``/``Mean``/``Max`` (`SelfCheck`).
+  An ROI that keeps 0 pixels, or fails that check, is listed in
+  ``RoiReport.unreliable``; the converter marks such a patient's labels unreliable in the
+  manifest (``data/convert.py`` says what the splits do with them).
 """
 
 from __future__ import annotations
@@ -80,6 +87,15 @@ class SelfCheck:
 
 
 @dataclass
+class UnreliableRoi:
+    """A rasterised ROI whose pixels cannot be trusted: 0 pixels, or a failed self-check."""
+
+    image_index: int
+    roi: int
+    reason: str
+
+
+@dataclass
 class RoiReport:
     """What rasterising one patient's XML did (no PHI: indices, counts, reasons).
 
@@ -90,6 +106,8 @@ class RoiReport:
       rois_per_vessel: rasterised ROIs per vessel name.
       conflict_pixels: pixels claimed by two vessels (first ROI kept).
       self_check: the per-ROI statistics check.
+      unreliable: rasterised ROIs with 0 pixels or outside the self-check's tolerance;
+        non-empty means the patient's labels are unreliable.
     """
 
     labels_left_out: str = ""
@@ -99,6 +117,7 @@ class RoiReport:
     rois_per_vessel: dict[str, int] = field(default_factory=lambda: dict.fromkeys(VESSELS, 0))
     conflict_pixels: int = 0
     self_check: SelfCheck = field(default_factory=SelfCheck)
+    unreliable: list[UnreliableRoi] = field(default_factory=list)
 
 
 def _parse_floats(text: Any, n: int, what: str) -> list[float]:
@@ -106,6 +125,20 @@ def _parse_floats(text: Any, n: int, what: str) -> list[float]:
     if len(values) != n:
         raise CocaError(f"{what}: expected {n} numbers in {text!r}")
     return values
+
+
+def _number(roi: dict[str, Any], key: str, default: float, what: str) -> float:
+    """A numeric plist field; text that is not a number raises `CocaError` naming it."""
+    value = roi.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise CocaError(f"{what}: {key} is a {type(value).__name__}, not a number")
+    try:
+        out = float(value)
+    except ValueError as e:
+        raise CocaError(f"{what}: {key} is not a number: {str(value)[:40]!r}") from e
+    if not np.isfinite(out):
+        raise CocaError(f"{what}: {key} is not finite: {value!r}")
+    return out
 
 
 def parse_calcium_xml(path: str | Path) -> list[dict[str, Any]]:
@@ -133,13 +166,23 @@ def parse_calcium_xml(path: str | Path) -> list[dict[str, Any]]:
         try:
             index = int(image["ImageIndex"])
             roi_list = image.get("ROIs", [])
-        except (AttributeError, KeyError, TypeError, ValueError) as e:
+        except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as e:
             raise CocaError(f"{path.name}: image entry without a valid ImageIndex") from e
+        if not isinstance(roi_list, list):
+            raise CocaError(
+                f"{path.name} ImageIndex {index}: ROIs is a {type(roi_list).__name__}, not a list"
+            )
         for k, roi in enumerate(roi_list):
             where = f"{path.name} ImageIndex {index} ROI {k}"
             if not isinstance(roi, dict):
                 raise CocaError(f"{where}: ROI is a {type(roi).__name__}, not a dict")
-            points = [_parse_floats(p, 2, where) for p in roi.get("Point_px", [])]
+            point_list = roi.get("Point_px", [])
+            if not isinstance(point_list, list):
+                raise CocaError(f"{where}: Point_px is a {type(point_list).__name__}, not a list")
+            points = [_parse_floats(p, 2, where) for p in point_list]
+            num_points = _number(roi, "NumberOfPoints", len(points), where)
+            if not num_points.is_integer():
+                raise CocaError(f"{where}: NumberOfPoints is not an integer: {num_points!r}")
             rois.append(
                 {
                     "image_index": index,
@@ -147,11 +190,11 @@ def parse_calcium_xml(path: str | Path) -> list[dict[str, Any]]:
                     "name": str(roi.get("Name", "")),
                     "points_px": np.asarray(points, np.float64).reshape(-1, 2),
                     "center": tuple(_parse_floats(roi.get("Center", ""), 3, where)),
-                    "area": float(roi.get("Area", 0.0)),
-                    "mean": float(roi.get("Mean", 0.0)),
-                    "min": float(roi.get("Min", 0.0)),
-                    "max": float(roi.get("Max", 0.0)),
-                    "num_points": int(roi.get("NumberOfPoints", len(points))),
+                    "area": _number(roi, "Area", 0.0, where),
+                    "mean": _number(roi, "Mean", 0.0, where),
+                    "min": _number(roi, "Min", 0.0, where),
+                    "max": _number(roi, "Max", 0.0, where),
+                    "num_points": int(num_points),
                 }
             )
     return rois
@@ -186,7 +229,7 @@ def rasterise_rois(
     mismatched = []
     for r in rois:
         idx, k = r["image_index"], r["roi"]
-        if r["num_points"] == 0 or len(r["points_px"]) == 0:
+        if len(r["points_px"]) == 0:  # NumberOfPoints is not trusted (module docstring)
             report.skipped_rois.append(SkippedRoi(idx, k, "empty placeholder"))
             continue
         vessel = ROI_NAMES.get(" ".join(r["name"].lower().split()))
@@ -218,9 +261,22 @@ def rasterise_rois(
         check.worst_area_cm2 = max(check.worst_area_cm2, d_area)
         check.worst_mean_hu = max(check.worst_mean_hu, d_mean)
         check.worst_max_hu = max(check.worst_max_hu, d_max)
+        if len(values) == 0:
+            report.unreliable.append(
+                UnreliableRoi(idx, k, f"0 pixels >= {THRESHOLD_HU} HU (XML Area {r['area']} cm^2)")
+            )
         if d_area <= AREA_TOL_CM2 and d_mean <= MEAN_TOL_HU and d_max <= MAX_TOL_HU:
             check.n_exact += 1
         else:
+            if len(values):
+                report.unreliable.append(
+                    UnreliableRoi(
+                        idx,
+                        k,
+                        f"self-check failed: |diff| area {d_area:.4g} cm^2, mean "
+                        f"{d_mean:.4g} HU, max {d_max:.4g} HU",
+                    )
+                )
             check.mismatches.append(
                 {
                     "image_index": idx,

@@ -230,10 +230,11 @@ def load_gated_study(root: str | Path, pid: int | str) -> Study:
 
     Returns:
       A `Study`; ``labels`` are all zero when the patient has no XML, None when a
-      Center-z mismatch left them out (``report.labels_left_out`` says why).
+      Center-z mismatch or a malformed XML left them out (``report.labels_left_out``
+      says why).
 
     Raises:
-      CocaError: no DICOM folder for `pid`, or a malformed XML.
+      CocaError: no DICOM folder for `pid`.
       dicom.DicomError: an unreadable series.
     """
     root = Path(root)
@@ -249,7 +250,11 @@ def load_gated_study(root: str | Path, pid: int | str) -> Study:
         study.labels = np.zeros(study.hu.shape, np.uint8)
         return study
     report.has_xml = True
-    rois = parse_calcium_xml(xml)
+    try:
+        rois = parse_calcium_xml(xml)
+    except CocaError as e:  # a malformed XML costs this patient's labels, not its scan
+        report.labels_left_out = f"unusable calcium XML: {e}"
+        return study  # labels None
     turn = study.source.reorientation
     if not turn.is_identity:  # Point_px refer to the stored pixels
         stored_shape = turn.canonical_shape(study.hu.shape[1:])  # a swap is its own inverse
@@ -307,20 +312,29 @@ def load_nongated_scores(root: str | Path) -> dict[str, dict[str, Any]]:
       differs from the vessel sum by more than 0.01. Empty cells read as 0.
 
     Raises:
-      CocaError: no sheet, missing columns, a non-numeric score or a repeated id.
+      CocaError: not a readable .xlsx (0 bytes, a CSV renamed, truncated), no sheet,
+        missing columns, a non-numeric score, a study id that is not one, or a repeated
+        id; the message names the file and the row.
     """
     import openpyxl
 
     path = Path(root) / NONGATED_DIR / "scores.xlsx"
     if not path.is_file():
         raise CocaError(f"no score sheet at {path}")
-    book = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    try:
-        rows = list(book.worksheets[0].iter_rows(values_only=True))
-    finally:
-        book.close()
+    try:  # openpyxl raises zipfile, XML, KeyError, ... types for a damaged file
+        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        try:
+            rows = list(book.worksheets[0].iter_rows(values_only=True)) if book.worksheets else []
+        finally:
+            book.close()
+    except Exception as e:
+        size = path.stat().st_size
+        raise CocaError(
+            f"{path}: not a readable .xlsx workbook ({size} bytes; {type(e).__name__}: {e}); "
+            "it must be the release's Excel file (not CSV), complete"
+        ) from e
     if not rows:
-        raise CocaError(f"{path.name}: empty sheet")
+        raise CocaError(f"{path}: empty sheet")
     header = [str(c).strip() if c is not None else "" for c in rows[0]]
     wanted = ("filename", *VESSELS, "total")
     missing = [c for c in wanted if c not in header]
@@ -335,6 +349,11 @@ def load_nongated_scores(root: str | Path) -> dict[str, dict[str, Any]]:
         sid = str(name).strip()
         if isinstance(name, float) and name.is_integer():
             sid = str(int(name))
+        if not re.fullmatch(r"\d+[A-Za-z]*", sid):
+            raise CocaError(
+                f"{path} row {n}: study id {sid[:40]!r} is not a non-gated study id "
+                "(expected digits, e.g. '12A')"
+            )
         if sid in out:
             raise CocaError(f"{path.name} row {n}: id {sid!r} appears twice")
         entry: dict[str, Any] = {

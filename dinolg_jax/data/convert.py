@@ -11,16 +11,30 @@ Two phases:
    shards of each split and write ``manifest.json`` (`manifest`) and ``report.json``.
 
 Splits are by patient. Gated patients with valid labels (an XML, or no XML = zero
-score) go to train/val/test, stratified by the paper's 4 risk categories of their
-Agatston total (~80/10/10 %, as the paper's 354/44/45) and deterministic from the
-seed. ``pretrain`` holds every scan (gated, including those whose labels were left
-out, and non-gated) except the val/test patients. Non-gated slices and slices of
-patients without valid labels carry all-zero labels (``kind`` tells them apart).
-Within a split, studies are ordered gated then non-gated by id, each study's slices
-contiguous and z-ascending.
+score; not unreliable, below) go to train/val/test, stratified by the paper's 4 risk
+categories of their Agatston total (~80/10/10 %, as the paper's 354/44/45) and
+deterministic from the seed. ``pretrain`` holds every scan (gated, including those
+whose labels were left out, and non-gated) except the val/test patients. Non-gated
+slices and slices of patients without valid labels carry all-zero labels (``kind``
+tells them apart). Within a split, studies are ordered gated then non-gated by id,
+each study's slices contiguous and z-ascending.
 
-Every file is written atomically (temp name, then ``os.replace``); the same inputs
-and seed give an identical manifest and byte-identical shards for any worker count.
+Unreliable labels: a gated patient with an ROI that rasterises to 0 pixels or fails the
+self-check against the XML's own Area/Mean/Max (`calcium_xml`) gets
+``labels_unreliable`` (the per-ROI reasons) in its manifest entry and in
+``report.json``. With ``unreliable_labels="exclude"`` (the default) such a patient is
+kept out of train/val/test, so no probe, U-Net or evaluation is judged against labels
+known to disagree with their own annotation; its scan, with those labels (used only for
+DINO-LG's guided crops), stays in pretrain. ``"keep"`` leaves it in the splits, flagged.
+
+Every file is written atomically (a temp name unique to the writing process, then
+``os.replace``); the same inputs and seed give an identical manifest and byte-identical
+shards for any worker count. A conversion holds ``<out>/.lock`` (`runtime.folder_lock`)
+from start to end: a second conversion into the same folder fails at once with
+`FolderBusyError` instead of mixing its shards with the first one's. The manifest records
+each shard's record count, size and SHA-256 (`shards.describe`). A val or test split
+left empty (too few labelled patients) is warned about in the log and in
+``report.json``'s ``warnings``.
 """
 
 from __future__ import annotations
@@ -34,19 +48,24 @@ import os
 import struct
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from absl import logging
 from scipy import ndimage
 from tqdm import tqdm
 
-from dinolg_jax.data import coca, convert_report, dicom, manifest, records
+from dinolg_jax.data import coca, convert_report, dicom, manifest, records, shards
+from dinolg_jax.runtime.folder_lock import FolderBusyError, FolderLock
 from dinolg_jax.scoring import agatston
 
-CACHE_VERSION = 1
+__all__ = ["ConvertError", "FolderBusyError", "convert_release", "prepare_study", "write_shard"]
+
+CACHE_VERSION = 2
 SPLITS = manifest.SPLITS
 CATEGORIES = convert_report.CATEGORIES
 VAL_FRACTION = 0.1
@@ -179,6 +198,11 @@ def prepare_study(release: str | Path, kind: str, ident: str, cache_dir: str | P
         num_slices=int(study.hu.shape[0]),
         calcified_slices=int(calcified),
         labels_valid=study.labels is not None,
+        labels_unreliable=[
+            f"ImageIndex {u.image_index} ROI {u.roi}: {u.reason}" for u in study.report.unreliable
+        ]
+        if study.labels is not None
+        else [],
         kvp=study.kvp,
         lossy_compression=bool(study.lossy_compression),
         report=asdict(study.report),
@@ -219,7 +243,7 @@ def _read_cached(path: Path, skip: int, count: int) -> Iterator[bytes]:
             yield blob
 
 
-def write_shard(path: str | Path, segments: list[tuple[str, int, int]]) -> int:
+def write_shard(path: str | Path, segments: list[tuple[str, int, int]]) -> dict[str, Any]:
     """Writes one ArrayRecord shard (temp name, then rename) from cache segments.
 
     Args:
@@ -227,12 +251,14 @@ def write_shard(path: str | Path, segments: list[tuple[str, int, int]]) -> int:
       segments: (cache file, first record, number of records), in shard order.
 
     Returns:
-      Number of records written.
+      The shard's manifest fields (`shards.describe`): ``num_records`` (read back from
+      the finished file's footer and checked against the number written), ``bytes``,
+      ``sha256``.
     """
     from array_record.python.array_record_module import ArrayRecordWriter
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     writer = ArrayRecordWriter(str(tmp), WRITER_OPTIONS)
     n = 0
     try:
@@ -242,11 +268,15 @@ def write_shard(path: str | Path, segments: list[tuple[str, int, int]]) -> int:
                 n += 1
     finally:
         writer.close()
+    info = shards.describe(tmp)
+    if info["num_records"] != n:
+        Path(tmp).unlink(missing_ok=True)
+        raise ConvertError(f"{path.name}: wrote {n} records, the file holds {info['num_records']}")
     os.replace(tmp, path)
-    return n
+    return info
 
 
-def _write_shard_task(args: tuple[str, list[tuple[str, int, int]]]) -> int:
+def _write_shard_task(args: tuple[str, list[tuple[str, int, int]]]) -> dict[str, Any]:
     return write_shard(*args)
 
 
@@ -317,7 +347,7 @@ def _run(fn: Any, tasks: list, pool: Any, desc: str, progress: bool) -> list:
 
 
 def _assign(
-    summaries: list[dict], scores: dict[str, dict], seed: int
+    summaries: list[dict], scores: dict[str, dict], seed: int, unreliable_labels: str = "exclude"
 ) -> tuple[list[dict], dict[str, str], dict[str, list[dict]]]:
     """Scores and categories per study, the patient split, and each split's studies."""
     ok = sorted((s for s in summaries if "error" not in s), key=_sort_key)
@@ -332,8 +362,13 @@ def _assign(
             if s["agatston"] is None
             else agatston.risk_category(s["agatston"]["total"], scheme="paper4")
         )
+    excluded = unreliable_labels == "exclude"
     labelled = {
-        s["study_id"]: s["category"] for s in ok if s["kind"] == "gated" and s["labels_valid"]
+        s["study_id"]: s["category"]
+        for s in ok
+        if s["kind"] == "gated"
+        and s["labels_valid"]
+        and not (excluded and s.get("labels_unreliable"))
     }
     split_of = assign_splits(labelled, seed)
     members: dict[str, list[dict]] = {k: [] for k in SPLITS}
@@ -355,6 +390,7 @@ def convert_release(
     shards_per_split: int = 4,
     keep_cache: bool = False,
     progress: bool = True,
+    unreliable_labels: str = "exclude",
 ) -> dict[str, Any]:
     """Converts `release` into shards + manifest.json + report.json under `out`.
 
@@ -366,17 +402,50 @@ def convert_release(
       shards_per_split: shards per split (fewer when a split has fewer records).
       keep_cache: keep ``out/cache`` (per-study records) for a faster re-run.
       progress: show tqdm progress bars.
+      unreliable_labels: ``"exclude"`` patients with unreliable labels from
+        train/val/test, or ``"keep"`` them there (flagged either way; module docstring).
 
     Returns:
       The report (also written to ``out/report.json``).
+
+    Raises:
+      FolderBusyError: another conversion is writing into `out` (nothing was touched).
+      coca.CocaError: not a release, or an unreadable ``scores.xlsx`` (before any study
+        is loaded).
     """
-    t_start = time.perf_counter()
+    if unreliable_labels not in ("exclude", "keep"):
+        raise ValueError(f"unreliable_labels: 'exclude' or 'keep', not {unreliable_labels!r}")
     release, out = Path(release), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with FolderLock(out, "conversion"):
+        return _convert_locked(
+            release,
+            out,
+            seed=seed,
+            workers=workers,
+            shards_per_split=shards_per_split,
+            keep_cache=keep_cache,
+            progress=progress,
+            unreliable_labels=unreliable_labels,
+        )
+
+
+def _convert_locked(
+    release: Path,
+    out: Path,
+    *,
+    seed: int,
+    workers: int,
+    shards_per_split: int,
+    keep_cache: bool,
+    progress: bool,
+    unreliable_labels: str,
+) -> dict[str, Any]:
+    """`convert_release`'s work, with `out`'s lock held."""
+    t_start = time.perf_counter()
     cache_dir = out / "cache"
     cache_dir.mkdir(exist_ok=True)
-    for stale in [*out.glob(".*.tmp"), *cache_dir.glob(".*.tmp")]:  # left by a crashed run
-        stale.unlink()
+    for stale in [*out.glob(".*.tmp"), *cache_dir.glob(".*.tmp")]:  # left by a killed run
+        stale.unlink(missing_ok=True)  # the lock is ours: no other run writes here now
     gated = coca.list_gated_patients(release)
     nongated = coca.list_nongated_studies(release)
     scores_path = release / coca.NONGATED_DIR / "scores.xlsx"
@@ -390,7 +459,7 @@ def convert_release(
             pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers))
         summaries = _run(_prepare_task, tasks, pool, "studies", progress)
         t_loaded = time.perf_counter()
-        ok, split_of, members = _assign(summaries, scores, seed)
+        ok, split_of, members = _assign(summaries, scores, seed, unreliable_labels)
         # Invalidate the old manifest first: a crash mid-write then leaves no stale index.
         (out / "manifest.json").unlink(missing_ok=True)
         plans, starts = {}, {}
@@ -402,7 +471,7 @@ def convert_release(
         counts = iter(_run(_write_shard_task, shard_tasks, pool, "shards", progress))
     splits = {}
     for split in SPLITS:
-        shard_list = [{"path": Path(t[0]).name, "num_records": next(counts)} for t in plans[split]]
+        shard_list = [{"path": Path(t[0]).name, **next(counts)} for t in plans[split]]
         splits[split] = {
             "shards": shard_list,
             "num_records": sum(sh["num_records"] for sh in shard_list),
@@ -422,10 +491,13 @@ def convert_release(
             "calcified_slices": s["calcified_slices"],
             "lossy_compression": bool(s.get("lossy_compression", False)),
         }
+        if s.get("labels_unreliable"):
+            studies[sid]["labels_unreliable"] = s["labels_unreliable"]
     manifest.save(
         {
             "record_version": records.VERSION,
             "seed": int(seed),
+            "unreliable_labels": unreliable_labels,
             "splits": splits,
             "studies": studies,
         },
@@ -437,6 +509,8 @@ def convert_release(
             old.unlink()
     t_end = time.perf_counter()
     report = convert_report.build_report(gated, summaries, scores, splits, studies, len(tasks))
+    for warning in report["warnings"]:
+        logging.warning("%s", warning)
     total_slices = sum(s["num_slices"] for s in ok)
     report["timings"] = {
         "load_s": round(t_loaded - t_start, 3),

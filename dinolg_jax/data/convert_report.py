@@ -1,9 +1,11 @@
 """The conversion report (report.json) and its human-readable summary.
 
 `build_report` gathers, from the per-study summaries of `convert`, every skipped
-patient, file and ROI with its reason, the patients whose labels were left out, the
-rasterisation self-check (ROIs checked / exact, worst absolute differences), counts
-and the split table; `format_summary` prints the split table and those figures.
+patient, file and ROI with its reason, the patients whose labels were left out or are
+unreliable (with each unreliable ROI), the rasterisation self-check (ROIs checked /
+exact, worst absolute differences), counts, the split table and ``warnings`` (a val or
+test split without patients); `format_summary` prints the split table, those figures
+and the warnings.
 Everything in it is a dataset-local id, a path relative to the release root, a count
 or a number: no header value that identifies a person.
 """
@@ -33,7 +35,7 @@ def build_report(
     skipped_patients += [
         {"study": s["study_id"], "reason": s["error"]} for s in summaries if "error" in s
     ]
-    files, rois, left_out, mismatches = [], [], [], []
+    files, rois, left_out, mismatches, unreliable = [], [], [], [], []
     check = {
         "n_checked": 0,
         "n_exact": 0,
@@ -51,6 +53,14 @@ def build_report(
         rois += [{"study": sid, **r} for r in rep["skipped_rois"]]
         if rep["labels_left_out"]:
             left_out.append({"study": sid, "reason": rep["labels_left_out"]})
+        if s.get("labels_unreliable"):
+            unreliable.append(
+                {
+                    "study": sid,
+                    "split": studies.get(sid, {}).get("split"),
+                    "rois": rep.get("unreliable", []),
+                }
+            )
         if rep["conflict_pixels"]:
             conflicts[sid] = rep["conflict_pixels"]
         if rep["z_gaps_mm"]:
@@ -79,7 +89,15 @@ def build_report(
             for split in e["records"]:
                 row = cats.setdefault(split, dict.fromkeys(CATEGORIES, 0))
                 row[e["category"]] += 1
+    warnings = [
+        f"split {k!r} is empty: no risk category has 3 or more labelled gated patients "
+        "(val and test take 10 % of each, at least one, from categories of 3 or more); "
+        "convert a larger release to evaluate on it"
+        for k in ("val", "test")
+        if k in splits and splits[k]["num_records"] == 0
+    ]
     return {
+        "warnings": warnings,
         "counts": {
             "gated_with_dicom": len(gated.with_dicom),
             "gated_annotated": len(gated.annotated),
@@ -89,6 +107,7 @@ def build_report(
             "studies_converted": len(studies),
             "studies_failed": sum("error" in s for s in summaries),
             "labels_left_out": len(left_out),
+            "labels_unreliable": len(unreliable),
             "files_dropped": len(files),
             "rois_total": sum(s["report"]["rois_total"] for s in summaries if "report" in s),
             "rois_used": sum(s["report"]["rois_used"] for s in summaries if "report" in s),
@@ -111,6 +130,7 @@ def build_report(
         "skipped_files": files,
         "skipped_rois": rois,
         "labels_left_out": left_out,
+        "labels_unreliable": unreliable,
         "z_gaps_mm": gaps,
         "lossy_compression": lossy,
         "reoriented": reoriented,
@@ -152,7 +172,8 @@ def format_summary(report: dict[str, Any]) -> str:
         f"reoriented to the canonical layout: {c.get('studies_reoriented', 0)}",
         f"self-check: {sc['n_exact']}/{sc['n_checked']} ROIs exact; worst |diff| area "
         f"{sc['worst_area_cm2']:.4g} cm^2, mean {sc['worst_mean_hu']:.4g} HU, max "
-        f"{sc['worst_max_hu']:.4g} HU",
+        f"{sc['worst_max_hu']:.4g} HU; labels unreliable: {c.get('labels_unreliable', 0)} "
+        "patient(s)",
     ]
     if t:
         lines.append(
@@ -160,4 +181,5 @@ def format_summary(report: dict[str, Any]) -> str:
             f"writing), {t['slices']} slices, {t['slices_per_s']:.1f} slices/s, "
             f"{t['workers']} worker(s)"
         )
+    lines += [f"WARNING: {w}" for w in report.get("warnings", [])]
     return "\n".join(lines)

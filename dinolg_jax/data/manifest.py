@@ -5,7 +5,8 @@ the probe, the U-Net and inference read it. Format (version 1)::
 
     {"version": 1, "record_version": 1, "seed": 0,
      "splits": {"train": {"shards": [{"path": "train-00000-of-00002.array_record",
-                                      "num_records": 812}, ...],
+                                      "num_records": 812, "bytes": 418...,
+                                      "sha256": "9f2c..."}, ...],
                           "num_records": 1630, "num_studies": 34, "num_positive": 201},
                 ...},
      "studies": {"gated-0003": {"kind": "gated", "split": "train", "num_slices": 48,
@@ -15,7 +16,15 @@ the probe, the U-Net and inference read it. Format (version 1)::
 
 ``records`` maps a split to the global index of the study's first slice in that split,
 counting over the split's shards concatenated in order; a study's slices are contiguous
-and z-ascending. Shard paths are relative to the manifest's folder.
+and z-ascending. Shard paths are relative to the manifest's folder. A study entry may
+carry ``labels_unreliable`` (a list of reasons, from the calcium XML's self-check; see
+``data/convert.py``).
+
+Each shard's ``bytes`` and ``sha256`` (absent in manifests written before they were
+kept) are checked by `load`: existence, size and the record count in the shard's footer
+on every load (cheap); every byte's hash only by ``tools/verify_dataset.py``
+(`shards.verify_shards`). A split with no records is valid in the file, but asking for
+its shards (`Manifest.shard_paths`) raises a `ManifestError` saying which split is empty.
 """
 
 from __future__ import annotations
@@ -60,8 +69,21 @@ class Manifest:
         return self.splits[split]
 
     def shard_paths(self, split: str) -> list[str]:
-        """Absolute shard paths of `split`, in record order."""
-        return [str(self.root / s["path"]) for s in self._split(split)["shards"]]
+        """Absolute shard paths of `split`, in record order.
+
+        Raises:
+          ManifestError: `split` is not in the manifest, or has no records (a reader of
+            zero shards would fail later with an error naming nothing).
+        """
+        shards = self._split(split)["shards"]
+        if not shards or self.num_records(split) == 0:
+            raise ManifestError(
+                f"{self.root / 'manifest.json'}: split {split!r} has no records "
+                f"(splits with records: {[k for k in self.splits if self.num_records(k)]}). "
+                "val and test get patients only from risk categories with 3 or more labelled "
+                "gated patients: convert a larger release (or phantom), or use another split"
+            )
+        return [str(self.root / s["path"]) for s in shards]
 
     def num_records(self, split: str) -> int:
         """Number of slice records in `split`."""
@@ -83,32 +105,70 @@ class Manifest:
         return range(start, start + int(entry["num_slices"]))
 
 
-def load(path: str | os.PathLike) -> Manifest:
-    """Reads a manifest.json (or the folder holding one) and checks its version and shards.
+def read_unchecked(path: str | os.PathLike) -> Manifest:
+    """Reads a manifest.json (or the folder holding one) without looking at its shards.
 
     Raises:
-      ManifestError: missing file, other version, or a shard file that does not exist.
+      ManifestError: missing file, not valid JSON (truncated), or another version; the
+        message names the file.
     """
     path = Path(path)
     if path.is_dir():
         path = path / "manifest.json"
     if not path.is_file():
         raise ManifestError(f"no manifest at {path}")
-    data = json.loads(path.read_text())
-    if data.get("version") != VERSION:
-        raise ManifestError(f"{path}: manifest version {data.get('version')} != {VERSION}")
-    manifest = Manifest(root=path.parent, data=data)
-    for split in manifest.splits:
-        total = 0
-        for shard in manifest.splits[split]["shards"]:
-            if not (manifest.root / shard["path"]).is_file():
-                raise ManifestError(f"{path}: shard {shard['path']} of split {split} is missing")
-            total += int(shard["num_records"])
-        if total != manifest.num_records(split):
-            raise ManifestError(
-                f"{path}: split {split} counts {total} records in its shards, "
-                f"says {manifest.num_records(split)}"
-            )
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ManifestError(
+            f"{path}: not valid JSON ({e}); the file is truncated or damaged: "
+            "re-run the conversion into its folder"
+        ) from e
+    if not isinstance(data, dict) or data.get("version") != VERSION:
+        version = data.get("version") if isinstance(data, dict) else None
+        raise ManifestError(f"{path}: manifest version {version} != {VERSION}")
+    return Manifest(root=path.parent, data=data)
+
+
+def load(path: str | os.PathLike) -> Manifest:
+    """Reads a manifest (`read_unchecked`) and checks it against its shards.
+
+    Every shard must exist, have the recorded size (when recorded) and hold the recorded
+    number of records (read from the shard's footer); split totals must add up. Hashes are
+    not checked here (`shards.verify_shards`).
+
+    Raises:
+      ManifestError: missing or unreadable file, other version, malformed content, or a
+        shard that is missing, truncated, or holds another number of records; the message
+        names the manifest and the shard.
+    """
+    from dinolg_jax.data import shards as shards_lib
+
+    manifest = read_unchecked(path)
+    path = manifest.root / "manifest.json" if Path(path).is_dir() else Path(path)
+    try:
+        for split in manifest.splits:
+            total = 0
+            for shard in manifest.splits[split]["shards"]:
+                problem = shards_lib.check_shard(manifest.root / shard["path"], shard, full=False)
+                where = f"{path}: shard {shard['path']} of split {split}"
+                if problem == "missing":
+                    raise ManifestError(f"{where} is missing")
+                if problem:
+                    raise ManifestError(
+                        f"{where}: {problem}; run tools/verify_dataset.py, re-convert to repair"
+                    )
+                total += int(shard["num_records"])
+            if total != manifest.num_records(split):
+                raise ManifestError(
+                    f"{path}: split {split} counts {total} records in its shards, "
+                    f"says {manifest.num_records(split)}"
+                )
+        manifest.studies.items()
+    except ManifestError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ManifestError(f"{path}: malformed manifest ({type(e).__name__}: {e})") from e
     return manifest
 
 

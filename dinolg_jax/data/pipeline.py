@@ -50,8 +50,9 @@ from absl import flags
 from dinolg_jax.data import crop_codec, records, transforms
 from dinolg_jax.data import manifest as manifest_lib
 from dinolg_jax.data.multicrop import CropPlan, MultiCrop
+from dinolg_jax.data.shards import NamedShardSource
 
-_SOURCE = grain.sources.ArrayRecordDataSource
+_SOURCE = NamedShardSource  # Grain's ArrayRecord source; read errors name the shard
 
 
 def default_data_config(variant: str = "dinolg") -> ml_collections.ConfigDict:

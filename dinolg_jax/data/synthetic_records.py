@@ -17,6 +17,7 @@ import numpy as np
 
 from dinolg_jax.data import manifest as manifest_lib
 from dinolg_jax.data import records
+from dinolg_jax.data import shards as shards_lib
 
 
 def synthetic_slice(
@@ -129,7 +130,7 @@ def write_dataset(
             for blob in blobs[bounds[i] : bounds[i + 1]]:
                 writer.write(blob)
             writer.close()
-            shard_list.append({"path": name, "num_records": int(bounds[i + 1] - bounds[i])})
+            shard_list.append({"path": name, **shards_lib.describe(out / name)})
         split_data[split] = {
             "shards": shard_list,
             "num_records": len(blobs),

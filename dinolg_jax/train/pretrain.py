@@ -413,6 +413,10 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     total_steps = trainer.schedules.total_steps
     if int(config.num_steps) > 0:
         total_steps = min(total_steps, int(config.num_steps))
+    finished = ckpt_lib.finished_summary(workdir, total_steps)
+    if finished is not None:  # a re-run of a finished run: nothing to do
+        logging.info("%s finished at step %d already", workdir, total_steps)
+        return finished
     dataset = pipeline.pretrain_dataset(manifest, data_config)
     data_iter = iter(dataset)
 
@@ -421,12 +425,11 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         max_to_keep=int(config.checkpoint.keep),
         async_save=bool(config.checkpoint.async_save),
     )
-    if ckpt.latest_step() is not None:
-        state, data_state, _ = ckpt.restore(None, trainer.abstract_state)
+    state, data_state = ckpt_lib.restore_or_init(
+        ckpt, trainer.abstract_state, trainer.init_state, workdir
+    )
+    if data_state is not None:
         data_iter.set_state(data_state)
-        logging.info("resumed from step %d", int(state.step))
-    else:
-        state = trainer.init_state()
     nan_at_step = jax.device_put(
         jnp.asarray(int(config.debug.nan_at_step), jnp.int32), mesh_lib.replicated(mesh)
     )
@@ -484,7 +487,10 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
 
     if status == "done":
         ckpt_lib.save_encoder(
-            workdir / ckpt_lib.ENCODER_DIR, state.teacher["backbone"], config.model.to_dict()
+            workdir / ckpt_lib.ENCODER_DIR,
+            state.teacher["backbone"],
+            config.model.to_dict(),
+            step=step,
         )
     metrics = log.last
     previous = {}

@@ -50,6 +50,7 @@ import ml_collections
 import optax
 from absl import logging
 
+from dinolg_jax.data import manifest as manifest_lib
 from dinolg_jax.data import pipeline
 from dinolg_jax.models.segmenters import build_segmenter
 from dinolg_jax.runtime import checkpoint as ckpt_lib
@@ -331,12 +332,14 @@ def train_segmenter(
 
     Returns:
       The summary, also written to ``workdir/summary.json``: ``step``, ``total_steps``,
-      ``steps_per_epoch``, ``model``, ``metrics`` (last logged), ``first_loss``, ``eval``
-      (see :func:`evaluate`), ``params_checksum``, ``wall_s``.
+      ``steps_per_epoch``, ``model``, ``status`` ("done"), ``metrics`` (last logged),
+      ``first_loss``, ``eval`` (see :func:`evaluate`), ``params_checksum``, ``wall_s``. A
+      re-run of a finished run returns its summary at once.
 
     Raises:
       NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
       ValueError: a batch that does not split over the devices.
+      ManifestError: the train or evaluation split has no records (before training).
     """
     from dinolg_jax.train.pretrain import prepare_manifest
 
@@ -346,6 +349,8 @@ def train_segmenter(
     config_dict = config.to_dict()
     write_json(workdir / "config.json", config_dict)
     manifest = prepare_manifest(config, workdir)
+    for split in (config.data.train_split, config.eval.split):  # an empty split fails now,
+        manifest_lib.load(manifest).shard_paths(split)  # not after training
     mesh = mesh_lib.mesh_from_config(config.mesh)
     data = config.data
     if data.batch_size % mesh.devices.size:
@@ -357,6 +362,9 @@ def train_segmenter(
     total_steps = (
         int(config.optim.get("num_steps", 0)) or int(config.optim.epochs) * steps_per_epoch
     )
+    finished = ckpt_lib.finished_summary(workdir, total_steps)
+    if finished is not None:  # a re-run of a finished run: nothing to do
+        return finished
 
     model, encoder_params = build_model(config)
     tx = build_optimizer(config.optim, total_steps)
@@ -372,10 +380,9 @@ def train_segmenter(
     ckpt = ckpt_lib.Checkpointer(
         workdir / ckpt_lib.CHECKPOINT_DIR, max_to_keep=int(config.checkpoint.keep)
     )
-    if ckpt.latest_step() is not None:
-        state, data_state, _ = ckpt.restore(None, abstract)
+    state, data_state = ckpt_lib.restore_or_init(ckpt, abstract, lambda: state, workdir)
+    if data_state is not None:
         iterator.set_state(data_state)
-        logging.info("resumed from step %d", int(state.step))
     loss_json = json.dumps(config.loss.to_dict(), sort_keys=True)
     step_fn = _step_program(model, tx, image_shape, mesh, loss_json)
 
@@ -418,6 +425,7 @@ def train_segmenter(
         "total_steps": total_steps,
         "steps_per_epoch": steps_per_epoch,
         "model": str(config.model.name),
+        "status": "done",
         "metrics": last,
         "first_loss": first_loss,
         "eval_split": str(config.eval.split),

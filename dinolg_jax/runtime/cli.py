@@ -1,0 +1,189 @@
+"""How the tools meet a person: one-line errors, exit codes, and quiet library logs.
+
+``cli.run(main)`` replaces ``absl.app.run(main)`` in ``tools/*.py``:
+
+- Usage errors (a flag absl rejects, a ``--config.key`` that does not exist, a config
+  file that does not load, `UsageError` / ``app.UsageError`` raised by the tool, e.g. a
+  path that does not exist or a wrong mode) print ``error: ...`` on one line and exit 2,
+  before any model or data is loaded.
+- Data errors (``OSError``s such as a missing file, every exception class defined in
+  this project: ``ManifestError``, ``CocaError``, ``DicomError``, ``ConvertError``,
+  ``CheckpointError``, ``NonFiniteLossError``, ..., and a ``ValueError`` this project's
+  code raises itself) print ``error: ...`` on one line and exit 1.
+- Anything else is a bug and keeps its traceback.
+- Unless ``--verbosity`` (or ``-v``) is given, log records below ERROR from libraries
+  (Orbax, JAX, Grain, etils, ...) are dropped from the terminal; this project's own log
+  lines (training progress) stay. With ``--verbosity`` everything is shown, and an error
+  also shows its traceback.
+
+Helpers for the checks a tool makes up front: `require_dir`, `require_file`,
+`require_choice`.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+EXIT_DATA = 1
+EXIT_USAGE = 2
+_OWN_CODE = (os.sep + "dinolg_jax" + os.sep, os.sep + "tools" + os.sep)
+
+
+class UsageError(app.UsageError):
+    """The command line asks for something that cannot be (exit status 2)."""
+
+
+def one_line(err: BaseException, limit: int = 600) -> str:
+    """An exception's message as one line (ConfigDict's quoted keys unquoted)."""
+    text = str(err.args[0]) if len(err.args) == 1 else str(err)
+    if isinstance(err, KeyError | AttributeError):
+        text = text.strip("'\"").replace("\\'", "'").replace("\\n", "\n")
+    text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    text = text or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def fail(message: str, code: int = EXIT_DATA) -> NoReturn:
+    """Prints ``error: message`` to stderr and exits with `code`."""
+    sys.stdout.flush()
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def verbose() -> bool:
+    """Whether ``--verbosity`` (or ``-v``) was given: library logs and tracebacks shown."""
+    try:
+        return bool(flags.FLAGS["verbosity"].present)
+    except (KeyError, flags.Error):
+        return False
+
+
+def is_data_error(err: BaseException) -> bool:
+    """OSErrors, the project's own exception classes (module ``dinolg_jax.*``), and a
+    ``ValueError`` raised by a ``raise`` in this project's code (a deliberate message)."""
+    if isinstance(err, OSError):
+        return True
+    if any(c.__module__.startswith("dinolg_jax.") for c in type(err).__mro__):
+        return True
+    tb, last = err.__traceback__, None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    own = last is not None and any(p in last.tb_frame.f_code.co_filename for p in _OWN_CODE)
+    return isinstance(err, ValueError) and own
+
+
+def _library_chatter(record: std_logging.LogRecord) -> bool:
+    """Filter: keeps ERROR+ and this project's records; drops libraries' INFO/WARNING."""
+    if record.levelno >= std_logging.ERROR:
+        return True
+    return any(part in record.pathname for part in _OWN_CODE)
+
+
+def quiet_libraries() -> None:
+    """Drops library INFO/WARNING records from the absl handler (see module docstring)."""
+    handler = absl_logging.get_absl_handler()
+    if _library_chatter not in handler.filters:
+        handler.addFilter(_library_chatter)
+
+
+def _essence(err: BaseException) -> str:
+    """The telling line of a message that carries a traceback or a list of attempts."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    if any(ln.startswith("Traceback") for ln in lines):
+        return lines[-1]  # the exception line that ends the embedded traceback
+    errno = [ln for ln in lines if ln.startswith("[Errno")]
+    return errno[-1] if errno else one_line(err)
+
+
+def _config_message(err: BaseException) -> str:
+    text = one_line(err)
+    if isinstance(err, AttributeError | KeyError):
+        key = text.split(" Did you mean")[0].strip("'\" ")
+        return f"no config key {key!r}{text[len(key) + 2 :] if 'Did you' in text else ''}"
+    return text
+
+
+def _parse_flags(argv: Sequence[str]) -> list[str]:
+    """absl's flag parsing, with every failure as one ``error:`` line and exit 2."""
+    try:
+        rest = flags.FLAGS(list(argv))
+    except flags.Error as e:
+        fail(f"{_essence(e)} (--helpshort lists the flags)", EXIT_USAGE)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # --config.x overrides
+        fail(f"bad config override: {_config_message(e)}", EXIT_USAGE)
+    # Config files load lazily: load them now, so their errors are usage errors too.
+    for name in list(flags.FLAGS):
+        try:
+            value = flags.FLAGS[name].value
+            if type(value).__name__ == "_ErrorConfig":  # ml_collections' deferred failure
+                value["load"]  # raises the load error
+        except Exception as e:
+            if _verbose_argv(argv):
+                raise
+            fail(
+                f"--{name}={flags.FLAGS[name].serialize().split('=', 1)[-1]}: {_essence(e)}",
+                EXIT_USAGE,
+            )
+    return rest
+
+
+def _verbose_argv(argv: Iterable[str]) -> bool:
+    return any(a.startswith(("--verbosity", "-v")) for a in argv)
+
+
+def run(main: Callable[[list[str]], Any]) -> None:
+    """``absl.app.run(main)`` with the error and logging policy of the module docstring."""
+
+    def guarded(argv: list[str]) -> Any:
+        if not verbose():
+            quiet_libraries()
+        try:
+            return main(argv)
+        except app.UsageError as e:
+            if verbose():
+                raise
+            fail(one_line(e), EXIT_USAGE)
+        except Exception as e:
+            if verbose() or not is_data_error(e):
+                raise
+            fail(one_line(e), EXIT_DATA)
+
+    app.run(guarded, flags_parser=_parse_flags)
+
+
+def require_dir(path: str | os.PathLike | None, flag: str, hint: str = "") -> Path:
+    """`path` as a Path if it is a folder, else a `UsageError` naming `flag`."""
+    if not path:
+        raise UsageError(f"{flag} is required{': ' + hint if hint else ''}")
+    p = Path(path)
+    if not p.is_dir():
+        what = "is a file, not a folder" if p.exists() else "does not exist"
+        raise UsageError(f"{flag}={p} {what}{'; ' + hint if hint else ''}")
+    return p
+
+
+def require_file(path: str | os.PathLike | None, flag: str, hint: str = "") -> Path:
+    """`path` as a Path if it is a file, else a `UsageError` naming `flag`."""
+    if not path:
+        raise UsageError(f"{flag} is required{': ' + hint if hint else ''}")
+    p = Path(path)
+    if not p.is_file():
+        what = "is a folder, not a file" if p.is_dir() else "does not exist"
+        raise UsageError(f"{flag}={p} {what}{'; ' + hint if hint else ''}")
+    return p
+
+
+def require_choice(value: Any, choices: Iterable[Any], flag: str) -> Any:
+    """`value` if it is one of `choices`, else a `UsageError` listing them."""
+    choices = list(choices)
+    if value not in choices:
+        raise UsageError(f"{flag}={value!r} is not one of {choices}")
+    return value
