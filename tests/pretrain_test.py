@@ -9,6 +9,7 @@ that step (two runs with one seed give the same bytes). Plus the TensorBoard eve
 writer, decoded by an independent reader.
 """
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -230,3 +231,41 @@ def test_tensorboard_writer_event_file(tmp_path):
         value = _fields(_fields(event[5][0])[1][0])  # Event.summary -> Summary.value
         scalars.append((event[2][0], value[1][0].decode(), value[2][0]))
     assert scalars == [(7, "loss", 2.5), (8, "lr", np.float32(1e-3))]
+
+
+def test_non_finite_loss_stops_at_that_step_not_at_the_next_log_line(tmp_path, monkeypatch):
+    """With log and checkpoint lines far apart, a NaN at step 4 stops the run by step 5."""
+    from dinolg_jax.train import pretrain as pretrain_lib
+
+    manifest = write_dataset(tmp_path / "data", size=32)
+    config = tiny_config()
+    config.data.manifest = str(manifest)
+    config.num_steps = 12
+    config.log_every = 100
+    config.eval_every = 0
+    config.checkpoint.every_steps = 100
+    config.debug.nan_at_step = 3  # the step taking state.step 3 -> 4
+    config.num_epochs = 20.0  # the schedule is longer than num_steps
+    calls = []
+    make = state_lib.make_trainer
+
+
+    def counting_trainer(*args, **kwargs):
+        trainer = make(*args, **kwargs)
+        step = trainer.step
+
+        def counted(*a):
+            calls.append(1)
+            return step(*a)
+
+        return dataclasses.replace(trainer, step=counted)
+
+    monkeypatch.setattr(state_lib, "make_trainer", counting_trainer)
+    with pytest.raises(pretrain_lib.NonFiniteLossError, match="at step 4"):
+        pretrain_lib.pretrain(config, tmp_path / "run")
+    # step 4's loss is read once step 5 is queued: 5 dispatches, not 12 (the last line)
+    assert len(calls) == 5
+    assert not (tmp_path / "run" / "summary.json").exists()
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() or not (
+        tmp_path / "run" / "metrics.jsonl"
+    ).read_text()
