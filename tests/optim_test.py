@@ -177,7 +177,7 @@ def test_build_optimizer_from_config():
     )
     sched = DinoSchedules.from_config(config, steps_per_epoch=4)
     assert sched.freeze_last_layer_steps == 2 and sched.total_steps == 8
-    tx = optim.build_optimizer(config, sched, 4)
+    tx = optim.build_optimizer(config, sched)
     params = _params()
     grads = jax.tree.map(lambda p: jnp.full(p.shape, 100.0), params)  # no clipping: clip_grad 0
     _, state = jax.jit(tx.update)(grads, tx.init(params), params)

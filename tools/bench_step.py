@@ -4,7 +4,7 @@
         --peak_tflops=790
     python tools/bench_step.py --config configs/smoke.py          # CPU sanity run
 
-Model FLOPs of one step, per image (the convention of ``shared/bench/peer_torch_dino.py``,
+Model FLOPs of one step, per image (as the peer benchmark counts them, not in this repository,
 so the MFUs compare): a ViT forward on ``n`` tokens (CLS included) of width ``D``,
 depth ``L``, patch ``p``, ``C`` channels costs
 

@@ -1,6 +1,6 @@
 """Read one axial CT series from a folder of DICOM files into a canonical `CTVolume`.
 
-Conventions (see ``shared/docs/coca_format.md``):
+Conventions (see ``docs/coca_format.md``):
 
 * Every file matching ``pattern`` under the folder is read (recursively); folder names
   are never interpreted.

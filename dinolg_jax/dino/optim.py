@@ -200,21 +200,16 @@ def optimizer_from_schedules(
     )
 
 
-def build_optimizer(
-    config: Any, schedules: DinoSchedules, steps_per_epoch: int | None = None
-) -> optax.GradientTransformation:
+def build_optimizer(config: Any, schedules: DinoSchedules) -> optax.GradientTransformation:
     """The DINO optimiser from a config: ``optim.clip_grad`` (3.0; 0 disables), ``optim.clip_mode``.
 
     Args:
       config: pretraining config.
       schedules: the run's schedules (lr, weight decay, freeze length).
-      steps_per_epoch: unused (the freeze length is already in ``schedules``); accepted so
-        callers can pass it.
 
     Returns:
       The optimiser of :func:`optimizer_from_schedules`.
     """
-    del steps_per_epoch
     clip = config.optim.get("clip_grad", 3.0)
     return optimizer_from_schedules(
         schedules,

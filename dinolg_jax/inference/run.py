@@ -155,7 +155,6 @@ def run_inference(
     write_seg: bool = False,
     source_roots: Sequence[str | os.PathLike] = (),
     progress: Callable[[Sequence[StudyTask]], Any] | None = None,
-    convention_note: str = "",
 ) -> dict[str, Any]:
     """Scores every task in every mode and writes the outputs listed in the module doc.
 
@@ -169,7 +168,6 @@ def run_inference(
         a SEG needs; the others are listed in the summary's ``seg_skipped``).
       source_roots: paths stripped from error messages.
       progress: wraps the task list (e.g. ``tqdm.tqdm``) for a progress bar.
-      convention_note: free text stored in the summary (e.g. the config's source).
 
     Returns:
       The summary (also ``summary.json``), with ``results``: {mode: [StudyResult]}
@@ -239,7 +237,6 @@ def run_inference(
     wall = time.perf_counter() - t_start
     summary = summarise(results, wall)
     summary["compile_s"] = compiled
-    summary["convention_note"] = convention_note
     summary["scoring"] = dict(pipeline.scoring)
     summary["threshold"] = pipeline.threshold
     summary["seg_skipped"] = (

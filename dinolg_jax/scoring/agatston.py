@@ -1,6 +1,6 @@
 """Agatston coronary calcium score, volume and mass score, risk categories and CAC-DRS.
 
-Convention (see ``shared/docs/agatston.md``; every result records the one it used):
+Convention (see ``docs/agatston.md``; every result records the one it used):
 
 1. Candidate calcium: voxels with ``hu >= threshold_hu`` (130 HU at 120 kVp, 147 at 100 kVp).
 2. Lesions: on each axial slice and for each vessel label separately, the 2D connected
