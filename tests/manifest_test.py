@@ -14,7 +14,7 @@ import ml_collections
 import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from dinolg_jax.data import manifest, pipeline, shards, synthetic_records
+from dinolg_jax.data import manifest, pipeline, records, shards, synthetic_records
 
 REPO = Path(__file__).resolve().parents[1]
 VERIFY = REPO / "tools" / "verify_dataset.py"
@@ -22,7 +22,7 @@ VERIFY = REPO / "tools" / "verify_dataset.py"
 
 def _data() -> dict:
     return {
-        "record_version": 1,
+        "record_version": records.VERSION,
         "seed": 3,
         "splits": {
             "train": {

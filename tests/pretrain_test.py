@@ -249,7 +249,6 @@ def test_non_finite_loss_stops_at_that_step_not_at_the_next_log_line(tmp_path, m
     calls = []
     make = state_lib.make_trainer
 
-
     def counting_trainer(*args, **kwargs):
         trainer = make(*args, **kwargs)
         step = trainer.step
@@ -266,6 +265,7 @@ def test_non_finite_loss_stops_at_that_step_not_at_the_next_log_line(tmp_path, m
     # step 4's loss is read once step 5 is queued: 5 dispatches, not 12 (the last line)
     assert len(calls) == 5
     assert not (tmp_path / "run" / "summary.json").exists()
-    assert not (tmp_path / "run" / "metrics.jsonl").exists() or not (
-        tmp_path / "run" / "metrics.jsonl"
-    ).read_text()
+    assert (
+        not (tmp_path / "run" / "metrics.jsonl").exists()
+        or not (tmp_path / "run" / "metrics.jsonl").read_text()
+    )
