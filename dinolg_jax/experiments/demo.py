@@ -5,7 +5,7 @@
 
     data/phantom   a COCA-format phantom release (gated patients with calcium XML)
     data/records   its conversion: ArrayRecord shards, manifest.json, splits
-    pretrain       DINO-LG pretraining of the mu/8 ViT (smoke size)
+    pretrain       DINO-LG pretraining of the nano/8 ViT (300 steps, CPU size)
     probe          the calcified-slice probe on the frozen teacher backbone
     segment        the U-Net, trained on the train split
     infer          integrated scoring of the test patients (gate -> U-Net -> Agatston),
@@ -30,7 +30,7 @@ import ml_collections
 from dinolg_jax.experiments import stages
 
 HONEST_NOTE = (
-    "This is a demo-size run (a tiny mu/8 ViT pretrained for a few minutes on a small "
+    "This is a demo-size run (a tiny nano/8 ViT pretrained for a few minutes on a small "
     "synthetic phantom, on CPU): it shows the pipeline working end to end; its scores are "
     "not the paper's and say little about the method."
 )
@@ -44,11 +44,11 @@ CALCIUM_HU_WINDOW = (-540.0, 800.0)
 def default_config() -> ml_collections.ConfigDict:
     """The demo's settings (``configs/demo.py`` returns this; override fields there).
 
-    30 gated phantom patients at 64 px (24-36 slices), DINO-LG pretraining of ``mu/8``
-    (2 x 64 px global + 6 random and 2 guided 32 px local crops, batch 16, 150 steps), a
-    linear probe, an 8-filter U-Net (1200 steps at lr 5e-3) and scoring of the test split
-    (4 patients). Measured: 6.2 minutes wall (294 s CPU) on 2 cores shared with other
-    jobs (load ~9); the U-Net is most of it.
+    30 gated phantom patients at 64 px (24-36 slices), DINO-LG pretraining of ``nano/8``
+    (2 x 64 px global + 4 random and 4 guided 32 px local crops, batch 16, 300 steps, the
+    CPU lessons of ``configs/ablation.py``), a linear probe on the patch-token max with its
+    threshold for recall 1.0 on val, an 8-filter U-Net (1200 steps at lr 5e-3) and scoring
+    of the test split (4 patients). Its measured time is in the README.
     """
     from dinolg_jax.train import pretrain, probe, segment
 
