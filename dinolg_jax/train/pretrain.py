@@ -377,6 +377,26 @@ def _crops_only(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"global": batch["global"], "local": batch["local"]}
 
 
+def _setup(
+    config: ml_collections.ConfigDict, workdir: Path
+) -> tuple[Path, Any, state_lib.Trainer, int]:
+    """Workdir, config.json, data (phantom when none) and the trainer of a run.
+
+    Returns:
+      ``(manifest path, mesh, trainer, steps_per_epoch)``; an epoch is the pretraining
+      split's records over the global batch.
+    """
+    from dinolg_jax.data import manifest as manifest_lib
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    _write_json(workdir / "config.json", config.to_dict())
+    manifest = prepare_manifest(config, workdir)
+    mesh = mesh_lib.mesh_from_config(config.mesh)
+    n_records = manifest_lib.load(manifest).num_records("pretrain")
+    steps_per_epoch = max(1, n_records // int(config.data.batch_size))
+    return manifest, mesh, state_lib.make_trainer(config, mesh, steps_per_epoch), steps_per_epoch
+
+
 def pretrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
     """Runs (or resumes) DINO pretraining; see the module docstring.
 
@@ -398,18 +418,10 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
 
     t_start = time.perf_counter()
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     config_dict = config.to_dict()
-    _write_json(workdir / "config.json", config_dict)
-    manifest = prepare_manifest(config, workdir)
+    manifest, mesh, trainer, steps_per_epoch = _setup(config, workdir)
     data_config = ml_collections.ConfigDict(config.data.to_dict())
     data_config.manifest = str(manifest)
-    mesh = mesh_lib.mesh_from_config(config.mesh)
-
-    n_records = manifest_lib.load(manifest).num_records("pretrain")
-    batch_size = int(config.data.batch_size)
-    steps_per_epoch = max(1, n_records // batch_size)
-    trainer = state_lib.make_trainer(config, mesh, steps_per_epoch)
     total_steps = trainer.schedules.total_steps
     if int(config.num_steps) > 0:
         total_steps = min(total_steps, int(config.num_steps))
@@ -534,14 +546,7 @@ def initial_encoder(
       The summary: ``step`` 0, ``status`` "done", ``metrics`` {}, ``params_checksum``.
     """
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    _write_json(workdir / "config.json", config.to_dict())
-    from dinolg_jax.data import manifest as manifest_lib
-
-    manifest = prepare_manifest(config, workdir)
-    mesh = mesh_lib.mesh_from_config(config.mesh)
-    n_records = manifest_lib.load(manifest).num_records("pretrain")
-    trainer = state_lib.make_trainer(config, mesh, max(1, n_records // int(config.data.batch_size)))
+    _, _, trainer, _ = _setup(config, workdir)
     state = trainer.init_state()
     ckpt_lib.save_encoder(
         workdir / ckpt_lib.ENCODER_DIR, state.teacher["backbone"], config.model.to_dict()
