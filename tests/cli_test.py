@@ -169,6 +169,7 @@ def test_data_errors_exit_1_and_verbosity_shows_the_traceback(tmp_path):
 
 
 _FALLBACK_SCRIPT = """
+import gc
 import pathlib
 import jax.numpy as jnp
 from absl import flags
@@ -190,6 +191,7 @@ def main(argv):
     ckpt = checkpoint.Checkpointer(flags.FLAGS.dir)
     restored, _ = checkpoint.restore_or_init(ckpt, state, lambda: None, flags.FLAGS.dir)
     ckpt.close()
+    gc.collect()  # the failed read's sibling tasks are freed here, not at some later time
     print("restored", ckpt.restored_step, float(restored["w3"][0]))
 
 cli.run(main)

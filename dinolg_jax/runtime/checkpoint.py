@@ -38,6 +38,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging as std_logging
 import os
 import shutil
 import sys
@@ -120,10 +121,17 @@ def params_checksum(tree: Any) -> str:
 
 
 def _drop_closed_loop_noise() -> None:
-    """After a failed Orbax restore, TensorStore callbacks still pending reach a closed
-    asyncio loop and Python prints one ``RuntimeError: Event loop is closed`` traceback
-    per array (hundreds) through ``sys.unraisablehook``. This filter drops exactly those
-    and passes every other unraisable exception on."""
+    """After a failed Orbax restore, the reads of the other arrays fail too and their
+    asyncio tasks are freed unretrieved: each then logs ``Task exception was never
+    retrieved`` with a traceback through the ``asyncio`` logger, and callbacks still
+    pending reach a closed loop and print ``RuntimeError: Event loop is closed`` through
+    ``sys.unraisablehook`` (hundreds of lines, at whatever time the garbage collector
+    runs). The one failure that matters is raised to `Checkpointer.restore`, which names
+    it in one warning. These filters drop exactly those two kinds (unretrieved
+    ``async_deserialize`` tasks, closed-loop callbacks) and pass everything else on."""
+    asyncio_logger = std_logging.getLogger("asyncio")
+    if not any(isinstance(f, _UnretrievedReadFilter) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_UnretrievedReadFilter())
     previous = sys.unraisablehook
     if getattr(previous, "_drops_closed_loop", False):
         return
@@ -136,6 +144,17 @@ def _drop_closed_loop_noise() -> None:
 
     hook._drops_closed_loop = True
     sys.unraisablehook = hook
+
+
+class _UnretrievedReadFilter(std_logging.Filter):
+    """Drops asyncio's report of an Orbax array read whose failure nobody awaited."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (
+            message.startswith("Task exception was never retrieved")
+            and "coro=<async_deserialize()" in message
+        )
 
 
 def _json_sha256(obj: Any) -> str:
@@ -493,6 +512,7 @@ def load_encoder(directory: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
             "(tools/pretrain.py --workdir ...) or give the pretraining workdir"
         )
     model_config = json.loads((root / _MODEL_CONFIG).read_text())
+    _drop_closed_loop_noise()  # a damaged export is one error line, not hundreds
     with ocp.Checkpointer(_pytree_handler()) as ckptr:
         try:
             meta = ckptr.metadata(root / "params")
