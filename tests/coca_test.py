@@ -11,7 +11,8 @@ import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-from dinolg_jax.data import coca, phantom
+from dinolg_jax.data import coca
+from dinolg_jax.phantom import coca_release
 from dinolg_jax.scoring import agatston
 
 NAMES = {
@@ -302,7 +303,7 @@ def test_hand_built_release_reversed_image_index(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_phantom(tmp_path_factory):
     root = tmp_path_factory.mktemp("phantom")
-    truth = phantom.make_release(root, n_gated=6, n_nongated=2, seed=3, size=64, slices=(6, 9))
+    truth = coca_release.make_release(root, n_gated=6, n_nongated=2, seed=3, size=64, slices=(6, 9))
     return root, truth
 
 

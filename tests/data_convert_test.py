@@ -16,7 +16,8 @@ import grain
 import numpy as np
 import pytest
 
-from dinolg_jax.data import coca, convert, convert_report, manifest, phantom, records
+from dinolg_jax.data import coca, convert, convert_report, manifest, records
+from dinolg_jax.phantom import coca_release
 
 REPO = Path(__file__).resolve().parents[1]
 N_GATED = 12
@@ -41,7 +42,7 @@ def _shift_one_center(xml: Path) -> None:
 def converted(tmp_path_factory):
     base = tmp_path_factory.mktemp("convert")
     release = base / "release"
-    truth = phantom.make_release(
+    truth = coca_release.make_release(
         release, n_gated=N_GATED, n_nongated=2, seed=1, size=64, slices=(5, 8)
     )
     _shift_one_center(release / coca.GATED_DIR / "calcium_xml" / f"{MISMATCH_PID}.xml")
@@ -211,7 +212,9 @@ def test_rerun_workers_seed_and_no_phi(converted, tmp_path):
 def test_tiny_release_with_empty_splits(tmp_path):
     # Two patients: too few per category for val/test, which stay empty but valid; the
     # converter warns, and asking for an empty split's shards names it.
-    phantom.make_release(tmp_path / "rel", n_gated=2, n_nongated=0, seed=2, size=48, slices=(4, 5))
+    coca_release.make_release(
+        tmp_path / "rel", n_gated=2, n_nongated=0, seed=2, size=48, slices=(4, 5)
+    )
     report = convert.convert_release(tmp_path / "rel", tmp_path / "out", seed=0, progress=False)
     m = manifest.load(tmp_path / "out")
     assert m.num_records("val") == 0 and m.num_records("test") == 0
@@ -313,7 +316,9 @@ def _edit_first_roi(xml: Path, edit) -> None:
 def faulty_release(tmp_path_factory):
     """Six patients: one XML with a number as text, one whose first ROI fails the self-check."""
     release = tmp_path_factory.mktemp("faulty") / "release"
-    truth = phantom.make_release(release, n_gated=6, n_nongated=1, seed=4, size=48, slices=(4, 6))
+    truth = coca_release.make_release(
+        release, n_gated=6, n_nongated=1, seed=4, size=48, slices=(4, 6)
+    )
     annotated = [int(p) for p, t in truth["gated"].items() if t["has_dicom"] and t["n_rois"]]
     bad_xml, unreliable = annotated[0], annotated[1]
     xml_dir = release / coca.GATED_DIR / "calcium_xml"

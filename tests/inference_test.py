@@ -345,7 +345,7 @@ def test_manifest_source_and_infer_from_config(tmp_path: Path, seg_workdir) -> N
     )
     infer_config = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(infer_config)
-    from dinolg_jax.data import synthetic_records
+    from dinolg_jax.phantom import synthetic_records
 
     manifest = synthetic_records.write_dataset(
         tmp_path / "records", size=S, studies=3, slices_per_study=5, shards=2, splits=("test",)
@@ -534,8 +534,8 @@ def test_gate_scores_a_512_px_study_at_its_trained_64_px(tmp_path: Path, mesh8) 
 
 def test_gate_input_size_of_an_older_probe_export(tmp_path: Path) -> None:
     """Exports without ``input_size``: eval_size, else the record size of the training data."""
-    from dinolg_jax.data import synthetic_records
     from dinolg_jax.inference import loading
+    from dinolg_jax.phantom import synthetic_records
 
     manifest = synthetic_records.write_dataset(tmp_path / "records", size=24, studies=1)
     work = _probe_workdir(tmp_path / "a", 24, {}, {"data": {"manifest": str(manifest)}})
@@ -609,11 +609,12 @@ def test_score_folder_writes_nifti_seg_and_overlays(tmp_path: Path, mesh8) -> No
 
 def test_release_source_truth_matches_phantom_and_no_phi(tmp_path: Path, mesh8) -> None:
     """Gated phantom patients scored with their annotations as truth; non-gated vs sheet."""
-    from dinolg_jax.data import coca, phantom
+    from dinolg_jax.data import coca
     from dinolg_jax.eval import report
+    from dinolg_jax.phantom import coca_release
 
     rel = tmp_path / "release"
-    truth = phantom.make_release(rel, n_gated=2, n_nongated=1, seed=1, size=32, slices=(8, 10))
+    truth = coca_release.make_release(rel, n_gated=2, n_nongated=1, seed=1, size=32, slices=(8, 10))
     tasks = sources.release_tasks(rel, "gated")
     assert [t.study_id for t in tasks] == ["gated-0000", "gated-0001"]  # pid 2: XML only
     out = tmp_path / "out"

@@ -9,12 +9,13 @@ import numpy as np
 import pydicom
 from pydicom.uid import JPEG2000
 
-from dinolg_jax.data import convert, manifest, phantom, records
+from dinolg_jax.data import convert, manifest, records
+from dinolg_jax.phantom import coca_release
 
 
 def test_lossy_slice_flagged_in_report_manifest_and_records(tmp_path) -> None:
     root = tmp_path / "release"
-    phantom.make_release(root, n_gated=2, n_nongated=0, seed=2, size=32, slices=(4, 5))
+    coca_release.make_release(root, n_gated=2, n_nongated=0, seed=2, size=32, slices=(4, 5))
     files = sorted((root / "Gated_release_final" / "patient" / "1").rglob("*.dcm"))
     with pydicom.config.disable_value_validation():
         ds = pydicom.dcmread(files[0])

@@ -14,7 +14,8 @@ import ml_collections
 import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from dinolg_jax.data import manifest, pipeline, records, shards, synthetic_records
+from dinolg_jax.data import manifest, pipeline, records, shards
+from dinolg_jax.phantom import synthetic_records
 
 REPO = Path(__file__).resolve().parents[1]
 VERIFY = REPO / "tools" / "verify_dataset.py"

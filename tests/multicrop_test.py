@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from dinolg_jax.data import crop_codec, pipeline, synthetic_records, transforms
+from dinolg_jax.data import crop_codec, pipeline, transforms
 from dinolg_jax.data.multicrop import MultiCrop, crop_position
+from dinolg_jax.phantom import synthetic_records
 
 QUIET = dict(  # every intensity augmentation off, for exact pixel checks
     blur_probs=(0.0, 0.0, 0.0), brightness_prob=0.0, noise_prob=0.0

@@ -17,8 +17,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from dinolg_jax.data import coca, orientation, phantom
+from dinolg_jax.data import coca, orientation
 from dinolg_jax.inference import nifti
+from dinolg_jax.phantom import coca_release
 from dinolg_jax.scoring import agatston
 
 # name -> (new ImageOrientationPatient, pixel permutation, point map (x, y, W, H) -> (x', y'))
@@ -73,7 +74,7 @@ def flip_study(src: Path, dst: Path, pid: int, how: str) -> None:
 def calcified(tmp_path_factory):
     """A phantom release and one of its patients with calcium on several slices."""
     root = tmp_path_factory.mktemp("release")
-    truth = phantom.make_release(root, n_gated=4, n_nongated=0, seed=5, size=64, slices=(6, 8))
+    truth = coca_release.make_release(root, n_gated=4, n_nongated=0, seed=5, size=64, slices=(6, 8))
     pid = next(
         int(p)
         for p, t in truth["gated"].items()

@@ -16,9 +16,7 @@ import pytest
 from scipy import ndimage
 from skimage.draw import polygon
 
-from dinolg_jax.data import phantom
-from dinolg_jax.data import phantom_anatomy as anatomy
-from dinolg_jax.data import phantom_calcium as calcium
+from dinolg_jax.phantom import anatomy, calcium, coca_release
 
 SIZE = 96
 N_GATED = 4
@@ -57,7 +55,7 @@ def _quiet_uids(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("phantom") / "rel"
-    truth = phantom.make_release(
+    truth = coca_release.make_release(
         out, n_gated=N_GATED, n_nongated=2, seed=0, size=SIZE, slices=(10, 14)
     )
     return out, truth
@@ -271,7 +269,7 @@ def test_category_mix_and_calcified_fraction():
 
 def test_deterministic_and_independent_of_workers(release, tmp_path):
     out, truth = release
-    again = phantom.make_release(
+    again = coca_release.make_release(
         tmp_path / "b",
         n_gated=N_GATED,
         n_nongated=2,
@@ -287,14 +285,14 @@ def test_deterministic_and_independent_of_workers(release, tmp_path):
     )
     for rel in files:
         assert (out / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
-    other = phantom.make_release(
+    other = coca_release.make_release(
         tmp_path / "c", n_gated=1, n_nongated=1, seed=1, size=SIZE, slices=(10, 14)
     )
     assert other["gated"]["0"]["total"] != truth["gated"]["0"]["total"]
     rel = next(p for p in files if p.parts[:3] == ("Gated_release_final", "patient", "0"))
     alt = sorted((tmp_path / "c" / rel.parent.parent).rglob("*.dcm"))[0]
     assert alt.read_bytes() != (out / rel).read_bytes()
-    assert set(other["phi_markers"]) & set(truth["phi_markers"]) == {phantom.INSTITUTION}
+    assert set(other["phi_markers"]) & set(truth["phi_markers"]) == {coca_release.INSTITUTION}
 
 
 def test_nongated_air_lung_and_body(release):
@@ -311,10 +309,10 @@ def test_nongated_air_lung_and_body(release):
 
 def test_rewrite_replaces_only_a_phantom(tmp_path):
     kw = dict(n_gated=1, n_nongated=0, size=16, slices=(1, 1))
-    phantom.make_release(tmp_path, **kw)
+    coca_release.make_release(tmp_path, **kw)
     stray = tmp_path / "Gated_release_final" / "patient" / "9"
     stray.mkdir()
-    phantom.make_release(tmp_path, **kw)
+    coca_release.make_release(tmp_path, **kw)
     assert not stray.exists()  # a re-run leaves no stale patients behind
     rows = list(
         openpyxl.load_workbook(tmp_path / "deidentified_nongated" / "scores.xlsx")
@@ -324,16 +322,16 @@ def test_rewrite_replaces_only_a_phantom(tmp_path):
     assert rows == [("filename ", "LCA", "LAD", "LCX", "RCA", "total")]
     (tmp_path / "truth.json").unlink()
     with pytest.raises(FileExistsError, match="real release"):
-        phantom.make_release(tmp_path, **kw)
+        coca_release.make_release(tmp_path, **kw)
 
 
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="size"):
-        phantom.make_release(tmp_path, size=8)
+        coca_release.make_release(tmp_path, size=8)
     with pytest.raises(ValueError, match="slices"):
-        phantom.make_release(tmp_path, slices=(5, 3))
+        coca_release.make_release(tmp_path, slices=(5, 3))
     with pytest.raises(ValueError, match="n_gated"):
-        phantom.make_release(tmp_path, n_gated=0)
+        coca_release.make_release(tmp_path, n_gated=0)
 
 
 def test_roi_rule_matches_definition():

@@ -4,9 +4,10 @@ import cv2
 import numpy as np
 import pytest
 
-from dinolg_jax.data import crop_codec, pipeline, records, synthetic_records, transforms
+from dinolg_jax.data import crop_codec, pipeline, records, transforms
 from dinolg_jax.data import manifest as manifest_lib
 from dinolg_jax.data.multicrop import MultiCrop
+from dinolg_jax.phantom import synthetic_records
 
 
 @pytest.fixture(scope="module")

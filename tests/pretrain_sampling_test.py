@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from dinolg_jax.data import manifest as manifest_lib
-from dinolg_jax.data import pipeline, records, synthetic_records
+from dinolg_jax.data import pipeline, records
+from dinolg_jax.phantom import synthetic_records
 
 
 @pytest.fixture(scope="module")

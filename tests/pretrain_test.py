@@ -24,7 +24,7 @@ import jax
 import numpy as np
 import pytest
 
-from dinolg_jax.data.synthetic_records import write_dataset
+from dinolg_jax.phantom.synthetic_records import write_dataset
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.runtime.tensorboard import TensorBoardWriter

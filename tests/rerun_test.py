@@ -12,8 +12,8 @@ import json
 import jax
 import jax.numpy as jnp
 
-from dinolg_jax.data.synthetic_records import write_dataset
 from dinolg_jax.models.vit import ViT
+from dinolg_jax.phantom.synthetic_records import write_dataset
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.train import probe
 

@@ -11,8 +11,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from dinolg_jax.data.synthetic_records import write_dataset
 from dinolg_jax.models.unet import UNet
+from dinolg_jax.phantom.synthetic_records import write_dataset
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.train import segment, segment_eval
 

@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 from absl import app, flags
 
-from dinolg_jax.data import pipeline, records, synthetic_records, transforms
+from dinolg_jax.data import pipeline, records, transforms
+from dinolg_jax.phantom import synthetic_records
 
 
 def _box(rng, height, width, scale, ratio):

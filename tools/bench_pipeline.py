@@ -34,9 +34,10 @@ import numpy as np
 from absl import app, flags
 from bench_opencv_baseline import time_baseline
 
-from dinolg_jax.data import convert, pipeline, synthetic_records
+from dinolg_jax.data import convert, pipeline
 from dinolg_jax.data import manifest as manifest_lib
 from dinolg_jax.data.multicrop import MultiCrop
+from dinolg_jax.phantom import synthetic_records
 
 _WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "Grain worker counts, one run each.")
 _SECONDS = flags.DEFINE_float("seconds", 8.0, "Timed seconds per run (after the first batch).")

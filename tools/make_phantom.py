@@ -14,7 +14,7 @@ import time
 
 from absl import flags
 
-from dinolg_jax.data import phantom
+from dinolg_jax.phantom import coca_release
 from dinolg_jax.runtime import cli
 
 _OUT = flags.DEFINE_string("out", None, "Release root to write.", required=True)
@@ -30,7 +30,7 @@ _WORKERS = flags.DEFINE_integer("workers", 1, "Processes (output does not depend
 def main(argv: list[str]) -> None:
     del argv
     start = time.perf_counter()
-    truth = phantom.make_release(
+    truth = coca_release.make_release(
         _OUT.value,
         n_gated=_PATIENTS.value,
         n_nongated=_NONGATED.value,

@@ -112,7 +112,7 @@ def _begin(workdir: str | os.PathLike, config: Any, *, write: bool) -> dict[str,
 
 
 def phantom(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """A synthetic COCA release under ``workdir/release`` (``data.phantom.make_release``).
+    """A synthetic COCA release under ``workdir/release`` (``phantom.coca_release.make_release``).
 
     Args:
       workdir: stage folder.
@@ -122,13 +122,13 @@ def phantom(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> di
     Returns:
       ``{"release", "truth", "n_gated", "n_nongated", "wall_s"}``.
     """
-    from dinolg_jax.data import phantom as phantom_lib
+    from dinolg_jax.phantom import coca_release
 
     if (done := _begin(workdir, config, write=True)) is not None:
         return done
     t0 = time.perf_counter()
     release = Path(workdir).absolute() / "release"
-    phantom_lib.make_release(
+    coca_release.make_release(
         release,
         n_gated=int(config.n_gated),
         n_nongated=int(config.n_nongated),

@@ -190,11 +190,12 @@ def prepare_manifest(config: ml_collections.ConfigDict, workdir: str | Path) -> 
     root = Path(workdir) / "phantom"
     manifest = root / "data" / "manifest.json"
     if jax.process_index() == 0 and not manifest.is_file():
-        from dinolg_jax.data import convert, phantom
+        from dinolg_jax.data import convert
+        from dinolg_jax.phantom import coca_release
 
         ph = config.phantom
         logging.info("no data configured: making a phantom under %s", root)
-        phantom.make_release(
+        coca_release.make_release(
             root / "release",
             n_gated=int(ph.n_gated),
             n_nongated=int(ph.n_nongated),

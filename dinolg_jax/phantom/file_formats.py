@@ -25,8 +25,8 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-from dinolg_jax.data import phantom_calcium as calcium
-from dinolg_jax.data.phantom_anatomy import Scan
+from dinolg_jax.phantom import calcium
+from dinolg_jax.phantom.anatomy import Scan
 
 _SURNAMES = (
     "QUIXWORTH",

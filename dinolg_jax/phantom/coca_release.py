@@ -9,8 +9,8 @@ real reader (`dinolg_jax.data.coca`) is what the tests and the demo exercise::
     <out>/deidentified_nongated/scores.xlsx                  (column "filename ")
     <out>/truth.json
 
-Anatomy comes from `phantom_anatomy`, plaques and labels from `phantom_calcium`, the
-file formats from `phantom_files`. The label of a slice is what the reader reconstructs
+Anatomy comes from `anatomy`, plaques and labels from `calcium`, the file formats
+from `file_formats`. The label of a slice is what the reader reconstructs
 from the written XML (polygon of ``Point_px`` with HU >= 130), and truth.json holds the
 Agatston scores of those labels computed by `dinolg_jax.scoring.agatston.agatston`
 (its default convention) on the stored HU.
@@ -49,9 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from dinolg_jax.data import phantom_anatomy as anatomy
-from dinolg_jax.data import phantom_calcium as calcium
-from dinolg_jax.data import phantom_files as files
+from dinolg_jax.phantom import anatomy, calcium, file_formats
 from dinolg_jax.scoring.agatston import agatston, risk_category
 
 GATED_DIR = "Gated_release_final"
@@ -65,7 +63,7 @@ PROTOCOLS = (
 )
 PROTOCOL_25 = "SmartScore_Gated_2.5mm_STND"
 SCOUT_FOLDER = "Topogram_0.6_T20s"
-INSTITUTION = files.INSTITUTION
+INSTITUTION = file_formats.INSTITUTION
 CONVENTION = {
     "function": "dinolg_jax.scoring.agatston.agatston",
     "threshold_hu": 130,
@@ -137,7 +135,7 @@ def _xml_images(
     def add(k: int, name: str, outline: np.ndarray | None) -> None:
         ipp = (ipp_xy[0], ipp_xy[1], float(z_world[k]))
         rois = images.setdefault(k, [])
-        rois.append(files.roi_dict(name, outline, hu[k], ipp, sp, len(rois), centre_mm))
+        rois.append(file_formats.roi_dict(name, outline, hu[k], ipp, sp, len(rois), centre_mm))
 
     n_empty = n_junk = 0
     for q in plaques:
@@ -181,11 +179,11 @@ def _write_gated_dicom(
     """Writes the patient's series and its traps; returns the traps' names."""
     traps = []
     main = dict(superior_first=superior_first, **kw)
-    files.write_series(
+    file_formats.write_series(
         folder / protocol, hu, series_idx=1, series_uid=uid(3), series_number=series_number, **main
     )
     if pid % 6 == 1:  # a second copy of the series at the same z
-        files.write_series(
+        file_formats.write_series(
             folder / protocol,
             hu,
             series_idx=2,
@@ -196,7 +194,7 @@ def _write_gated_dicom(
         traps.append("duplicate_series")
     if pid % 6 in (1, 4):  # a one-slice scout
         scout = dict(kw, common=dict(kw["common"], ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"]))
-        files.write_series(
+        file_formats.write_series(
             folder / SCOUT_FOLDER,
             hu,
             series_idx=3,
@@ -208,7 +206,7 @@ def _write_gated_dicom(
         )
         traps.append("scout")
     if pid % 6 == 4 and len(hu) > 3:  # a short extra series
-        files.write_series(
+        file_formats.write_series(
             folder / f"{protocol}_short",
             hu,
             series_idx=4,
@@ -220,7 +218,7 @@ def _write_gated_dicom(
         )
         traps.append("short_series")
     if pid % 6 == 2:  # a stray file without SeriesInstanceUID
-        files.write_series(
+        file_formats.write_series(
             folder / protocol,
             hu,
             series_idx=9,
@@ -245,7 +243,7 @@ def _gated_patient(
     thickness = 2.5 if pid % 8 == 5 else 3.0
     protocol = PROTOCOL_25 if thickness == 2.5 else PROTOCOLS[int(rng.integers(len(PROTOCOLS)))]
     kvp = int(rng.choice([120, 100, 80], p=[0.8, 0.12, 0.08]))
-    phi = files.fake_phi(rng, f"{seed:02d}{pid:04d}")
+    phi = file_formats.fake_phi(rng, f"{seed:02d}{pid:04d}")
     scan, hu, labels, plaques = _volume(rng, "gated", size, slices, category, thickness)
     wx, wy = float(rng.uniform(-30, 30)), float(rng.uniform(-200, -120))
     ipp_xy = (round(scan.x0_mm + wx, 4), round(scan.y0_mm + wy, 4))
@@ -260,15 +258,15 @@ def _gated_patient(
     if images:
         with open(out / GATED_DIR / "calcium_xml" / f"{pid}.xml", "wb") as f:
             plistlib.dump({"Images": images}, f, fmt=plistlib.FMT_XML, sort_keys=True)
-    common = files.common_header(
+    common = file_formats.common_header(
         rng,
         scan,
         phi,
         kvp=kvp,
         protocol=protocol,
         gated=True,
-        study_uid=files.uid(seed, pid, 1, valid=False),
-        frame_uid=files.uid(seed, pid, 2, valid=False),
+        study_uid=file_formats.uid(seed, pid, 1, valid=False),
+        frame_uid=file_formats.uid(seed, pid, 2, valid=False),
     )
     series_number = int(rng.choice([2, 3, 4, 201]))
     if has_dicom:
@@ -279,7 +277,7 @@ def _gated_patient(
             protocol,
             series_number,
             superior_first,
-            lambda k: files.uid(seed, pid, k, valid=False),
+            lambda k: file_formats.uid(seed, pid, k, valid=False),
             seed=seed,
             key=pid,
             common=common,
@@ -318,23 +316,23 @@ def _nongated_study(
     """Generates and writes non-gated study `n` (no UIDs, no labels written)."""
     rng = np.random.default_rng([seed, n, 7])
     category = calcium.CATEGORY_PATTERN[(7 * n + 3) % 20]
-    phi = files.fake_phi(rng, f"{seed:02d}N{n:03d}")
+    phi = file_formats.fake_phi(rng, f"{seed:02d}N{n:03d}")
     scan, hu, labels, _ = _volume(rng, "nongated", size, slices, category, 5.0)
     ipp_xy = (round(scan.x0_mm + rng.uniform(-20, 20), 4), round(scan.y0_mm - 150.0, 4))
     z0 = math.floor((scan.z_mm[0] + rng.uniform(-400, -250)) * 4) / 4
     z_world = z0 + 5.0 * np.arange(len(hu))
-    common = files.common_header(
+    common = file_formats.common_header(
         rng,
         scan,
         phi,
         kvp=120,
         protocol="CHEST_ROUTINE",
         study_uid=None,
-        frame_uid=files.uid(seed, n, 902),
+        frame_uid=file_formats.uid(seed, n, 902),
         gated=False,
     )
     superior_first = bool(rng.random() < 0.5)
-    files.write_series(
+    file_formats.write_series(
         out / NONGATED_DIR / str(n) / str(n),
         hu,
         series_idx=1,
@@ -467,7 +465,7 @@ def make_release(
         truth["nongated"][name] = entry
         rows.append([name, entry["LCA"], entry["LAD"], entry["LCX"], entry["RCA"], written])
     truth["phi_markers"] = markers
-    files.write_xlsx(root / NONGATED_DIR / "scores.xlsx", rows)
+    file_formats.write_xlsx(root / NONGATED_DIR / "scores.xlsx", rows)
     tmp = root / "truth.json.tmp"
     tmp.write_text(json.dumps(truth, indent=1, sort_keys=True) + "\n")
     tmp.replace(root / "truth.json")

@@ -2,7 +2,7 @@
 
 Each plaque is an elliptical core whose profile crosses 130 HU on the core ellipse (a
 flat top at 165 to 1300 HU falling to the surrounding fat), centred on one artery's
-path (`phantom_anatomy.PATHS`) on one to three consecutive slices, and outlined by a
+path (`anatomy.PATHS`) on one to three consecutive slices, and outlined by a
 jittered-ellipse polygon about 1.4-1.9 times the core, so the outline's rim pixels stay
 below 130 HU. The label of a slice is what the COCA reader reconstructs from the written
 outlines: ``skimage.draw.polygon`` of the float vertices (rows = y, cols = x)
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from skimage.draw import polygon as fill_polygon
 
-from dinolg_jax.data.phantom_anatomy import PATHS, VESSELS, Scan, anatomy_slice, vessel_point
+from dinolg_jax.phantom.anatomy import PATHS, VESSELS, Scan, anatomy_slice, vessel_point
 
 ROI_NAMES: dict[str, str] = {
     "RCA": "Right Coronary Artery",

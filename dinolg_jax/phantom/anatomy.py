@@ -1,4 +1,4 @@
-"""Synthetic chest CT anatomy for the COCA-format phantom (no calcium; see phantom_calcium).
+"""Synthetic chest CT anatomy for the COCA-format phantom (no calcium; see calcium.py).
 
 Everything is drawn in millimetres in a patient frame whose origin is the body centre:
 x towards the patient's left (image columns), y posterior (image rows), z superior.

@@ -1,6 +1,6 @@
 """Synthetic CT-like slice records, shards and a manifest, for pipeline tests and benchmarks.
 
-Not a phantom of the heart (that is `phantom.py`): an ellipse of soft tissue in air
+Not a phantom of the heart (that is `coca_release.py`): an ellipse of soft tissue in air
 with two darker "lungs", noise, and a few bright calcium blobs whose centres are the
 records' ``lesion_centers``. Enough to exercise decoding, cropping and guidance at any
 size with known lesion positions.

@@ -1,0 +1,1 @@
+"""The synthetic phantom: a COCA-format release (the default data) and synthetic records."""
