@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from vit_reference import random_state_dict, reference_vit
 
-from dinolg_jax.models.convert import backbone_state_dict, vit_params_from_torch
+from dinolg_jax.models.torch_import import backbone_state_dict, vit_params_from_torch
 from dinolg_jax.models.vit import ViT
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Tests for dinolg_jax.inference (pipeline, sources, run) with stand-in models."""
+"""Tests for dinolg_jax.inference (system, sources, run) with stand-in models."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from dinolg_jax.data.volume import CTVolume, Geometry
-from dinolg_jax.inference import nifti, pipeline, run, sources
+from dinolg_jax.inference import nifti, run, sources, system
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.scoring.agatston import agatston
 
@@ -73,9 +73,9 @@ class Spy:
 
 
 def build(mesh, batch_size=8, spy=None):
-    gate = pipeline.SliceModel(gate_apply, {"scale": jnp.float32(1.0)}, Spy(), "gate")
-    seg = pipeline.SliceModel(seg_apply, {}, spy or Spy(), "seg")
-    return pipeline.CacPipeline(seg, mesh, gate=gate, threshold=0.5, batch_size=batch_size)
+    gate = system.SliceModel(gate_apply, {"scale": jnp.float32(1.0)}, Spy(), "gate")
+    seg = system.SliceModel(seg_apply, {}, spy or Spy(), "seg")
+    return system.CacPipeline(seg, mesh, gate=gate, threshold=0.5, batch_size=batch_size)
 
 
 @pytest.fixture(scope="module")
@@ -139,19 +139,19 @@ def test_batch_size_and_sharding_do_not_change_results(mesh8, batch_size) -> Non
 
 
 def test_pipeline_rejects_bad_inputs(mesh8) -> None:
-    seg = pipeline.SliceModel(seg_apply, {}, Spy())
+    seg = system.SliceModel(seg_apply, {}, Spy())
     with pytest.raises(ValueError, match="threshold"):
-        pipeline.CacPipeline(seg, mesh8, threshold=1.5)
+        system.CacPipeline(seg, mesh8, threshold=1.5)
     with pytest.raises(ValueError, match="scoring options"):
-        pipeline.CacPipeline(seg, mesh8, scoring={"thresh": 1})
-    pipe = pipeline.CacPipeline(seg, mesh8)
+        system.CacPipeline(seg, mesh8, scoring={"thresh": 1})
+    pipe = system.CacPipeline(seg, mesh8)
     with pytest.raises(ValueError, match="no gate"):
         pipe.score(make_study(), "gated")
     with pytest.raises(ValueError, match="mode"):
         pipe.score(make_study(), "both")
-    shrink = pipeline.SliceModel(lambda p, x: seg_apply(p, x)[:, ::2, ::2], {}, Spy())
+    shrink = system.SliceModel(lambda p, x: seg_apply(p, x)[:, ::2, ::2], {}, Spy())
     with pytest.raises(ValueError, match="input resolution"):
-        pipeline.CacPipeline(shrink, mesh8).score(make_study(), "unet_only")
+        system.CacPipeline(shrink, mesh8).score(make_study(), "unet_only")
 
 
 # ----------------------------------------------------------------------------- sources, run
@@ -321,7 +321,7 @@ def test_load_segmenter_from_a_workdir(tmp_path: Path, mesh8, seg_workdir) -> No
     hu = make_study().hu
     x = seg.prepare(hu)
     np.testing.assert_allclose(x[..., 0], np.clip(hu, -1000, 1000) / 1000.0, atol=1e-6)
-    pipe = pipeline.CacPipeline(seg, mesh8, batch_size=8)
+    pipe = system.CacPipeline(seg, mesh8, batch_size=8)
     got = pipe.segment(hu, range(Z))
     ref = np.argmax(jax.jit(model.apply)({"params": state.params}, jnp.asarray(x)), -1)
     np.testing.assert_array_equal(got, ref)
@@ -412,8 +412,8 @@ def test_gate_from_parts_matches_features_then_probe(mesh8, probe_name) -> None:
         enc_cfg, enc_params, probe_name, kwargs, probe_params,
         n_last_blocks=2, token_pool=1, hu_window=(-1000, 1000),
     )  # fmt: skip
-    seg = pipeline.SliceModel(seg_apply, {}, Spy())
-    pipe = pipeline.CacPipeline(seg, mesh8, gate=gate, batch_size=8)
+    seg = system.SliceModel(seg_apply, {}, Spy())
+    pipe = system.CacPipeline(seg, mesh8, gate=gate, batch_size=8)
     hu = np.random.default_rng(5).integers(-1000, 1000, (Z, S, S)).astype(np.int16)
     got = pipe.gate_probabilities(hu)
     xs = jnp.asarray(np.clip(hu, -1000, 1000)[..., None] / 1000.0, jnp.float32)
@@ -458,10 +458,10 @@ def test_load_gate_from_probe_workdir(tmp_path: Path, mesh8) -> None:
         enc_cfg, enc, "linear", {}, probe_params,
         n_last_blocks=1, token_pool=1, hu_window=(-1000, 1000),
     )  # fmt: skip
-    seg = pipeline.SliceModel(seg_apply, {}, Spy())
+    seg = system.SliceModel(seg_apply, {}, Spy())
     hu = rng.integers(-1000, 1000, (4, S, S)).astype(np.int16)
-    p1 = pipeline.CacPipeline(seg, mesh8, gate=gate, batch_size=8).gate_probabilities(hu)
-    p2 = pipeline.CacPipeline(seg, mesh8, gate=direct, batch_size=8).gate_probabilities(hu)
+    p1 = system.CacPipeline(seg, mesh8, gate=gate, batch_size=8).gate_probabilities(hu)
+    p2 = system.CacPipeline(seg, mesh8, gate=direct, batch_size=8).gate_probabilities(hu)
     np.testing.assert_array_equal(p1, p2)
     pcfg["encoder_checksum"] = "0" * 64
     probe_lib.save_probe(work / probe_lib.PROBE_DIR, probe_params, pcfg)
@@ -512,8 +512,8 @@ def test_gate_scores_a_512_px_study_at_its_trained_64_px(tmp_path: Path, mesh8) 
             for k in range(3)
         ]
     ).astype(np.int16)  # within the HU window: normalising and resizing commute
-    seg = pipeline.SliceModel(seg_apply, {}, Spy())
-    pipe = pipeline.CacPipeline(seg, mesh8, gate=gate, batch_size=8)
+    seg = system.SliceModel(seg_apply, {}, Spy())
+    pipe = system.CacPipeline(seg, mesh8, gate=gate, batch_size=8)
     p512 = pipe.gate_probabilities(hu512)
     hu64 = np.stack([transforms.resized_crops(h, [(0, 0, 512, 512)], 64)[0] for h in hu512])
     p64 = pipe.gate_probabilities(hu64)  # already at the trained size: not resized again
@@ -581,7 +581,7 @@ def test_study_report_text_and_overlays(tmp_path: Path, mesh8) -> None:
     out = study_report.write_outputs(tmp_path / "all", study, res, res.labels)
     assert [p.name for p in out["nifti"]] == ["ct.nii.gz", "labels.nii.gz"]
     assert out["seg"] is None and "not read from DICOM" in out["seg_skipped"]
-    err = pipeline.StudyResult("x", "gated", error={"stage": "read", "type": "E", "message": "m"})
+    err = system.StudyResult("x", "gated", error={"stage": "read", "type": "E", "message": "m"})
     assert study_report.format_report(err) == "Study x: FAILED at read: E: m"
 
 

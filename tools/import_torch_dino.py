@@ -7,7 +7,7 @@ Writes ``runtime.checkpoint.save_encoder``'s layout (``OUT/params`` Orbax PyTree
 ``OUT/model_config.json``). PyTorch is needed only here and only for ``.pth`` files
 (imported lazily; not a project requirement); a ``.npz`` of the same names needs none.
 Full training checkpoints take their ``--which`` (teacher) backbone; RGB patch weights
-are summed to one channel (see ``models/convert.py``).
+are summed to one channel (see ``models/torch_import.py``).
 """
 
 from pathlib import Path
@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from dinolg_jax.models import convert
+from dinolg_jax.models import torch_import
 from dinolg_jax.runtime import checkpoint, cli
 
 _PTH = flags.DEFINE_string("pth", None, "Official DINO checkpoint (.pth) or a .npz of it.")
@@ -40,7 +40,7 @@ def load_state_dict(path: Path, allow_pickle: bool) -> dict:
     except ImportError as err:
         raise cli.UsageError("reading .pth files needs PyTorch (pip install torch)") from err
     payload = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    payload = convert.backbone_state_dict(payload, _WHICH.value)
+    payload = torch_import.backbone_state_dict(payload, _WHICH.value)
     return {k: v.detach().float().numpy() for k, v in payload.items() if hasattr(v, "detach")}
 
 
@@ -48,8 +48,10 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
     cli.require_file(_PTH.value, "--pth", "an official DINO checkpoint (.pth) or a .npz of it")
-    sd = convert.backbone_state_dict(load_state_dict(Path(_PTH.value), _PICKLE.value), _WHICH.value)
-    params = convert.vit_params_from_torch(sd, _VARIANT.value, ref_image_size=_REF.value)
+    sd = torch_import.backbone_state_dict(
+        load_state_dict(Path(_PTH.value), _PICKLE.value), _WHICH.value
+    )
+    params = torch_import.vit_params_from_torch(sd, _VARIANT.value, ref_image_size=_REF.value)
     model_config = {
         "variant": _VARIANT.value,
         "ref_image_size": _REF.value,

@@ -35,7 +35,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from dinolg_jax.data import transforms
-from dinolg_jax.inference.pipeline import SliceModel
+from dinolg_jax.inference.system import SliceModel
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 
 
@@ -222,7 +222,7 @@ def load_gate(
 
 
 def build_pipeline(config: ml_collections.ConfigDict, mesh, *, need_gate: bool = True):
-    """A :class:`~dinolg_jax.inference.pipeline.CacPipeline` from a ``configs/infer.py`` config.
+    """A :class:`~dinolg_jax.inference.system.CacPipeline` from a ``configs/infer.py`` config.
 
     Args:
       config: ``probe_workdir``, ``segmenter_workdir``, ``threshold`` (-1: the probe's),
@@ -230,7 +230,7 @@ def build_pipeline(config: ml_collections.ConfigDict, mesh, *, need_gate: bool =
       mesh: the device mesh.
       need_gate: load the gate (False for a U-Net-only run, which needs no probe).
     """
-    from dinolg_jax.inference.pipeline import CacPipeline
+    from dinolg_jax.inference.system import CacPipeline
 
     if not config.segmenter_workdir:
         raise ValueError("config.segmenter_workdir is empty")

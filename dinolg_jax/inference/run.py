@@ -36,8 +36,8 @@ from dinolg_jax.data import coca
 from dinolg_jax.data.volume import CTVolume
 from dinolg_jax.inference import nifti, prefetch
 from dinolg_jax.inference import seg as seg_lib
-from dinolg_jax.inference.pipeline import MODES, CacPipeline, StudyResult
 from dinolg_jax.inference.sources import StudyTask
+from dinolg_jax.inference.system import MODES, CacPipeline, StudyResult
 from dinolg_jax.scoring.agatston import VESSELS
 
 _TRUTH = [f"true_{k}" for k in (*VESSELS, "total", "paper4", "standard5", "cac_drs")]

@@ -1,6 +1,6 @@
 """One study's printed report and PNG overlays (``tools/score_study.py``).
 
-:func:`format_report` renders a :class:`~dinolg_jax.inference.pipeline.StudyResult` as
+:func:`format_report` renders a :class:`~dinolg_jax.inference.system.StudyResult` as
 plain text: the per-vessel table (Agatston, volume, lesion count), the total, the risk
 categories (paper4 and standard5), CAC-DRS, the flagged slices and the Agatston
 convention used. :func:`write_overlays` saves one PNG per slice with
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dinolg_jax.data.volume import CTVolume
-from dinolg_jax.inference.pipeline import StudyResult
+from dinolg_jax.inference.system import StudyResult
 from dinolg_jax.scoring.agatston import VESSELS
 
 # Vessel label -> RGB (RCA red, LAD green, LCA blue, LCX yellow).

@@ -33,7 +33,7 @@ weight and the padded query rows are sliced off: the result equals the unpadded 
 (cuDNN refuses training at 785 or 145 tokens otherwise). With ``return_attention`` the
 last block computes its attention explicitly (softmax in float32) and returns the maps.
 
-Parameters (float32, names follow the PyTorch checkpoint, see ``models/convert.py``)::
+Parameters (float32, names follow the PyTorch checkpoint, see ``models/torch_import.py``)::
 
     patch_embed/{kernel [p, p, C, D], bias [D]}   cls_token [1, 1, D]
     pos_embed [1, 1 + G*G, D]                     norm/{scale, bias}
