@@ -100,8 +100,8 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
         path = Path(config.data_manifest)
         return path / "manifest.json" if path.is_dir() else path
     data = Path(workdir) / "data"
-    ph = stages.phantom(data / "phantom", config.phantom)
-    conv = stages.convert(data / "records", ph["release"], config.convert)
+    ph = stages.make_phantom(data / "phantom", config.phantom)
+    conv = stages.convert_release(data / "records", ph["release"], config.convert)
     return Path(conv["manifest"])
 
 
@@ -302,30 +302,36 @@ def run_ablation(
         seg_cfg = stages.seeded(config.segment, seed)
         seg_dir = root / "segment"
         if not per_arm_unet:
-            timed(f"seed{seed}/segment", stages.segment, seg_dir, seg_cfg, manifest)
+            timed(f"seed{seed}/segment", stages.train_segmenter, seg_dir, seg_cfg, manifest)
         runs[str(seed)] = {}
         probe_cfg = stages.seeded(config.probe, seed)
         if control:
             d, name = root / control, f"seed{seed}/{control}"
             init_cfg = arm_pretrain_config(config, arms[0], seed)  # crops do not enter the init
             pre = timed(f"{name}/init", stages.initial_encoder, d / "pretrain", init_cfg, manifest)
-            probe = timed(f"{name}/probe", stages.probe, d / "probe", probe_cfg, manifest,
+            probe = timed(f"{name}/probe", stages.train_probe, d / "probe", probe_cfg, manifest,
                           d / "pretrain")  # fmt: skip
-            attn = timed(f"{name}/attention", stages.attention, d / "attention",
+            attn = timed(f"{name}/attention", stages.measure_attention, d / "attention",
                          d / "pretrain", manifest, split)  # fmt: skip
             runs[str(seed)][control] = run_numbers(pre, probe, None, attn)
         for arm in arms:
             d = root / arm
             name = f"seed{seed}/{arm}"
             pre_cfg = arm_pretrain_config(config, arm, seed)
-            pre = timed(f"{name}/pretrain", stages.pretrain, d / "pretrain", pre_cfg, manifest)
+            pre = timed(
+                f"{name}/pretrain", stages.pretrain_encoder, d / "pretrain", pre_cfg, manifest
+            )
             encoder = d / "pretrain"
-            probe = timed(f"{name}/probe", stages.probe, d / "probe", probe_cfg, manifest, encoder)
-            attn = timed(f"{name}/attention", stages.attention, d / "attention", encoder,
+            probe = timed(
+                f"{name}/probe", stages.train_probe, d / "probe", probe_cfg, manifest, encoder
+            )
+            attn = timed(f"{name}/attention", stages.measure_attention, d / "attention", encoder,
                          manifest, split)  # fmt: skip
             if per_arm_unet:
                 seg_dir = d / "segment"
-                timed(f"{name}/segment", stages.segment, seg_dir, seg_cfg, manifest, encoder)
+                timed(
+                    f"{name}/segment", stages.train_segmenter, seg_dir, seg_cfg, manifest, encoder
+                )
             infer = timed(
                 f"{name}/infer",
                 stages.infer,

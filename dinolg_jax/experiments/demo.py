@@ -218,8 +218,8 @@ def run_demo(
         log(f"[{name}] {time.perf_counter() - t0:.1f} s")
         return out
 
-    ph = timed("phantom", stages.phantom, workdir / "data" / "phantom", config.phantom)
-    conv = timed("convert", stages.convert, workdir / "data" / "records", ph["release"],
+    ph = timed("phantom", stages.make_phantom, workdir / "data" / "phantom", config.phantom)
+    conv = timed("convert", stages.convert_release, workdir / "data" / "records", ph["release"],
                  config.convert)  # fmt: skip
     manifest = conv["manifest"]
     splits = conv["splits"]
@@ -232,17 +232,19 @@ def run_demo(
         )
     )
     pre_cfg = stages.seeded(config.pretrain, seed)
-    pre = timed("pretrain", stages.pretrain, workdir / "pretrain", pre_cfg, manifest)
+    pre = timed("pretrain", stages.pretrain_encoder, workdir / "pretrain", pre_cfg, manifest)
     log(f"[pretrain] {pre['step']} steps, final DINO loss {pre['metrics'].get('loss', 0):.3f}")
     probe_cfg = stages.seeded(config.probe, seed)
-    pr = timed("probe", stages.probe, workdir / "probe", probe_cfg, manifest, workdir / "pretrain")
+    pr = timed(
+        "probe", stages.train_probe, workdir / "probe", probe_cfg, manifest, workdir / "pretrain"
+    )
     t = pr["test"]
     log(
         f"[probe] test slices: TP {t['tp']} FP {t['fp']} FN {t['fn']} TN {t['tn']}, "
         f"F1 {_num3(t['f1'])}, recall {_num3(t['recall'])} (threshold {pr['threshold']:.3f})"
     )
     seg_cfg = stages.seeded(config.segment, seed)
-    timed("segment", stages.segment, workdir / "segment", seg_cfg, manifest)
+    timed("segment", stages.train_segmenter, workdir / "segment", seg_cfg, manifest)
     inf = timed(
         "infer", stages.infer, workdir / "infer", config.infer, manifest, workdir / "probe",
         workdir / "segment",

@@ -2,14 +2,14 @@
 
 ::
 
-    phantom  -> <dir>/release (a COCA-format phantom)            summary: truth path
-    convert  -> <dir>/manifest.json + shards + report.json       summary: manifest path
-    pretrain -> train.pretrain.pretrain (encoder/ export)        summary: its summary
-    initial_encoder -> the same run's random init as encoder/    summary: step 0
-    attention -> eval.attention (attn_calcium_ratio of a split)  summary: the ratios
-    probe    -> train.probe.run_probe (probe/ export, threshold)  summary: its summary
-    segment  -> train.segment.train_segmenter (checkpoints)      summary: its summary
-    infer    -> <dir>/out (inference.run) + <dir>/out/report     summary: key numbers
+    make_phantom      -> <dir>/release (a COCA-format phantom)       summary: truth path
+    convert_release   -> <dir>/manifest.json + shards + report.json  summary: manifest path
+    pretrain_encoder  -> train.pretrain.pretrain (encoder/ export)   summary: its summary
+    initial_encoder   -> the same run's random init as encoder/      summary: step 0
+    measure_attention -> eval.attention (attn_calcium_ratio)         summary: the ratios
+    train_probe       -> train.probe.run_probe (probe/, threshold)   summary: its summary
+    train_segmenter   -> train.segment.train_segmenter (checkpoints) summary: its summary
+    infer             -> <dir>/out (inference.run) + <dir>/out/report summary: key numbers
 
 Contract of every stage function ``stage(workdir, ...) -> summary``:
 
@@ -111,7 +111,7 @@ def _begin(workdir: str | os.PathLike, config: Any, *, write: bool) -> dict[str,
     return None
 
 
-def phantom(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> dict[str, Any]:
+def make_phantom(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> dict[str, Any]:
     """A synthetic COCA release under ``workdir/release`` (``phantom.coca_release.make_release``).
 
     Args:
@@ -148,7 +148,7 @@ def phantom(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> di
     return summary
 
 
-def convert(
+def convert_release(
     workdir: str | os.PathLike, release: str | os.PathLike, config: ml_collections.ConfigDict
 ) -> dict[str, Any]:
     """ArrayRecord shards + ``workdir/manifest.json`` (``data.convert.convert_release``).
@@ -162,7 +162,7 @@ def convert(
       ``{"manifest", "splits" {split: {num_studies, num_records, num_positive}},
       "wall_s"}``.
     """
-    from dinolg_jax.data import convert as convert_lib
+    from dinolg_jax.data import convert
     from dinolg_jax.data import manifest as manifest_lib
 
     request = {**_plain(config), "release": str(Path(release).absolute())}
@@ -170,7 +170,7 @@ def convert(
         return done
     t0 = time.perf_counter()
     out = Path(workdir).absolute()
-    convert_lib.convert_release(
+    convert.convert_release(
         release,
         out,
         seed=int(config.seed),
@@ -193,7 +193,7 @@ def convert(
     return summary
 
 
-def pretrain(
+def pretrain_encoder(
     workdir: str | os.PathLike, config: ml_collections.ConfigDict, manifest: str | os.PathLike
 ) -> dict[str, Any]:
     """DINO / DINO-LG pretraining on ``manifest`` (``train.pretrain.pretrain``).
@@ -205,12 +205,12 @@ def pretrain(
       StageInterrupted: the run was preempted (its checkpoint is written).
       train.pretrain.NonFiniteLossError: the loss became NaN/inf (last good checkpoint kept).
     """
-    from dinolg_jax.train import pretrain as pretrain_lib
+    from dinolg_jax.train import pretrain
 
     config = _with_manifest(config, manifest)
     if (done := _begin(workdir, config, write=False)) is not None:
         return done
-    summary = pretrain_lib.pretrain(config, workdir)
+    summary = pretrain.pretrain(config, workdir)
     if summary.get("status", "done") != "done":
         raise StageInterrupted(
             f"pretraining in {workdir} stopped at step {summary['step']} "
@@ -223,15 +223,15 @@ def initial_encoder(
     workdir: str | os.PathLike, config: ml_collections.ConfigDict, manifest: str | os.PathLike
 ) -> dict[str, Any]:
     """The random-initialised encoder of a pretraining config (``random_init`` control)."""
-    from dinolg_jax.train import pretrain as pretrain_lib
+    from dinolg_jax.train import pretrain
 
     config = _with_manifest(config, manifest)
     if (done := _begin(workdir, config, write=False)) is not None:
         return done
-    return pretrain_lib.initial_encoder(config, workdir)
+    return pretrain.initial_encoder(config, workdir)
 
 
-def attention(
+def measure_attention(
     workdir: str | os.PathLike,
     encoder: str | os.PathLike,
     manifest: str | os.PathLike,
@@ -270,7 +270,7 @@ def attention(
     return summary
 
 
-def probe(
+def train_probe(
     workdir: str | os.PathLike,
     config: ml_collections.ConfigDict,
     manifest: str | os.PathLike,
@@ -281,16 +281,16 @@ def probe(
     Its features are cached under the workdir; the probe and the threshold chosen on val
     are saved to ``workdir/probe`` for the integrated system.
     """
-    from dinolg_jax.train import probe as probe_lib
+    from dinolg_jax.train import probe
 
     config = _with_manifest(config, manifest)
     config.encoder = str(Path(encoder).absolute())
     if (done := _begin(workdir, config, write=False)) is not None:
         return done
-    return probe_lib.run_probe(config, workdir)
+    return probe.run_probe(config, workdir)
 
 
-def segment(
+def train_segmenter(
     workdir: str | os.PathLike,
     config: ml_collections.ConfigDict,
     manifest: str | os.PathLike,
@@ -300,14 +300,14 @@ def segment(
 
     ``encoder`` is only used by the ``vit_unet`` model (its encoder is the pretrained ViT).
     """
-    from dinolg_jax.train import segment as segment_lib
+    from dinolg_jax.train import segment
 
     config = _with_manifest(config, manifest)
     if encoder is not None and str(config.model.name) == "vit_unet":
         config.encoder = str(Path(encoder).absolute())
     if (done := _begin(workdir, config, write=False)) is not None:
         return done
-    return segment_lib.train_segmenter(config, workdir)
+    return segment.train_segmenter(config, workdir)
 
 
 def seeded(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
