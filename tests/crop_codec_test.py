@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dinolg_jax.data import crop_codec, resample
+from dinolg_jax.phantom.synthetic_crops import synthetic_batch
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.train import state as state_lib
 from dinolg_jax.train.pretrain import base_config
@@ -74,7 +75,7 @@ def test_pretraining_step_takes_uint16_crops():
     config = _config("float32")
     mesh = mesh_lib.make_mesh()
     trainer = state_lib.make_trainer(config, mesh, steps_per_epoch=10)
-    batch = state_lib.synthetic_batch(config, mesh, seed=3)
+    batch = synthetic_batch(config, mesh, seed=3)
     host = {k: np.clip(np.asarray(v), -3.0, 3.0) for k, v in batch.items()}
     results = []
     for crops in (host, {k: crop_codec.encode(v, "uint16") for k, v in host.items()}):

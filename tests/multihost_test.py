@@ -50,6 +50,7 @@ def run(n_steps: int, data: int = 4, fsdp: int = 2, one_device: bool = False) ->
     import jax
     from jax.experimental import multihost_utils
 
+    from dinolg_jax.phantom.synthetic_crops import synthetic_batch
     from dinolg_jax.runtime import mesh as mesh_lib
     from dinolg_jax.train import state as state_lib
 
@@ -61,7 +62,7 @@ def run(n_steps: int, data: int = 4, fsdp: int = 2, one_device: bool = False) ->
     key = jax.device_put(trainer.init_key, mesh_lib.replicated(mesh))
     state = init.lower(key).compile(FAST_COMPILE)(key)
     nan_at = jax.device_put(np.int32(-1), mesh_lib.replicated(mesh))
-    batches = [state_lib.synthetic_batch(config, mesh, seed=i) for i in range(n_steps)]
+    batches = [synthetic_batch(config, mesh, seed=i) for i in range(n_steps)]
     step = trainer.step.lower(state, batches[0], trainer.step_key, nan_at).compile(FAST_COMPILE)
     losses = []
     for batch in batches:

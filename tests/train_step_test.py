@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dinolg_jax.phantom.synthetic_crops import synthetic_batch
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.train import state as state_lib
 from dinolg_jax.train.pretrain import base_config
@@ -64,7 +65,7 @@ def test_step_matches_numpy_reference():
     center = rng.standard_normal(config.dino.out_dim).astype(np.float32) * 0.1
     state = state.replace(teacher=teacher, center=jnp.asarray(center))
     before = jax.tree.map(lambda x: np.asarray(x).copy(), state)
-    batch = state_lib.synthetic_batch(config, mesh, seed=1)
+    batch = synthetic_batch(config, mesh, seed=1)
     g, loc = np.asarray(batch["global"]), np.asarray(batch["local"])
 
     def outputs(params, views):

@@ -28,6 +28,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from dinolg_jax.models.vit import decode_variant
+from dinolg_jax.phantom.synthetic_crops import synthetic_batch
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.train import state as state_lib
 
@@ -66,7 +67,7 @@ def main(argv: list[str]) -> None:
     mesh = mesh_lib.mesh_from_config(config.mesh)
     trainer = state_lib.make_trainer(config, mesh, steps_per_epoch=1000)
     state = trainer.init_state()
-    batch = state_lib.synthetic_batch(config, mesh)
+    batch = synthetic_batch(config, mesh)
     nan_at = jax.device_put(jnp.asarray(-1, jnp.int32), mesh_lib.replicated(mesh))
     t0 = time.perf_counter()
     step = trainer.step.lower(state, batch, trainer.step_key, nan_at).compile()

@@ -29,7 +29,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from jax.sharding import Mesh
 
@@ -56,7 +55,7 @@ class TrainState:
     center: jax.Array
 
 
-def init_train_state(
+def _init_train_state(
     key: jax.Array,
     backbone: nn.Module,
     head: nn.Module,
@@ -96,14 +95,14 @@ def init_train_state(
     )
 
 
-def abstract_train_state(
+def _abstract_train_state(
     mesh: Mesh, init_fn: Callable[[jax.Array], TrainState], fsdp_min_size: int = 2**18
 ) -> tuple[TrainState, TrainState]:
     """Shapes and shardings of the state, without allocating it.
 
     Args:
       mesh: the (data, fsdp) mesh.
-      init_fn: ``key -> TrainState`` (e.g. :func:`init_train_state` partially applied).
+      init_fn: ``key -> TrainState`` (e.g. :func:`_init_train_state` partially applied).
       fsdp_min_size: arrays smaller than this stay replicated under FSDP.
 
     Returns:
@@ -116,28 +115,6 @@ def abstract_train_state(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
     )
     return abstract, shardings
-
-
-def create_train_state(
-    key: jax.Array,
-    mesh: Mesh,
-    init_fn: Callable[[jax.Array], TrainState],
-    fsdp_min_size: int = 2**18,
-) -> tuple[TrainState, TrainState]:
-    """Creates the state directly in its sharded layout (jitted init with out_shardings).
-
-    Args:
-      key: raw uint32 [2] PRNG key for the init.
-      mesh: the (data, fsdp) mesh.
-      init_fn: ``key -> TrainState``.
-      fsdp_min_size: see :func:`abstract_train_state`.
-
-    Returns:
-      ``(state, shardings)``.
-    """
-    _, shardings = abstract_train_state(mesh, init_fn, fsdp_min_size)
-    init = jax.jit(init_fn, in_shardings=mesh_lib.replicated(mesh), out_shardings=shardings)
-    return init(key), shardings
 
 
 def _crops_through_backbone(
@@ -307,7 +284,7 @@ def make_train_step(
     return step_fn
 
 
-def jit_train_step(
+def _jit_train_step(
     step_fn: Callable[..., tuple[TrainState, Metrics]],
     mesh: Mesh,
     state_shardings: TrainState,
@@ -327,7 +304,7 @@ def jit_train_step(
     )
 
 
-def build_models(config: ml_collections.ConfigDict) -> tuple[ViT, DINOHead]:
+def _build_models(config: ml_collections.ConfigDict) -> tuple[ViT, DINOHead]:
     """The backbone (student and teacher) and the DINO head from ``config.model/dino``."""
     m, d = config.model, config.dino
     dtype = jnp.dtype(m.dtype)
@@ -350,11 +327,6 @@ def build_models(config: ml_collections.ConfigDict) -> tuple[ViT, DINOHead]:
     return backbone, head
 
 
-def build_schedules(config: ml_collections.ConfigDict, steps_per_epoch: int) -> DinoSchedules:
-    """The DINO schedules of a run (global batch = ``config.data.batch_size``)."""
-    return DinoSchedules.from_config(config, int(steps_per_epoch))
-
-
 @dataclasses.dataclass(frozen=True)
 class Trainer:
     """Everything a training loop needs, built once from the config."""
@@ -368,14 +340,14 @@ class Trainer:
     shardings: TrainState  # NamedShardings of the state
     step: Callable[..., tuple[TrainState, Metrics]]  # jitted, donating step
     init_fn: Callable[[jax.Array], TrainState]  # key -> state (pure)
-    fsdp_min_size: int  # arrays smaller than this stay replicated
     init_key: jax.Array  # raw key of the parameter init
     step_key: jax.Array  # raw key folded with the step number inside the step
 
     def init_state(self) -> TrainState:
-        """A fresh state, created directly in its sharded layout."""
-        state, _ = create_train_state(self.init_key, self.mesh, self.init_fn, self.fsdp_min_size)
-        return state
+        """A fresh state, created directly in its sharded layout (jit with out_shardings)."""
+        rep = mesh_lib.replicated(self.mesh)
+        init = jax.jit(self.init_fn, in_shardings=rep, out_shardings=self.shardings)
+        return init(self.init_key)
 
 
 def make_trainer(config: ml_collections.ConfigDict, mesh: Mesh, steps_per_epoch: int) -> Trainer:
@@ -383,8 +355,8 @@ def make_trainer(config: ml_collections.ConfigDict, mesh: Mesh, steps_per_epoch:
 
     Keys: one seed (``config.seed``) split once into the init key and the step key.
     """
-    backbone, head = build_models(config)
-    schedules = build_schedules(config, steps_per_epoch)
+    backbone, head = _build_models(config)
+    schedules = DinoSchedules.from_config(config, int(steps_per_epoch))
     tx = optimizer_from_schedules(
         schedules,
         clip_norm=float(config.optim.clip_grad) or None,
@@ -392,11 +364,11 @@ def make_trainer(config: ml_collections.ConfigDict, mesh: Mesh, steps_per_epoch:
     )
 
     def init_fn(key: jax.Array) -> TrainState:
-        return init_train_state(key, backbone, head, tx, crop_size=int(config.data.global_size))
+        return _init_train_state(key, backbone, head, tx, crop_size=int(config.data.global_size))
 
     min_size = int(config.mesh.fsdp_min_size)
-    abstract, shardings = abstract_train_state(mesh, init_fn, min_size)
-    step = jit_train_step(
+    abstract, shardings = _abstract_train_state(mesh, init_fn, min_size)
+    step = _jit_train_step(
         make_train_step(
             backbone,
             head,
@@ -422,28 +394,6 @@ def make_trainer(config: ml_collections.ConfigDict, mesh: Mesh, steps_per_epoch:
         shardings=shardings,
         step=step,
         init_fn=init_fn,
-        fsdp_min_size=min_size,
         init_key=init_key,
         step_key=jax.device_put(step_key, mesh_lib.replicated(mesh)),
     )
-
-
-def synthetic_batch(config: ml_collections.ConfigDict, mesh: Mesh, seed: int = 0) -> Batch:
-    """A random crops-major batch with the config's shapes, sharded on the mesh.
-
-    For benchmarks and tests without data; the same on every process (each copies only
-    its devices' slices). Values are standard normal, float32.
-
-    Returns:
-      ``{"global": [n_global, B, G, G, 1], "local": [n_local, B, L, L, 1]}``.
-    """
-    d = config.data
-    rng = np.random.default_rng(seed)
-    b = int(d.batch_size)
-    n_local = int(d.n_local_random) + int(d.n_local_guided)
-    g = rng.standard_normal((int(d.n_global), b, d.global_size, d.global_size, 1), np.float32)
-    loc = rng.standard_normal((n_local, b, d.local_size, d.local_size, 1), np.float32)
-    return {
-        "global": mesh_lib.global_batch_from_numpy(g, mesh, batch_dim=1),
-        "local": mesh_lib.global_batch_from_numpy(loc, mesh, batch_dim=1),
-    }
