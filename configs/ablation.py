@@ -18,8 +18,8 @@ Variants (``get_config(arg)``):
   val; an 8-filter U-Net (600 steps). Each departure from the paper's recipe has its
   measured reason beside its line below. See the README's table of measured figures for
   what it printed and how long it took. A CPU-size comparison, not the paper's numbers.
-* ``tiny``: the test size (``tests/ablation_test.py``): 10 patients at 32 px, a few steps
-  of everything, one seed; seconds per stage.
+* ``tiny``: the test size (``tests/experiments/ablation_test.py``): 10 patients at 32 px, a
+  few steps of everything, one seed; seconds per stage.
 * ``gpu``: the paper's settings (Table 3 and 4): ViT-B/8, 150 epochs, 2 x 224 px global +
   16 x 96 px local crops (DINO 16/0, DINO-LG 12/4), global batch 256, bf16 with cuDNN
   attention; linear probe (10 epochs, threshold for 95 % recall on val); U-Net with 64
@@ -123,7 +123,10 @@ def get_config(arg=None):
         c.segment.log_every = 1
         c.segment.checkpoint.every_steps = 3
         c.infer.batch_size = 16
-        c.note = "Test-size run (tests/ablation_test.py): the numbers mean nothing clinically."
+        c.note = (
+            "Test-size run (tests/experiments/ablation_test.py): the numbers mean nothing "
+            "clinically."
+        )
         return c
     c = _cpu(c, 64)
     c.seeds = (0, 1)

@@ -21,7 +21,7 @@ official-DINO fixes of issue 10 (per-parameter clipping, torch-default last laye
 Re-running the same command resumes (and returns at once when finished).
 
 ``configs/smoke.py:tiny`` is the test size (batch 8, 32/16 px crops, 2 epochs, a
-checkpoint every 2 steps) that ``tests/pretrain_test.py`` runs on synthetic records.
+checkpoint every 2 steps) that ``tests/train/pretrain_test.py`` runs on synthetic records.
 """
 
 from dinolg_jax.train.pretrain import base_config

@@ -158,7 +158,7 @@ class MultiCrop(grain.transforms.RandomMap):
         lesion[:, 1] = np.clip(lesion[:, 1], 0, width - 1)
         hw = boxes[:, 2:].astype(np.float64)
         # |offset| <= side / 2 - 2 keeps the centre inside the box before and after the
-        # shift into the image (see tests/multicrop_test.py).
+        # shift into the image (see tests/data/multicrop_test.py).
         reach = np.clip(np.minimum(self.guided_offset_px, hw / 2 - 2), 0, None)
         start = np.rint(lesion + unit * reach - hw / 2).astype(np.int64)
         limit = np.array([height, width]) - boxes[:, 2:]

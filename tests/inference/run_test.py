@@ -341,7 +341,7 @@ def test_manifest_source_and_infer_from_config(tmp_path: Path, seg_workdir) -> N
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "infer_config", Path(__file__).parents[1] / "configs" / "infer.py"
+        "infer_config", Path(__file__).parents[2] / "configs" / "infer.py"
     )
     infer_config = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(infer_config)

@@ -125,7 +125,7 @@ def test_few_steps_lower_the_loss():
 
 
 def _smoke_config(manifest, steps: int):
-    path = Path(__file__).resolve().parents[1] / "configs" / "segment_smoke.py"
+    path = Path(__file__).resolve().parents[2] / "configs" / "segment_smoke.py"
     spec = importlib.util.spec_from_file_location("segment_smoke_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

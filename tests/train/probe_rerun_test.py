@@ -1,10 +1,10 @@
 """Re-running a tool on a workdir it finished: no crash, the same result, nothing lost.
 
 The pretraining tool (finished -> at once; extended -> encoder and summary move on) is
-covered in ``pretrain_test.py``, segmentation in ``segment_test.py``, the converter in
-``data_convert_test.py``, an encoder export over an existing one (``import_torch_dino.py``)
-in ``checkpoint_test.py``. Here: the probe, whose re-run retrains from cached features
-and must give the same probe, threshold and export.
+covered in ``train/pretrain_test.py``, segmentation in ``train/segment_test.py``, the
+converter in ``data/convert_test.py``, an encoder export over an existing one
+(``import_torch_dino.py``) in ``runtime/checkpoint_test.py``. Here: the probe, whose re-run
+retrains from cached features and must give the same probe, threshold and export.
 """
 
 import json

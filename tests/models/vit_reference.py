@@ -1,6 +1,6 @@
 """Independent float64 numpy reference of the DINO ViT, on official PyTorch parameter names.
 
-Shared by vit_test.py and convert_test.py (not a test module itself). Everything here is
+Shared by vit_test.py and torch_import_test.py (not a test module itself). Everything here is
 written from the DINO paper / PyTorch semantics with explicit loops or plain matmuls, not
 from the Flax code.
 """

@@ -17,7 +17,7 @@ import pytest
 
 from dinolg_jax.runtime import cli, workdirs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _tool(*args, timeout=120):

@@ -23,7 +23,7 @@ import pytest
 
 from dinolg_jax.experiments import ablation, stages
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "ablate.py"
 CONFIG = ROOT / "configs" / "ablation.py"
 

@@ -13,7 +13,7 @@ from vit_reference import random_state_dict, reference_vit
 from dinolg_jax.models.torch_import import backbone_state_dict, vit_params_from_torch
 from dinolg_jax.models.vit import ViT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(params, x):

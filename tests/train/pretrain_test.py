@@ -30,7 +30,7 @@ from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.runtime.tensorboard import TensorBoardWriter
 from dinolg_jax.train import state as state_lib
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "pretrain.py"
 
 

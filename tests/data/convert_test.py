@@ -19,7 +19,7 @@ import pytest
 from dinolg_jax.data import coca, convert, convert_report, manifest, records
 from dinolg_jax.phantom import coca_release
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 N_GATED = 12
 MISMATCH_PID = 10  # one ROI's Center z is moved to another slice: labels left out
 

@@ -17,7 +17,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from dinolg_jax.data import manifest, pipeline, records, shards
 from dinolg_jax.phantom import synthetic_records
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VERIFY = REPO / "tools" / "verify_dataset.py"
 
 
