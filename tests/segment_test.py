@@ -169,7 +169,7 @@ def test_smoke_config_phantom_has_val_and_test(tmp_path):
     # Without a manifest the smoke run makes its own phantom; it must have a test split
     # to evaluate on (the 6-patient phantom had none and failed after ~95 s of training).
     from dinolg_jax.data import manifest as manifest_lib
-    from dinolg_jax.train.pretrain import prepare_manifest
+    from dinolg_jax.data.training_data import prepare_manifest
 
     c = _smoke_config("", 1)
     c.data.manifest = ""

@@ -39,6 +39,8 @@ from typing import Any
 
 import ml_collections
 
+from dinolg_jax.runtime.loop import write_json
+
 SUMMARY = "summary.json"
 CONFIG = "config.json"
 IGNORED_CONFIG_KEYS = ("debug", "workers")  # faults and process counts: same results
@@ -61,14 +63,6 @@ def _plain(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, A
 
 def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in IGNORED_CONFIG_KEYS}
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Writes JSON atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
 
 
 def finished_summary(workdir: str | os.PathLike) -> dict[str, Any] | None:
@@ -203,7 +197,7 @@ def pretrain(
 
     Raises:
       StageInterrupted: the run was preempted (its checkpoint is written).
-      train.pretrain.NonFiniteLossError: the loss became NaN/inf (last good checkpoint kept).
+      runtime.loop.NonFiniteLossError: the loss became NaN/inf (last good checkpoint kept).
     """
     from dinolg_jax.train import pretrain as pretrain_lib
 

@@ -25,7 +25,6 @@ header value is ever in those messages); the other studies complete.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +37,7 @@ from dinolg_jax.inference import nifti, prefetch
 from dinolg_jax.inference import seg as seg_lib
 from dinolg_jax.inference.pipeline import MODES, CacPipeline, StudyResult
 from dinolg_jax.inference.sources import StudyTask
+from dinolg_jax.runtime.loop import write_json
 from dinolg_jax.scoring.agatston import VESSELS
 
 _TRUTH = [f"true_{k}" for k in (*VESSELS, "total", "paper4", "standard5", "cac_drs")]
@@ -109,12 +109,6 @@ def csv_row(result: StudyResult) -> dict[str, Any]:
             error_message=result.error["message"],
         )
     return row
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
 
 
 def _safe_name(study_id: str) -> str:
@@ -228,7 +222,7 @@ def run_inference(
                     result.timings["read"] = t_read
                     result.timings["total"] = t_read + time.perf_counter() - t1
                 results[mode].append(result)
-                _write_json(
+                write_json(
                     out / "studies" / f"{_safe_name(task.study_id)}.{mode}.json",
                     result.to_dict(),
                 )
@@ -244,7 +238,7 @@ def run_inference(
         if write_seg
         else {}
     )
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     summary["results"] = results
     return summary
 

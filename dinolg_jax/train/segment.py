@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -48,13 +47,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from absl import logging
 
 from dinolg_jax.data import manifest as manifest_lib
-from dinolg_jax.data import pipeline
+from dinolg_jax.data import pipeline, training_data
 from dinolg_jax.models.segmenters import build_segmenter
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
+from dinolg_jax.runtime.loop import MetricsLog, write_json
 from dinolg_jax.train.segment_eval import evaluate, to_mesh
 
 
@@ -103,10 +102,6 @@ def base_config(model: str = "unet") -> ml_collections.ConfigDict:
     c.checkpoint.every_steps = 500
     c.log_every = 50
     return c
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stopped without saving that state."""
 
 
 @flax.struct.dataclass
@@ -312,15 +307,6 @@ def build_model(config: ml_collections.ConfigDict) -> tuple[nn.Module, Any]:
     return build_segmenter(name, **kwargs), encoder_params
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Writes JSON atomically from process 0 (temp file, then rename)."""
-    if jax.process_index() != 0:
-        return
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
-
-
 def train_segmenter(
     config: ml_collections.ConfigDict, workdir: str | os.PathLike
 ) -> dict[str, Any]:
@@ -337,18 +323,17 @@ def train_segmenter(
       re-run of a finished run returns its summary at once.
 
     Raises:
-      NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
+      runtime.loop.NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is
+        kept).
       ValueError: a batch that does not split over the devices.
       ManifestError: the train or evaluation split has no records (before training).
     """
-    from dinolg_jax.train.pretrain import prepare_manifest
-
     t_start = time.perf_counter()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     config_dict = config.to_dict()
     write_json(workdir / "config.json", config_dict)
-    manifest = prepare_manifest(config, workdir)
+    manifest = training_data.prepare_manifest(config, workdir)
     for split in (config.data.train_split, config.eval.split):  # an empty split fails now,
         manifest_lib.load(manifest).shard_paths(split)  # not after training
     mesh = mesh_lib.mesh_from_config(config.mesh)
@@ -388,34 +373,25 @@ def train_segmenter(
 
     step = int(state.step)
     log_every, ckpt_every = int(config.log_every), int(config.checkpoint.every_steps)
-    pending, last, first_loss = [], {}, None
-    t0, step0 = time.perf_counter(), step
+    log = MetricsLog(
+        workdir,
+        total_steps,
+        steps_per_epoch=steps_per_epoch,
+        tensorboard=bool(config.get("tensorboard", False)),
+    )
     try:
         while step < total_steps:
             state, metrics = step_fn(state, to_mesh(next(iterator), mesh, ("image", "labels")))
             step += 1
-            pending.append((step, metrics))
+            log.add(step, metrics)  # checks the previous step's loss
             done = step == total_steps
             if step % log_every == 0 or step % ckpt_every == 0 or done:
-                fetched = jax.device_get(pending)
-                pending = []
-                for s, m in fetched:
-                    if not math.isfinite(float(m["loss"])):
-                        raise NonFiniteLossError(f"non-finite loss at step {s}; not saved")
-                    first_loss = float(m["loss"]) if first_loss is None else first_loss
-                s, m = fetched[-1]
-                rate = (step - step0) / max(time.perf_counter() - t0, 1e-9)
-                last = {k: float(v) for k, v in m.items()}
-                line = {"step": s, "epoch": s / steps_per_epoch, **last, "steps_per_s": rate}
-                line["eta_s"] = (total_steps - s) / rate if rate else None
-                if jax.process_index() == 0:
-                    with (workdir / "metrics.jsonl").open("a") as f:
-                        f.write(json.dumps(line) + "\n")
-                logging.info("step %d/%d loss %.4f", s, total_steps, last["loss"])
+                log.flush(write=True)
             if step % ckpt_every == 0 or done:
                 ckpt.save(step, state, iterator.get_state(), config_dict)
     finally:
         ckpt.close()
+        log.close()
 
     eval_data = config.data.copy_and_resolve_references()
     eval_data.batch_size = int(config.eval.batch_size)
@@ -426,8 +402,8 @@ def train_segmenter(
         "steps_per_epoch": steps_per_epoch,
         "model": str(config.model.name),
         "status": "done",
-        "metrics": last,
-        "first_loss": first_loss,
+        "metrics": log.last,
+        "first_loss": log.first_loss,
         "eval_split": str(config.eval.split),
         "eval": result,
         "params_checksum": ckpt_lib.params_checksum(state.params),
