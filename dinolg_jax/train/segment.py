@@ -54,7 +54,7 @@ from dinolg_jax.models.segmenters import build_segmenter
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.runtime.loop import MetricsLog, write_json
-from dinolg_jax.train.segment_eval import evaluate, to_mesh
+from dinolg_jax.train.segment_eval import evaluate
 
 
 def base_config(model: str = "unet") -> ml_collections.ConfigDict:
@@ -381,7 +381,9 @@ def train_segmenter(
     )
     try:
         while step < total_steps:
-            state, metrics = step_fn(state, to_mesh(next(iterator), mesh, ("image", "labels")))
+            batch = next(iterator)
+            batch = mesh_lib.put_batch({k: batch[k] for k in ("image", "labels")}, mesh)
+            state, metrics = step_fn(state, batch)
             step += 1
             log.add(step, metrics)  # checks the previous step's loss
             done = step == total_steps
