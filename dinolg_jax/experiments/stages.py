@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -352,7 +352,7 @@ def infer(
     Writes ``workdir/out`` (results.csv, per-study JSON, throughput summary) and
     ``workdir/out/report/report.md``; the stage's own ``summary.json`` holds the
     per-patient rows and the evaluation (Table 6 presence, risk confusion matrices,
-    agreement) of every mode, recomputed from results.csv with ``eval.report``.
+    agreement) of every mode: the report's own, from the in-memory results.
 
     Args:
       workdir: stage folder.
@@ -365,7 +365,6 @@ def infer(
       ``{"report", "patients" [{study, mode, true/pred total and paper4 category,
       flagged}], "evals" {mode: eval.report.evaluate_mode}, "timings"}``.
     """
-    from dinolg_jax.eval import report as report_lib
     from dinolg_jax.inference import run as run_lib
 
     request = {
@@ -394,14 +393,12 @@ def infer(
     c.scoring = config.scoring.copy_and_resolve_references()
     c.mesh = config.mesh.copy_and_resolve_references()
     out = run_lib.infer_from_config(c)
-    truth, preds = report_lib.scores_from_results_csv(Path(c.out_dir) / "results.csv")
-    evals = report_lib.evaluate(truth, preds)
     summary = {
-        "report": out.get("report"),
+        "report": out["report"],
         "results_csv": str(Path(c.out_dir) / "results.csv"),
-        "threshold": out.get("threshold"),
-        "patients": patient_rows(Path(c.out_dir) / "results.csv"),
-        "evals": evals,
+        "threshold": out["threshold"],
+        "patients": patient_rows(out["results"]),
+        "evals": out["evals"] or {},
         "errors": {m: v["errors"] for m, v in out["modes"].items()},
         "timings": {
             m: {k: v[k] for k in ("compute_s", "slices_per_s", "studies_per_s")}
@@ -412,31 +409,31 @@ def infer(
     return json.loads(json.dumps(summary, default=str))
 
 
-def patient_rows(results_csv: str | os.PathLike) -> list[dict[str, Any]]:
-    """Per (study, mode): true and predicted total Agatston and paper4 category.
+def patient_rows(results: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Per (study, mode), in results.csv's order: true and predicted total Agatston and
+    paper4 category (totals to 4 decimals, as the CSV holds them).
+
+    Args:
+      results: ``{mode: [inference.pipeline.StudyResult]}``, one result per study in
+        every mode (``inference.run.run_inference``).
 
     Error rows keep their error type in ``error`` and no prediction.
     """
-    import csv
-
     rows = []
-    with Path(results_csv).open(newline="") as f:
-        for r in csv.DictReader(f):
-
-            def num(key: str, r=r) -> float | None:
-                return float(r[key]) if r.get(key, "") != "" else None
-
+    for by_mode in zip(*results.values(), strict=True):
+        for r in by_mode:
+            pred, truth = r.summary or {}, r.truth or {}
             rows.append(
                 {
-                    "study": r["study"],
-                    "mode": r["mode"],
-                    "num_slices": int(r["num_slices"] or 0),
-                    "num_flagged": int(r["num_flagged"] or 0),
-                    "true_total": num("true_total"),
-                    "true_category": r.get("true_paper4", ""),
-                    "pred_total": num("total"),
-                    "pred_category": r.get("paper4", ""),
-                    "error": r.get("error_type", "") or None,
+                    "study": r.study_id,
+                    "mode": r.mode,
+                    "num_slices": int(r.num_slices),
+                    "num_flagged": len(r.flagged),
+                    "true_total": round(float(truth["total"]), 4) if truth else None,
+                    "true_category": truth.get("paper4", ""),
+                    "pred_total": round(float(pred["total"]), 4) if pred else None,
+                    "pred_category": pred.get("paper4", ""),
+                    "error": (r.error or {}).get("type") or None,
                 }
             )
     return rows
