@@ -204,10 +204,14 @@ def pretrain(
     config = _with_manifest(config, manifest)
     if (done := _begin(workdir, config, write=False)) is not None:
         return done
-    summary = pretrain_lib.pretrain(config, workdir)
+    return _finished(pretrain_lib.pretrain(config, workdir), "pretraining", workdir)
+
+
+def _finished(summary: dict[str, Any], what: str, workdir: Any) -> dict[str, Any]:
+    """A training stage's summary; raises StageInterrupted when the run was preempted."""
     if summary.get("status", "done") != "done":
         raise StageInterrupted(
-            f"pretraining in {workdir} stopped at step {summary['step']} "
+            f"{what} in {workdir} stopped at step {summary['step']} "
             f"({summary.get('status')}); re-run to resume from its checkpoint"
         )
     return summary
@@ -293,6 +297,10 @@ def segment(
     """A U-Net-family segmenter (``train.segment.train_segmenter``).
 
     ``encoder`` is only used by the ``vit_unet`` model (its encoder is the pretrained ViT).
+    A run stopped by SIGTERM resumes from ``workdir/checkpoints`` when re-run.
+
+    Raises:
+      StageInterrupted: the run was preempted (its checkpoint is written).
     """
     from dinolg_jax.train import segment as segment_lib
 
@@ -301,7 +309,7 @@ def segment(
         config.encoder = str(Path(encoder).absolute())
     if (done := _begin(workdir, config, write=False)) is not None:
         return done
-    return segment_lib.train_segmenter(config, workdir)
+    return _finished(segment_lib.train_segmenter(config, workdir), "segmentation", workdir)
 
 
 def seeded(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:

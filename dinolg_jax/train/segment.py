@@ -24,6 +24,8 @@ label-preserving augmentation. The global batch is split over every device of th
 (data parallel); the state is replicated (or FSDP-sharded by the mesh rule) and donated.
 Checkpoints (:class:`dinolg_jax.runtime.checkpoint.Checkpointer`): the state, the Grain
 iterator state and the config, by step; a re-run in the same workdir resumes exactly.
+The loop's metrics log, lagged non-finite check and SIGTERM handling are
+``runtime.loop``'s, as in pretraining.
 
 Evaluation (:func:`evaluate`): per-artery IoU and Dice from pixel counts pooled over the
 whole test split (``data.pipeline.eval_dataset``, every slice in order), once over all
@@ -47,13 +49,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from absl import logging
 
 from dinolg_jax.data import manifest as manifest_lib
 from dinolg_jax.data import pipeline, training_data
 from dinolg_jax.models.segmenters import build_segmenter
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
-from dinolg_jax.runtime.loop import MetricsLog, write_json
+from dinolg_jax.runtime.loop import MetricsLog, Preemption, write_json
 from dinolg_jax.train.segment_eval import evaluate
 
 
@@ -318,9 +321,11 @@ def train_segmenter(
 
     Returns:
       The summary, also written to ``workdir/summary.json``: ``step``, ``total_steps``,
-      ``steps_per_epoch``, ``model``, ``status`` ("done"), ``metrics`` (last logged),
-      ``first_loss``, ``eval`` (see :func:`evaluate`), ``params_checksum``, ``wall_s``. A
-      re-run of a finished run returns its summary at once.
+      ``steps_per_epoch``, ``model``, ``status`` ("done", or "preempted" after a SIGTERM:
+      the current step finishes, a checkpoint is written, no evaluation), ``metrics``
+      (last logged), ``first_loss``, ``eval`` (see :func:`evaluate`; None when
+      preempted), ``params_checksum``, ``wall_s``. A re-run of a finished run returns its
+      summary at once; a re-run of a preempted one resumes.
 
     Raises:
       runtime.loop.NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is
@@ -379,31 +384,40 @@ def train_segmenter(
         steps_per_epoch=steps_per_epoch,
         tensorboard=bool(config.get("tensorboard", False)),
     )
+    status = "done"
     try:
-        while step < total_steps:
-            batch = next(iterator)
-            batch = mesh_lib.put_batch({k: batch[k] for k in ("image", "labels")}, mesh)
-            state, metrics = step_fn(state, batch)
-            step += 1
-            log.add(step, metrics)  # checks the previous step's loss
-            done = step == total_steps
-            if step % log_every == 0 or step % ckpt_every == 0 or done:
-                log.flush(write=True)
-            if step % ckpt_every == 0 or done:
-                ckpt.save(step, state, iterator.get_state(), config_dict)
+        with Preemption() as preempt:
+            while step < total_steps:
+                batch = next(iterator)
+                batch = mesh_lib.put_batch({k: batch[k] for k in ("image", "labels")}, mesh)
+                state, metrics = step_fn(state, batch)
+                step += 1
+                log.add(step, metrics)  # checks the previous step's loss
+                done = step == total_steps
+                stop = preempt.should_stop(step)
+                if step % log_every == 0 or step % ckpt_every == 0 or done or stop:
+                    log.flush(write=True)
+                if step % ckpt_every == 0 or done or stop:
+                    ckpt.save(step, state, iterator.get_state(), config_dict)
+                if stop and not done:
+                    status = "preempted"
+                    logging.warning("SIGTERM: checkpoint written at step %d, exiting", step)
+                    break
     finally:
         ckpt.close()
         log.close()
 
-    eval_data = config.data.copy_and_resolve_references()
-    eval_data.batch_size = int(config.eval.batch_size)
-    result = evaluate(model, state.params, manifest, config.eval.split, eval_data, mesh)
+    result = None
+    if status == "done":
+        eval_data = config.data.copy_and_resolve_references()
+        eval_data.batch_size = int(config.eval.batch_size)
+        result = evaluate(model, state.params, manifest, config.eval.split, eval_data, mesh)
     summary = {
         "step": step,
         "total_steps": total_steps,
         "steps_per_epoch": steps_per_epoch,
         "model": str(config.model.name),
-        "status": "done",
+        "status": status,
         "metrics": log.last,
         "first_loss": log.first_loss,
         "eval_split": str(config.eval.split),
