@@ -6,9 +6,10 @@
 
 Models by name (``configs/segment_smoke.py:<name>`` or ``--config.model.name``): unet,
 attention_unet, swin_unet, vit_unet (the last needs ``--config.encoder=PRETRAIN_WORKDIR``).
-Re-running with the same ``--workdir`` resumes. Prints the per-artery Dice on the
-evaluation split; everything is in ``WORKDIR/summary.json``. Exit status 1 on a
-non-finite loss or a data error, 2 on a usage error (one ``error:`` line each).
+Re-running with the same ``--workdir`` resumes (also after a SIGTERM, which checkpoints and
+exits 0). Prints the per-artery Dice on the evaluation split; everything is in
+``WORKDIR/summary.json``. Exit status 1 on a non-finite loss or a data error, 2 on a
+usage error (one ``error:`` line each).
 """
 
 import json
@@ -38,6 +39,9 @@ def main(argv: list[str]) -> None:
     from dinolg_jax.train import segment  # after distributed init: it touches devices
 
     summary = segment.train_segmenter(config, _WORKDIR.value)  # errors: cli.run
+    if summary["status"] != "done":  # SIGTERM: checkpoint written, re-run to resume
+        print(json.dumps({k: summary[k] for k in ("step", "status", "params_checksum")}))
+        return
     ev = summary["eval"]
     print(
         json.dumps(

@@ -498,31 +498,13 @@ def device_put_batch(
     `data_axis` may name several mesh axes (e.g. ``("data", "fsdp")``).
 
     The batch axis is axis 1 of ``global`` / ``local`` and axis 0 of every other array;
-    ``guided_mask`` is replicated. Each process passes its own part (multi-host:
-    `jax.make_array_from_process_local_data`). String fields stay host numpy arrays.
+    ``guided_mask`` is replicated. Each process passes its own part
+    (``runtime.mesh.put_batch``). String fields stay host numpy arrays.
 
     Returns:
       dict of `jax.Array` (plus host string arrays), same keys.
     """
-    import jax
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
+    from dinolg_jax.runtime import mesh as mesh_lib
 
-    out: dict[str, Any] = {}
-    for key, value in batch.items():
-        value = np.asarray(value)
-        if value.dtype.kind in "USO":
-            out[key] = value
-            continue
-        if key == "guided_mask":
-            spec, axis = P(), None
-        elif key in _CROP_MAJOR:
-            spec, axis = P(None, data_axis), 1
-        else:
-            spec, axis = P(data_axis), 0
-        shape = list(value.shape)
-        if axis is not None:
-            shape[axis] *= jax.process_count()
-        sharding = NamedSharding(mesh, spec)
-        out[key] = jax.make_array_from_process_local_data(sharding, value, tuple(shape))
-    return out
+    dims = {key: 1 for key in _CROP_MAJOR} | {"guided_mask": None}
+    return mesh_lib.put_batch(batch, mesh, batch_dims=dims, axes=data_axis)

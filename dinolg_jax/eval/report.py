@@ -2,8 +2,8 @@
 
 Input: per-patient reference scores and, per mode ("unet_only", "gated" = the integrated
 system), per-patient predicted scores, each ``{"RCA", "LAD", "LCA", "LCX", "total"}``
-(Agatston, same convention on both sides). :func:`scores_from_results_csv` reads them
-from ``tools/infer.py``'s ``results.csv``. Only patients scored without error in a mode
+(Agatston, same convention on both sides). ``inference.run.scores_from_results`` gives
+them from an inference run's results. Only patients scored without error in a mode
 and having a reference enter that mode's numbers; the others are listed.
 
 Per mode (:func:`evaluate_mode`, all maths in :mod:`dinolg_jax.eval.metrics`):
@@ -25,7 +25,6 @@ convention used.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -45,28 +44,6 @@ MODE_TITLES = {
 }
 MODE_SHORT = {"unet_only": "U-Net", "gated": "Integrated", "nongated": "Non-gated"}
 SCHEMES = ("paper4", "standard5")
-
-
-def scores_from_results_csv(
-    path: str | os.PathLike,
-) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, dict[str, float]]]]:
-    """Reference and predicted per-patient scores from an inference ``results.csv``.
-
-    Returns:
-      ``(truth {study: scores}, {mode: {study: scores}})``; error rows and rows without a
-      reference (``true_total`` empty) contribute no truth; error rows no prediction.
-    """
-    truth: dict[str, dict[str, float]] = {}
-    preds: dict[str, dict[str, dict[str, float]]] = {}
-    with Path(path).open(newline="") as f:
-        for row in csv.DictReader(f):
-            if row["status"] != "ok":
-                continue
-            study, mode = row["study"], row["mode"]
-            preds.setdefault(mode, {})[study] = {k: float(row[k]) for k in (*VESSELS, "total")}
-            if row.get("true_total", "") != "":
-                truth[study] = {k: float(row[f"true_{k}"]) for k in (*VESSELS, "total")}
-    return truth, preds
 
 
 def _paired(

@@ -43,6 +43,7 @@ import ml_collections
 import numpy as np
 
 from dinolg_jax.experiments import stages
+from dinolg_jax.runtime.loop import write_json
 from dinolg_jax.scoring.agatston import VESSELS
 
 RESULTS = "results.json"
@@ -279,7 +280,7 @@ def run_ablation(
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    stages.write_json(workdir / "config.json", stages._plain(config))
+    write_json(workdir / "config.json", stages._plain(config))
     arms = sorted(config.arms)
     timings: dict[str, float] = {}
 
@@ -360,7 +361,7 @@ def run_ablation(
     }
     report = ablation_report.write(workdir / "report", results, config)
     results["report"] = str(report.relative_to(workdir))
-    stages.write_json(workdir / RESULTS, results)
-    stages.write_json(workdir / TIMINGS, timings)
+    write_json(workdir / RESULTS, results)
+    write_json(workdir / TIMINGS, timings)
     log(f"report: {report}")
     return results

@@ -33,11 +33,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import ml_collections
+
+from dinolg_jax.runtime.loop import write_json
 
 SUMMARY = "summary.json"
 CONFIG = "config.json"
@@ -61,14 +63,6 @@ def _plain(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, A
 
 def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in IGNORED_CONFIG_KEYS}
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Writes JSON atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
 
 
 def finished_summary(workdir: str | os.PathLike) -> dict[str, Any] | None:
@@ -203,17 +197,21 @@ def pretrain_encoder(
 
     Raises:
       StageInterrupted: the run was preempted (its checkpoint is written).
-      train.pretrain.NonFiniteLossError: the loss became NaN/inf (last good checkpoint kept).
+      runtime.loop.NonFiniteLossError: the loss became NaN/inf (last good checkpoint kept).
     """
     from dinolg_jax.train import pretrain
 
     config = _with_manifest(config, manifest)
     if (done := _begin(workdir, config, write=False)) is not None:
         return done
-    summary = pretrain.pretrain(config, workdir)
+    return _finished(pretrain.pretrain(config, workdir), "pretraining", workdir)
+
+
+def _finished(summary: dict[str, Any], what: str, workdir: Any) -> dict[str, Any]:
+    """A training stage's summary; raises StageInterrupted when the run was preempted."""
     if summary.get("status", "done") != "done":
         raise StageInterrupted(
-            f"pretraining in {workdir} stopped at step {summary['step']} "
+            f"{what} in {workdir} stopped at step {summary['step']} "
             f"({summary.get('status')}); re-run to resume from its checkpoint"
         )
     return summary
@@ -299,6 +297,10 @@ def train_segmenter(
     """A U-Net-family segmenter (``train.segment.train_segmenter``).
 
     ``encoder`` is only used by the ``vit_unet`` model (its encoder is the pretrained ViT).
+    A run stopped by SIGTERM resumes from ``workdir/checkpoints`` when re-run.
+
+    Raises:
+      StageInterrupted: the run was preempted (its checkpoint is written).
     """
     from dinolg_jax.train import segment
 
@@ -307,7 +309,7 @@ def train_segmenter(
         config.encoder = str(Path(encoder).absolute())
     if (done := _begin(workdir, config, write=False)) is not None:
         return done
-    return segment.train_segmenter(config, workdir)
+    return _finished(segment.train_segmenter(config, workdir), "segmentation", workdir)
 
 
 def seeded(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
@@ -358,7 +360,7 @@ def infer(
     Writes ``workdir/out`` (results.csv, per-study JSON, throughput summary) and
     ``workdir/out/report/report.md``; the stage's own ``summary.json`` holds the
     per-patient rows and the evaluation (Table 6 presence, risk confusion matrices,
-    agreement) of every mode, recomputed from results.csv with ``eval.report``.
+    agreement) of every mode: the report's own, from the in-memory results.
 
     Args:
       workdir: stage folder.
@@ -371,7 +373,6 @@ def infer(
       ``{"report", "patients" [{study, mode, true/pred total and paper4 category,
       flagged}], "evals" {mode: eval.report.evaluate_mode}, "timings"}``.
     """
-    from dinolg_jax.eval import report as report_lib
     from dinolg_jax.inference import run as run_lib
 
     request = {
@@ -400,14 +401,12 @@ def infer(
     c.scoring = config.scoring.copy_and_resolve_references()
     c.mesh = config.mesh.copy_and_resolve_references()
     out = run_lib.infer_from_config(c)
-    truth, preds = report_lib.scores_from_results_csv(Path(c.out_dir) / "results.csv")
-    evals = report_lib.evaluate(truth, preds)
     summary = {
-        "report": out.get("report"),
+        "report": out["report"],
         "results_csv": str(Path(c.out_dir) / "results.csv"),
-        "threshold": out.get("threshold"),
-        "patients": patient_rows(Path(c.out_dir) / "results.csv"),
-        "evals": evals,
+        "threshold": out["threshold"],
+        "patients": patient_rows(out["results"]),
+        "evals": out["evals"] or {},
         "errors": {m: v["errors"] for m, v in out["modes"].items()},
         "timings": {
             m: {k: v[k] for k in ("compute_s", "slices_per_s", "studies_per_s")}
@@ -418,31 +417,31 @@ def infer(
     return json.loads(json.dumps(summary, default=str))
 
 
-def patient_rows(results_csv: str | os.PathLike) -> list[dict[str, Any]]:
-    """Per (study, mode): true and predicted total Agatston and paper4 category.
+def patient_rows(results: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Per (study, mode), in results.csv's order: true and predicted total Agatston and
+    paper4 category (totals to 4 decimals, as the CSV holds them).
+
+    Args:
+      results: ``{mode: [inference.pipeline.StudyResult]}``, one result per study in
+        every mode (``inference.run.run_inference``).
 
     Error rows keep their error type in ``error`` and no prediction.
     """
-    import csv
-
     rows = []
-    with Path(results_csv).open(newline="") as f:
-        for r in csv.DictReader(f):
-
-            def num(key: str, r=r) -> float | None:
-                return float(r[key]) if r.get(key, "") != "" else None
-
+    for by_mode in zip(*results.values(), strict=True):
+        for r in by_mode:
+            pred, truth = r.summary or {}, r.truth or {}
             rows.append(
                 {
-                    "study": r["study"],
-                    "mode": r["mode"],
-                    "num_slices": int(r["num_slices"] or 0),
-                    "num_flagged": int(r["num_flagged"] or 0),
-                    "true_total": num("true_total"),
-                    "true_category": r.get("true_paper4", ""),
-                    "pred_total": num("total"),
-                    "pred_category": r.get("paper4", ""),
-                    "error": r.get("error_type", "") or None,
+                    "study": r.study_id,
+                    "mode": r.mode,
+                    "num_slices": int(r.num_slices),
+                    "num_flagged": len(r.flagged),
+                    "true_total": round(float(truth["total"]), 4) if truth else None,
+                    "true_category": truth.get("paper4", ""),
+                    "pred_total": round(float(pred["total"]), 4) if pred else None,
+                    "pred_category": pred.get("paper4", ""),
+                    "error": (r.error or {}).get("type") or None,
                 }
             )
     return rows

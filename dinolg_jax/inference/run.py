@@ -25,7 +25,6 @@ header value is ever in those messages); the other studies complete.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -38,7 +37,8 @@ from dinolg_jax.inference import nifti, prefetch
 from dinolg_jax.inference import seg as seg_lib
 from dinolg_jax.inference.sources import StudyTask
 from dinolg_jax.inference.system import MODES, CacPipeline, StudyResult
-from dinolg_jax.scoring.agatston import VESSELS
+from dinolg_jax.runtime.loop import write_json
+from dinolg_jax.scoring.agatston import CONVENTION_OPTIONS, VESSELS
 
 _TRUTH = [f"true_{k}" for k in (*VESSELS, "total", "paper4", "standard5", "cac_drs")]
 CSV_COLUMNS: tuple[str, ...] = (
@@ -77,11 +77,62 @@ def clean_message(exc: BaseException, roots: Sequence[str | os.PathLike] = ()) -
     return text[:_MAX_MESSAGE]
 
 
+def _rounded(x: Any) -> float:
+    """A score as results.csv holds it (4 decimals); evaluation uses the same values."""
+    return round(float(x), 4)
+
+
+def _scores(summary: dict[str, Any]) -> dict[str, float]:
+    """``{"RCA", "LAD", "LCA", "LCX", "total"}`` of a :func:`score_summary`, as in the CSV."""
+    return {**{v: _rounded(summary["per_vessel"][v]) for v in VESSELS},
+            "total": _rounded(summary["total"])}  # fmt: skip
+
+
+def scores_from_results(
+    results: dict[str, Sequence[StudyResult]],
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, dict[str, float]]]]:
+    """Reference and predicted per-patient scores of :func:`run_inference`'s results.
+
+    The values results.csv holds (4 decimals), so an evaluation of the CSV is the same.
+
+    Args:
+      results: ``{mode: [StudyResult]}``.
+
+    Returns:
+      ``(truth {study: scores}, {mode: {study: scores}})``, scores ``{"RCA", "LAD",
+      "LCA", "LCX", "total"}`` (``eval.report.Scores``); error results and results
+      without a reference contribute no truth; error results no prediction.
+    """
+    truth: dict[str, dict[str, float]] = {}
+    preds: dict[str, dict[str, dict[str, float]]] = {}
+    for mode, rows in results.items():
+        for r in rows:
+            if r.error is not None:
+                continue
+            preds.setdefault(mode, {})[r.study_id] = _scores(r.summary)
+            if r.truth is not None:
+                truth[r.study_id] = _scores(r.truth)
+    return truth, preds
+
+
+def convention(results: dict[str, Sequence[StudyResult]]) -> dict[str, Any] | None:
+    """The Agatston options the results were scored with (``CONVENTION_OPTIONS``).
+
+    Taken from the first scored result's ``AgatstonResult.convention``; None when no
+    study was scored.
+    """
+    for rows in results.values():
+        for r in rows:
+            if r.scores is not None:
+                return {k: r.scores.convention[k] for k in CONVENTION_OPTIONS}
+    return None
+
+
 def csv_row(result: StudyResult) -> dict[str, Any]:
     """The CSV row of one result (floats rounded to 4 decimals, missing values empty)."""
 
     def num(x: Any) -> Any:
-        return "" if x is None else round(float(x), 4)
+        return "" if x is None else _rounded(x)
 
     row: dict[str, Any] = dict.fromkeys(CSV_COLUMNS, "")
     row.update(study=result.study_id, mode=result.mode, num_slices=result.num_slices)
@@ -109,12 +160,6 @@ def csv_row(result: StudyResult) -> dict[str, Any]:
             error_message=result.error["message"],
         )
     return row
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
 
 
 def _safe_name(study_id: str) -> str:
@@ -228,7 +273,7 @@ def run_inference(
                     result.timings["read"] = t_read
                     result.timings["total"] = t_read + time.perf_counter() - t1
                 results[mode].append(result)
-                _write_json(
+                write_json(
                     out / "studies" / f"{_safe_name(task.study_id)}.{mode}.json",
                     result.to_dict(),
                 )
@@ -244,7 +289,7 @@ def run_inference(
         if write_seg
         else {}
     )
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     summary["results"] = results
     return summary
 
@@ -289,7 +334,10 @@ def infer_from_config(config: Any, *, progress: Callable | None = None) -> dict[
       progress: e.g. ``tqdm.tqdm``.
 
     Returns:
-      The summary of :func:`run_inference` (plus ``report``: the report's path or None).
+      The summary of :func:`run_inference`, plus ``report`` (the report's path or None)
+      and ``evals`` (the report's evaluation, ``{mode: eval.report.evaluate_mode}``;
+      None without a report). Data flows one way: the in-memory results feed the
+      files and the evaluation; nothing written is read back.
     """
     from dinolg_jax.eval import report as report_lib
     from dinolg_jax.inference import loading, sources
@@ -311,18 +359,12 @@ def infer_from_config(config: Any, *, progress: Callable | None = None) -> dict[
         source_roots=roots,
         progress=progress,
     )
-    summary["report"] = None
+    summary["report"] = summary["evals"] = None
     if not config.get("report", True):
         return summary
-    out = Path(config.out_dir)
-    truth, preds = report_lib.scores_from_results_csv(out / "results.csv")
+    results = summary["results"]
+    truth, preds = scores_from_results(results)
     notes = [config.note] if config.get("note") else []
-    convention = {
-        "threshold_hu": pipe.scoring.get("threshold_hu", 130.0),
-        "connectivity": pipe.scoring.get("connectivity", 4),
-        "min_area_mm2": pipe.scoring.get("min_area_mm2", 1.0),
-        "thickness_normalisation": pipe.scoring.get("thickness_normalisation", True),
-    }
     source = config.source
     if source.kind == "release" and source.get("release_kind", "gated") == "nongated":
         sheet = coca.load_nongated_scores(source.path)
@@ -335,6 +377,11 @@ def infer_from_config(config: Any, *, progress: Callable | None = None) -> dict[
         evals = report_lib.evaluate(truth, preds)
     else:
         return summary
-    path = report_lib.write_report(out / "report", evals, convention, notes=notes)
+    summary["evals"] = evals
+    scored_with = convention(results)
+    if scored_with is None:  # no study was scored: nothing to report
+        return summary
+    out = Path(config.out_dir)
+    path = report_lib.write_report(out / "report", evals, scored_with, notes=notes)
     summary["report"] = str(path)
     return summary

@@ -45,6 +45,7 @@ from jax.sharding import Mesh
 from dinolg_jax.data.volume import CTVolume
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.scoring.agatston import (
+    CONVENTION_OPTIONS,
     VESSELS,
     AgatstonResult,
     agatston,
@@ -242,12 +243,7 @@ class CacPipeline:
             raise ValueError(f"threshold must be a probability in [0, 1], got {threshold!r}")
         self.threshold = float(threshold)
         self.scoring = dict(scoring or {})
-        unknown = set(self.scoring) - {
-            "threshold_hu",
-            "connectivity",
-            "min_area_mm2",
-            "thickness_normalisation",
-        }
+        unknown = set(self.scoring) - set(CONVENTION_OPTIONS)
         if unknown:
             raise ValueError(f"unknown scoring options {sorted(unknown)}")
         self.mesh = mesh

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -118,15 +118,19 @@ def state_shardings(mesh: Mesh, abstract_tree: Any, min_size: int = 2**18) -> An
     )
 
 
-def batch_sharding(mesh: Mesh, batch_dim: int = 0) -> NamedSharding:
-    """Sharding that splits dimension ``batch_dim`` over all devices of the mesh.
+def batch_sharding(
+    mesh: Mesh, batch_dim: int = 0, axes: str | Sequence[str] = BATCH_AXES
+) -> NamedSharding:
+    """Sharding that splits dimension ``batch_dim`` over the ``axes`` of the mesh.
 
     Args:
       mesh: the (data, fsdp) mesh.
       batch_dim: which dimension is the batch (1 for crops-major [n_crops, B, ...]);
         the other dimensions are replicated.
+      axes: the mesh axes the batch is split over (default: all of them).
     """
-    return NamedSharding(mesh, PartitionSpec(*([None] * batch_dim), BATCH_AXES))
+    axes = axes if isinstance(axes, str) else tuple(axes)
+    return NamedSharding(mesh, PartitionSpec(*([None] * batch_dim), axes))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -151,6 +155,48 @@ def global_batch_from_numpy(
     shape = tuple(array.shape if global_shape is None else global_shape)
     sharding = batch_sharding(mesh, batch_dim)
     return jax.make_array_from_callback(shape, sharding, lambda idx: array[idx])
+
+
+def put_batch(
+    batch: Mapping[str, Any],
+    mesh: Mesh,
+    *,
+    batch_dims: Mapping[str, int | None] | None = None,
+    axes: str | Sequence[str] = BATCH_AXES,
+) -> dict[str, Any]:
+    """Host to device: this process's rows of a host batch -> global ``jax.Array`` s.
+
+    The one placement of input batches (the input pipeline, segmentation training and
+    evaluation). Each process passes its own rows (``jax.make_array_from_process_local_data``;
+    :func:`make_mesh` orders devices by process, so a process's rows are contiguous), and
+    the global batch is the processes' rows concatenated.
+
+    Args:
+      batch: arrays by key; string arrays stay host numpy arrays.
+      mesh: the (data, fsdp) mesh.
+      batch_dims: the batch dimension of a key (default 0); ``None`` replicates the array
+        (every process passes the whole of it).
+      axes: the mesh axes the batch is split over.
+
+    Returns:
+      The same keys: ``jax.Array`` s split over ``axes`` on their batch dimension.
+    """
+    batch_dims = batch_dims or {}
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        if value.dtype.kind in "USO":
+            out[key] = value
+            continue
+        dim = batch_dims.get(key, 0)
+        shape = list(value.shape)
+        if dim is None:
+            sharding = replicated(mesh)
+        else:
+            sharding = batch_sharding(mesh, dim, axes)
+            shape[dim] *= jax.process_count()
+        out[key] = jax.make_array_from_process_local_data(sharding, value, tuple(shape))
+    return out
 
 
 _ENV_COORD = "DINOLG_COORDINATOR"

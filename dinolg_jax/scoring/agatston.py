@@ -50,6 +50,13 @@ from scipy import sparse
 from scipy.sparse import csgraph
 
 VESSELS: tuple[str, ...] = ("RCA", "LAD", "LCA", "LCX")  # label values 1..4
+# The keyword options of `agatston` that make a scoring convention (the report states them).
+CONVENTION_OPTIONS: tuple[str, ...] = (
+    "threshold_hu",
+    "connectivity",
+    "min_area_mm2",
+    "thickness_normalisation",
+)
 
 # scheme name -> category names, lowest first.
 RISK_SCHEMES: dict[str, tuple[str, ...]] = {

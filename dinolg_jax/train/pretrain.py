@@ -4,12 +4,13 @@
 What it writes under ``workdir`` (process 0 for the text files)::
 
     config.json          the resolved config
-    metrics.jsonl        one JSON line per logged step: step, loss, loss_window_mean
-                         (mean since the last line), lr, wd, momentum (teacher EMA),
-                         teacher_temp, grad_norm (before clipping), param_norm,
-                         update_norm, steps_per_s, eta_s; the collapse monitors
-                         teacher_entropy, teacher_batch_entropy, teacher_kl, loss_entropy,
-                         loss_kl (``train.state.make_train_step``); on evaluation steps
+    metrics.jsonl        one JSON line per logged step (``runtime.loop.MetricsLog``): step,
+                         epoch, loss, loss_window_mean (mean since the last line), lr,
+                         wd, momentum (teacher EMA), teacher_temp, grad_norm (before
+                         clipping), param_norm, update_norm, steps_per_s, eta_s; the
+                         collapse monitors teacher_entropy, teacher_batch_entropy,
+                         teacher_kl, loss_entropy, loss_kl
+                         (``train.state.make_train_step``); on evaluation steps
                          the online eval online_{knn,probe}_roc_auc beside the random
                          init's init_{knn,probe}_roc_auc and their *_gain
     online_eval_init.json  the random-initialised encoder's online eval (step 0)
@@ -25,8 +26,8 @@ Re-running with the same workdir resumes from the latest checkpoint: the train s
 and the data iterator continue exactly (``fold_in(key, step)`` inside the step), so a
 resumed run ends with the same bytes as an uninterrupted one. SIGTERM: the current step
 finishes, a checkpoint is written, the run returns with status ``"preempted"``. A
-non-finite loss raises :class:`NonFiniteLossError` before anything from that state is
-saved; the last good checkpoint stays as it was. The check runs on every step, one step
+non-finite loss raises ``runtime.loop.NonFiniteLossError`` before anything from that state
+is saved; the last good checkpoint stays as it was. The check runs on every step, one step
 behind the dispatch (step k's loss is read once step k + 1 is queued, so the device never
 waits for the host): the run stops at the first non-finite step, not at the next log line.
 
@@ -40,9 +41,7 @@ its initialisation (``train.health``).
 from __future__ import annotations
 
 import json
-import math
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -52,11 +51,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 
+from dinolg_jax.phantom import training_data
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
-from dinolg_jax.runtime.tensorboard import TensorBoardWriter
+from dinolg_jax.runtime.loop import MetricsLog, Preemption, write_json
 from dinolg_jax.train import health as health_lib
 from dinolg_jax.train import online_eval as online_eval_lib
 from dinolg_jax.train import state as state_lib
@@ -169,143 +168,6 @@ def paper_config(variant: str, n_local_guided: int, batch_size: int) -> ml_colle
     return c
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stopped without saving that state."""
-
-
-def prepare_manifest(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
-    """Path of the manifest to train on; makes a small phantom when none is configured.
-
-    With ``config.data.manifest`` empty, a phantom release with ``config.phantom``'s
-    sizes is written to ``workdir/phantom/release`` and converted to
-    ``workdir/phantom/data`` (once; later runs reuse it). Only process 0 writes.
-    """
-    if config.data.get("manifest"):
-        path = Path(config.data.manifest)
-        if path.is_dir():
-            path = path / "manifest.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"config.data.manifest: no manifest at {path}")
-        return path
-    root = Path(workdir) / "phantom"
-    manifest = root / "data" / "manifest.json"
-    if jax.process_index() == 0 and not manifest.is_file():
-        from dinolg_jax.data import convert
-        from dinolg_jax.phantom import coca_release
-
-        ph = config.phantom
-        logging.info("no data configured: making a phantom under %s", root)
-        coca_release.make_release(
-            root / "release",
-            n_gated=int(ph.n_gated),
-            n_nongated=int(ph.n_nongated),
-            seed=int(ph.seed),
-            size=int(ph.size),
-        )
-        convert.convert_release(root / "release", root / "data", seed=int(ph.seed), progress=False)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("prepare_manifest")
-    if not manifest.is_file():
-        raise FileNotFoundError(f"phantom conversion did not produce {manifest}")
-    return manifest
-
-
-class _Preemption:
-    """Turns SIGTERM into a flag checked between steps (agreed across processes)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self) -> _Preemption:
-        if jax.process_count() == 1:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        del signum, frame
-        self.requested = True
-
-    def should_stop(self, step: int) -> bool:
-        if jax.process_count() > 1:
-            # JAX's preemption notifier (installed by jax.distributed) syncs all processes.
-            return multihost_utils.reached_preemption_sync_point(step)
-        return self.requested
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-class _MetricsLog:
-    """Buffers per-step device metrics; checks them for non-finite loss; writes JSON lines."""
-
-    def __init__(self, path: Path, total_steps: int, tensorboard: Any = None) -> None:
-        self.path = path
-        self.total_steps = total_steps
-        self.pending: list[tuple[int, dict[str, jax.Array]]] = []
-        self.last: dict[str, float] = {}
-        self.history: list[dict[str, float]] = []
-        self._t0 = time.perf_counter()
-        self._step0: int | None = None
-        self._tb = tensorboard
-        self.extra: dict[str, float] = {}  # merged into the next written line
-
-    def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
-        if self._step0 is None:
-            self._step0 = step - 1
-            self._t0 = time.perf_counter()
-        self.pending.append((step, metrics))
-
-    def flush(self, write: bool) -> None:
-        """Fetches pending metrics, raises on a non-finite loss, optionally logs the last."""
-        if not self.pending:
-            return
-        fetched = jax.device_get(self.pending)
-        self.pending = []
-        for step, m in fetched:
-            loss = float(m["loss"])
-            if not math.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"non-finite loss ({loss}) at step {step}: stopping; this state is not saved"
-                )
-        step, m = fetched[-1]
-        self.last = {k: float(v) for k, v in m.items()}
-        self.last["loss_window_mean"] = float(np.mean([float(x["loss"]) for _, x in fetched]))
-        self.last.update(self.extra)  # the online eval of this step, if any
-        self.extra = {}
-        if not write or jax.process_index() != 0:
-            return
-        elapsed = time.perf_counter() - self._t0
-        done = step - (self._step0 or 0)
-        steps_per_s = done / elapsed if elapsed > 0 else 0.0
-        line = {"step": step, **self.last, **self.extra, "steps_per_s": steps_per_s}
-        line["eta_s"] = (self.total_steps - step) / steps_per_s if steps_per_s > 0 else None
-        self.history.append(line)
-        with self.path.open("a") as f:
-            f.write(json.dumps(line) + "\n")
-        if self._tb is not None:
-            for k, v in line.items():
-                if isinstance(v, float):
-                    self._tb.scalar(k, v, step)
-        logging.info(
-            "step %d/%d loss %.4f lr %.2e %.2f steps/s",
-            step,
-            self.total_steps,
-            self.last["loss"],
-            self.last["lr"],
-            steps_per_s,
-        )
-
-
-def _raise_if_nonfinite(step: int, loss: jax.Array) -> None:
-    value = float(loss)
-    if not math.isfinite(value):
-        raise NonFiniteLossError(
-            f"non-finite loss ({value}) at step {step}: stopping; this state is not saved"
-        )
-
-
 def _online_evaluator(
     config: ml_collections.ConfigDict,
     trainer: state_lib.Trainer,
@@ -330,7 +192,7 @@ def _online_evaluator(
     init_state = state if int(state.step) == 0 else trainer.init_state()
     init = evaluator.evaluate(init_state.teacher["backbone"])
     del init_state
-    _write_json(path, init)
+    write_json(path, init)
     logging.info("online eval of the random init: %s", init)
     return evaluator, init
 
@@ -366,14 +228,6 @@ def _health(
     }
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    if jax.process_index() != 0:
-        return
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
-
-
 def _crops_only(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"global": batch["global"], "local": batch["local"]}
 
@@ -390,8 +244,8 @@ def _setup(
     from dinolg_jax.data import manifest as manifest_lib
 
     workdir.mkdir(parents=True, exist_ok=True)
-    _write_json(workdir / "config.json", config.to_dict())
-    manifest = prepare_manifest(config, workdir)
+    write_json(workdir / "config.json", config.to_dict())
+    manifest = training_data.prepare_manifest(config, workdir)
     mesh = mesh_lib.mesh_from_config(config.mesh)
     n_records = manifest_lib.load(manifest).num_records("pretrain")
     steps_per_epoch = max(1, n_records // int(config.data.batch_size))
@@ -412,7 +266,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
       teacher}``), ``wall_s``.
 
     Raises:
-      NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
+      runtime.loop.NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is
+        kept).
     """
     from dinolg_jax.data import manifest as manifest_lib
     from dinolg_jax.data import pipeline
@@ -447,10 +302,9 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         jnp.asarray(int(config.debug.nan_at_step), jnp.int32), mesh_lib.replicated(mesh)
     )
 
-    tb = None
-    if config.tensorboard and jax.process_index() == 0:
-        tb = TensorBoardWriter(workdir / "tensorboard")
-    log = _MetricsLog(workdir / "metrics.jsonl", total_steps, tb)
+    log = MetricsLog(
+        workdir, total_steps, steps_per_epoch=steps_per_epoch, tensorboard=config.tensorboard
+    )
     step = int(state.step)
     evaluator, init_eval = None, {}
     if step < total_steps:
@@ -460,26 +314,22 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     status = "done"
     log_every, ckpt_every = int(config.log_every), int(config.checkpoint.every_steps)
     eval_every = int(config.get("eval_every", 0))
-    lagged = None  # (step, loss) of the previous step, checked once the next is queued
     try:
-        with _Preemption() as preempt:
+        with Preemption() as preempt:
             while step < total_steps:
                 batch = pipeline.device_put_batch(
                     _crops_only(next(data_iter)), mesh, data_axis=mesh_lib.BATCH_AXES
                 )
                 state, metrics = trainer.step(state, batch, trainer.step_key, nan_at_step)
                 step += 1
-                if lagged is not None:
-                    _raise_if_nonfinite(*lagged)
-                lagged = (step, metrics["loss"])
-                log.add(step, metrics)
+                log.add(step, metrics)  # checks the previous step's loss
                 if config.debug.step_sleep_s > 0:
                     time.sleep(float(config.debug.step_sleep_s))
                 stop = preempt.should_stop(step)
                 last = step == total_steps
                 evaluate = evaluator is not None and (step % eval_every == 0 or last)
                 if evaluate:
-                    _raise_if_nonfinite(*lagged)
+                    log.check_previous()
                     log.extra.update(_online_line(evaluator, state.teacher["backbone"], init_eval))
                 if step % log_every == 0 or last or stop or evaluate:
                     log.flush(write=True)
@@ -495,8 +345,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
                     break
     finally:
         ckpt.close()
-        if tb is not None:
-            tb.close()
+        log.close()
 
     if status == "done":
         ckpt_lib.save_encoder(
@@ -530,7 +379,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         "health": health,
         "wall_s": time.perf_counter() - t_start,
     }
-    _write_json(workdir / "summary.json", summary)
+    write_json(workdir / "summary.json", summary)
     return summary
 
 
@@ -561,5 +410,5 @@ def initial_encoder(
             {"params": state.params, "teacher": state.teacher}
         ),
     }
-    _write_json(workdir / "summary.json", summary)
+    write_json(workdir / "summary.json", summary)
     return summary

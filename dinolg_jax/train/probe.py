@@ -37,8 +37,10 @@ import orbax.checkpoint as ocp
 from dinolg_jax.data import pipeline
 from dinolg_jax.eval import metrics as metrics_lib
 from dinolg_jax.models.probes import PROBE_INPUTS, build_probe
+from dinolg_jax.phantom import training_data
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
+from dinolg_jax.runtime.loop import write_json
 from dinolg_jax.train import features as features_lib
 
 matplotlib.use("Agg")
@@ -249,10 +251,7 @@ def save_probe(directory: str | os.PathLike, params: Any, probe_config: dict[str
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(root / "params", params, force=True)
         ckptr.wait_until_finished()
-    if jax.process_index() == 0:
-        tmp = root / "probe_config.json.tmp"
-        tmp.write_text(json.dumps(probe_config, indent=2, sort_keys=True))
-        tmp.replace(root / "probe_config.json")
+    write_json(root / "probe_config.json", probe_config)
     return root
 
 
@@ -304,16 +303,14 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
       ``encoder_checksum``, ``params_checksum``, ``wall_s``.
     """
     from dinolg_jax.inference import loading as loading_lib
-    from dinolg_jax.train.pretrain import prepare_manifest
 
     t_start = time.perf_counter()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
+    write_json(workdir / "config.json", config.to_dict())
     if not config.encoder:
         raise ValueError("config.encoder must point at a pretraining workdir or encoder export")
-    manifest = prepare_manifest(config, workdir)
+    manifest = training_data.prepare_manifest(config, workdir)
     enc_params, enc_cfg = ckpt_lib.load_encoder(config.encoder)
     enc_sum = ckpt_lib.params_checksum(enc_params)
     f = config.features
@@ -379,8 +376,5 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
         "params_checksum": ckpt_lib.params_checksum(params),
         "wall_s": time.perf_counter() - t_start,
     }
-    if jax.process_index() == 0:
-        tmp = workdir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
-        tmp.replace(workdir / "summary.json")
+    write_json(workdir / "summary.json", summary)
     return summary

@@ -24,6 +24,8 @@ label-preserving augmentation. The global batch is split over every device of th
 (data parallel); the state is replicated (or FSDP-sharded by the mesh rule) and donated.
 Checkpoints (:class:`dinolg_jax.runtime.checkpoint.Checkpointer`): the state, the Grain
 iterator state and the config, by step; a re-run in the same workdir resumes exactly.
+The loop's metrics log, lagged non-finite check and SIGTERM handling are
+``runtime.loop``'s, as in pretraining.
 
 Evaluation (:func:`evaluate`): per-artery IoU and Dice from pixel counts pooled over the
 whole test split (``data.pipeline.eval_dataset``, every slice in order), once over all
@@ -35,7 +37,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -53,9 +54,11 @@ from absl import logging
 from dinolg_jax.data import manifest as manifest_lib
 from dinolg_jax.data import pipeline
 from dinolg_jax.models.segmenters import build_segmenter
+from dinolg_jax.phantom import training_data
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
-from dinolg_jax.train.segment_eval import evaluate, to_mesh
+from dinolg_jax.runtime.loop import MetricsLog, Preemption, write_json
+from dinolg_jax.train.segment_eval import evaluate
 
 
 def base_config(model: str = "unet") -> ml_collections.ConfigDict:
@@ -103,10 +106,6 @@ def base_config(model: str = "unet") -> ml_collections.ConfigDict:
     c.checkpoint.every_steps = 500
     c.log_every = 50
     return c
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stopped without saving that state."""
 
 
 @flax.struct.dataclass
@@ -312,15 +311,6 @@ def build_model(config: ml_collections.ConfigDict) -> tuple[nn.Module, Any]:
     return build_segmenter(name, **kwargs), encoder_params
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Writes JSON atomically from process 0 (temp file, then rename)."""
-    if jax.process_index() != 0:
-        return
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
-
-
 def train_segmenter(
     config: ml_collections.ConfigDict, workdir: str | os.PathLike
 ) -> dict[str, Any]:
@@ -332,23 +322,24 @@ def train_segmenter(
 
     Returns:
       The summary, also written to ``workdir/summary.json``: ``step``, ``total_steps``,
-      ``steps_per_epoch``, ``model``, ``status`` ("done"), ``metrics`` (last logged),
-      ``first_loss``, ``eval`` (see :func:`evaluate`), ``params_checksum``, ``wall_s``. A
-      re-run of a finished run returns its summary at once.
+      ``steps_per_epoch``, ``model``, ``status`` ("done", or "preempted" after a SIGTERM:
+      the current step finishes, a checkpoint is written, no evaluation), ``metrics``
+      (last logged), ``first_loss``, ``eval`` (see :func:`evaluate`; None when
+      preempted), ``params_checksum``, ``wall_s``. A re-run of a finished run returns its
+      summary at once; a re-run of a preempted one resumes.
 
     Raises:
-      NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
+      runtime.loop.NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is
+        kept).
       ValueError: a batch that does not split over the devices.
       ManifestError: the train or evaluation split has no records (before training).
     """
-    from dinolg_jax.train.pretrain import prepare_manifest
-
     t_start = time.perf_counter()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     config_dict = config.to_dict()
     write_json(workdir / "config.json", config_dict)
-    manifest = prepare_manifest(config, workdir)
+    manifest = training_data.prepare_manifest(config, workdir)
     for split in (config.data.train_split, config.eval.split):  # an empty split fails now,
         manifest_lib.load(manifest).shard_paths(split)  # not after training
     mesh = mesh_lib.mesh_from_config(config.mesh)
@@ -388,46 +379,48 @@ def train_segmenter(
 
     step = int(state.step)
     log_every, ckpt_every = int(config.log_every), int(config.checkpoint.every_steps)
-    pending, last, first_loss = [], {}, None
-    t0, step0 = time.perf_counter(), step
+    log = MetricsLog(
+        workdir,
+        total_steps,
+        steps_per_epoch=steps_per_epoch,
+        tensorboard=bool(config.get("tensorboard", False)),
+    )
+    status = "done"
     try:
-        while step < total_steps:
-            state, metrics = step_fn(state, to_mesh(next(iterator), mesh, ("image", "labels")))
-            step += 1
-            pending.append((step, metrics))
-            done = step == total_steps
-            if step % log_every == 0 or step % ckpt_every == 0 or done:
-                fetched = jax.device_get(pending)
-                pending = []
-                for s, m in fetched:
-                    if not math.isfinite(float(m["loss"])):
-                        raise NonFiniteLossError(f"non-finite loss at step {s}; not saved")
-                    first_loss = float(m["loss"]) if first_loss is None else first_loss
-                s, m = fetched[-1]
-                rate = (step - step0) / max(time.perf_counter() - t0, 1e-9)
-                last = {k: float(v) for k, v in m.items()}
-                line = {"step": s, "epoch": s / steps_per_epoch, **last, "steps_per_s": rate}
-                line["eta_s"] = (total_steps - s) / rate if rate else None
-                if jax.process_index() == 0:
-                    with (workdir / "metrics.jsonl").open("a") as f:
-                        f.write(json.dumps(line) + "\n")
-                logging.info("step %d/%d loss %.4f", s, total_steps, last["loss"])
-            if step % ckpt_every == 0 or done:
-                ckpt.save(step, state, iterator.get_state(), config_dict)
+        with Preemption() as preempt:
+            while step < total_steps:
+                batch = next(iterator)
+                batch = mesh_lib.put_batch({k: batch[k] for k in ("image", "labels")}, mesh)
+                state, metrics = step_fn(state, batch)
+                step += 1
+                log.add(step, metrics)  # checks the previous step's loss
+                done = step == total_steps
+                stop = preempt.should_stop(step)
+                if step % log_every == 0 or step % ckpt_every == 0 or done or stop:
+                    log.flush(write=True)
+                if step % ckpt_every == 0 or done or stop:
+                    ckpt.save(step, state, iterator.get_state(), config_dict)
+                if stop and not done:
+                    status = "preempted"
+                    logging.warning("SIGTERM: checkpoint written at step %d, exiting", step)
+                    break
     finally:
         ckpt.close()
+        log.close()
 
-    eval_data = config.data.copy_and_resolve_references()
-    eval_data.batch_size = int(config.eval.batch_size)
-    result = evaluate(model, state.params, manifest, config.eval.split, eval_data, mesh)
+    result = None
+    if status == "done":
+        eval_data = config.data.copy_and_resolve_references()
+        eval_data.batch_size = int(config.eval.batch_size)
+        result = evaluate(model, state.params, manifest, config.eval.split, eval_data, mesh)
     summary = {
         "step": step,
         "total_steps": total_steps,
         "steps_per_epoch": steps_per_epoch,
         "model": str(config.model.name),
-        "status": "done",
-        "metrics": last,
-        "first_loss": first_loss,
+        "status": status,
+        "metrics": log.last,
+        "first_loss": log.first_loss,
         "eval_split": str(config.eval.split),
         "eval": result,
         "params_checksum": ckpt_lib.params_checksum(state.params),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -24,17 +23,6 @@ from dinolg_jax.data import pipeline
 from dinolg_jax.eval import metrics as metrics_lib
 from dinolg_jax.models.unet import CLASS_NAMES
 from dinolg_jax.runtime import mesh as mesh_lib
-
-
-def to_mesh(batch: dict[str, Any], mesh: jax.sharding.Mesh, keys: Sequence[str]) -> dict:
-    """This process's rows of ``batch[keys]`` -> global arrays split over the mesh's batch axes."""
-    sharding = mesh_lib.batch_sharding(mesh)
-    out = {}
-    for k in keys:
-        v = np.asarray(batch[k])
-        shape = (v.shape[0] * jax.process_count(), *v.shape[1:])
-        out[k] = jax.make_array_from_process_local_data(sharding, v, shape)
-    return out
 
 
 @functools.lru_cache(maxsize=16)
@@ -96,7 +84,7 @@ def evaluate(
     totals = np.zeros((2, num_classes, 3), np.int64)  # [all slices, calcium slices]
     n = np.zeros(2, np.int64)
     for batch in pipeline.eval_dataset(manifest, split, data):
-        arrays = to_mesh(batch, mesh, ("image", "labels"))
+        arrays = mesh_lib.put_batch({k: batch[k] for k in ("image", "labels")}, mesh)
         local = local_rows(count_fn(params, arrays["image"], arrays["labels"]))
         valid = np.asarray(batch["valid"], bool)
         calc = valid & np.asarray(batch["has_calcium"], bool)
@@ -117,6 +105,6 @@ def evaluate(
 
 
 def local_rows(x: jax.Array) -> np.ndarray:
-    """This process's rows of a batch-sharded array, in order (as fed by :func:`to_mesh`)."""
+    """This process's rows of a batch-sharded array, in order (as ``put_batch`` places them)."""
     shards = {s.index[0].start or 0: s.data for s in x.addressable_shards}
     return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -10,7 +9,6 @@ import numpy as np
 import pytest
 
 from dinolg_jax.eval import report
-from dinolg_jax.inference.run import CSV_COLUMNS
 
 
 def s(rca=0.0, lad=0.0, lca=0.0, lcx=0.0):
@@ -116,48 +114,9 @@ def test_markdown_report_holds_the_values(tmp_path: Path, evals) -> None:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_scores_from_results_csv(tmp_path: Path) -> None:
-    path = tmp_path / "results.csv"
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        w.writeheader()
-        base = dict.fromkeys(CSV_COLUMNS, "")
-        w.writerow(
-            {
-                **base,
-                "study": "a",
-                "mode": "gated",
-                "status": "ok",
-                "RCA": 3,
-                "LAD": 0,
-                "LCA": 0,
-                "LCX": 1,
-                "total": 4,
-                "true_RCA": 2,
-                "true_LAD": 0,
-                "true_LCA": 0,
-                "true_LCX": 0,
-                "true_total": 2,
-            }
-        )
-        w.writerow({**base, "study": "b", "mode": "gated", "status": "error"})
-        w.writerow(
-            {
-                **base,
-                "study": "c",
-                "mode": "unet_only",
-                "status": "ok",
-                "RCA": 0,
-                "LAD": 0,
-                "LCA": 0,
-                "LCX": 0,
-                "total": 0,
-            }
-        )
-    truth, preds = report.scores_from_results_csv(path)
-    assert truth == {"a": {"RCA": 2.0, "LAD": 0.0, "LCA": 0.0, "LCX": 0.0, "total": 2.0}}
-    assert preds["gated"] == {"a": {"RCA": 3.0, "LAD": 0.0, "LCA": 0.0, "LCX": 1.0, "total": 4.0}}
-    assert set(preds["unet_only"]) == {"c"}
+def test_evaluate_pairs_predictions_with_references() -> None:
+    truth = {"a": s(rca=2)}
+    preds = {"gated": {"a": s(rca=3, lcx=1)}, "unet_only": {"c": s()}}
     ev = report.evaluate(truth, preds)
     assert ev["unet_only"]["studies"] == [] and ev["unet_only"]["missing_reference"] == ["c"]
     assert math.isnan(ev["gated"]["agreement"]["icc"])  # one patient: undefined

@@ -22,6 +22,7 @@ import ml_collections
 import pytest
 
 from dinolg_jax.experiments import ablation, stages
+from dinolg_jax.runtime.loop import write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "ablate.py"
@@ -162,12 +163,12 @@ def test_arm_configs_differ_only_in_crop_counts_and_seed():
 
 def test_stage_refuses_a_workdir_of_another_config_and_skips_a_finished_one(tmp_path):
     config = ml_collections.ConfigDict({"n": 1, "debug": {"x": 0}})
-    stages.write_json(tmp_path / "config.json", config.to_dict())
+    write_json(tmp_path / "config.json", config.to_dict())
     stages.check_config(tmp_path, ml_collections.ConfigDict({"n": 1, "debug": {"x": 9}}))
     with pytest.raises(stages.StageConfigError, match=r"differs in \['n'\]"):
         stages.check_config(tmp_path, ml_collections.ConfigDict({"n": 2, "debug": {"x": 0}}))
     assert stages.finished_summary(tmp_path) is None
-    stages.write_json(tmp_path / "summary.json", {"status": "preempted", "step": 3})
+    write_json(tmp_path / "summary.json", {"status": "preempted", "step": 3})
     assert stages.finished_summary(tmp_path) is None
-    stages.write_json(tmp_path / "summary.json", {"status": "done", "step": 4})
+    write_json(tmp_path / "summary.json", {"status": "done", "step": 4})
     assert stages.finished_summary(tmp_path) == {"status": "done", "step": 4}

@@ -636,3 +636,46 @@ def test_release_source_truth_matches_phantom_and_no_phi(tmp_path: Path, mesh8) 
     assert ev["studies"] == ["nongated-0"] and ev["missing_prediction"] == []
     text = "".join(p.read_text() for d in (out, out_ng) for p in d.rglob("*.*"))
     assert not [m for m in truth["phi_markers"] if m in text]
+
+
+def test_scores_and_patient_rows_from_results_equal_results_csv(tmp_path: Path, mesh8) -> None:
+    """The in-memory flow (results -> evaluation, patient rows) gives what results.csv holds."""
+    from dinolg_jax.experiments import stages
+    from dinolg_jax.scoring.agatston import VESSELS
+
+    def fail() -> CTVolume:
+        raise OSError("unreadable")
+
+    tasks = [
+        sources.StudyTask("a", lambda: make_study("a")),
+        sources.StudyTask("b", fail),
+        sources.StudyTask("c", lambda: make_study("c")),
+    ]
+    summary = run.run_inference(build(mesh8), tasks, tmp_path, modes=("gated", "unet_only"))
+    results = summary["results"]
+    with (tmp_path / "results.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    keys = (*VESSELS, "total")
+    truth, preds = run.scores_from_results(results)
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert truth == {r["study"]: {k: float(r[f"true_{k}"]) for k in keys} for r in ok}
+    for mode in ("gated", "unet_only"):
+        expected = {r["study"]: {k: float(r[k]) for k in keys} for r in ok if r["mode"] == mode}
+        assert preds[mode] == expected and set(expected) == {"a", "c"}
+    assert run.convention(results) == {
+        "threshold_hu": 130.0,
+        "connectivity": 4,
+        "min_area_mm2": 1.0,
+        "thickness_normalisation": True,
+    }
+    assert run.convention({"gated": [system.StudyResult("b", "gated")]}) is None
+    patients = stages.patient_rows(results)
+    assert [(p["study"], p["mode"]) for p in patients] == [(r["study"], r["mode"]) for r in rows]
+    for p, r in zip(patients, rows, strict=True):
+        assert p["pred_total"] == (float(r["total"]) if r["total"] else None)
+        assert p["true_total"] == (float(r["true_total"]) if r["true_total"] else None)
+        assert (p["pred_category"], p["true_category"]) == (r["paper4"], r["true_paper4"])
+        assert p["num_flagged"] == int(r["num_flagged"])
+        assert p["num_slices"] == int(r["num_slices"])
+        assert p["error"] == (r["error_type"] or None)
+    assert patients[2]["error"] == "OSError"

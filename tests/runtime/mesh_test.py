@@ -63,6 +63,25 @@ def test_global_batch_from_numpy_splits_batch_over_all_devices():
         np.testing.assert_array_equal(np.asarray(shard.data), x[:, 2 * k : 2 * k + 2])
 
 
+def test_put_batch_splits_each_key_on_its_batch_dim():
+    m = mesh_lib.make_mesh(fsdp=2)
+    crops = np.arange(2 * 16 * 3, dtype=np.float32).reshape(2, 16, 3)  # [n_crops, B, F]
+    rows = np.arange(16, dtype=np.int32)
+    mask = np.ones((2, 4), bool)
+    names = np.array(["a"] * 16)
+    batch = {"crops": crops, "rows": rows, "mask": mask, "names": names}
+    out = mesh_lib.put_batch(batch, m, batch_dims={"crops": 1, "mask": None})
+    assert out["crops"].sharding.spec == P(None, ("data", "fsdp"))
+    assert out["rows"].sharding.spec == P(("data", "fsdp"))
+    assert out["mask"].sharding.is_fully_replicated
+    assert isinstance(out["names"], np.ndarray)
+    for key in ("crops", "rows", "mask"):
+        np.testing.assert_array_equal(np.asarray(out[key]), batch[key])
+    for shard in out["rows"].addressable_shards:
+        k = shard.device.id
+        np.testing.assert_array_equal(np.asarray(shard.data), rows[2 * k : 2 * k + 2])
+
+
 def test_maybe_initialize_distributed_single_process(monkeypatch):
     for var in ("DINOLG_COORDINATOR", "DINOLG_NUM_PROCESSES", "DINOLG_PROCESS_ID"):
         monkeypatch.delenv(var, raising=False)

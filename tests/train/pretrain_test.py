@@ -235,6 +235,7 @@ def test_tensorboard_writer_event_file(tmp_path):
 
 def test_non_finite_loss_stops_at_that_step_not_at_the_next_log_line(tmp_path, monkeypatch):
     """With log and checkpoint lines far apart, a NaN at step 4 stops the run by step 5."""
+    from dinolg_jax.runtime.loop import NonFiniteLossError
     from dinolg_jax.train import pretrain as pretrain_lib
 
     manifest = write_dataset(tmp_path / "data", size=32)
@@ -260,7 +261,7 @@ def test_non_finite_loss_stops_at_that_step_not_at_the_next_log_line(tmp_path, m
         return dataclasses.replace(trainer, step=counted)
 
     monkeypatch.setattr(state_lib, "make_trainer", counting_trainer)
-    with pytest.raises(pretrain_lib.NonFiniteLossError, match="at step 4"):
+    with pytest.raises(NonFiniteLossError, match="at step 4"):
         pretrain_lib.pretrain(config, tmp_path / "run")
     # step 4's loss is read once step 5 is queued: 5 dispatches, not 12 (the last line)
     assert len(calls) == 5

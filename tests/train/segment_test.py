@@ -165,11 +165,29 @@ def test_train_segmenter_resumes_exactly_and_evaluates(tmp_path):
     assert (work / "metrics.jsonl").read_text() == lines
 
 
+def test_sigterm_checkpoints_and_stops_then_the_rerun_resumes(tmp_path, monkeypatch):
+    from dinolg_jax.runtime import loop
+
+    manifest = write_dataset(tmp_path / "data", size=32, studies=2, slices_per_study=6)
+    work = tmp_path / "run"
+    config = _smoke_config(manifest, 4)
+    config.checkpoint.every_steps = 100
+    with monkeypatch.context() as m:
+        m.setattr(loop.Preemption, "should_stop", lambda self, step: step == 3)
+        stopped = segment.train_segmenter(config, work)
+    assert (stopped["status"], stopped["step"], stopped["eval"]) == ("preempted", 3, None)
+    assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["3"]
+    done = segment.train_segmenter(config, work)
+    assert (done["status"], done["step"]) == ("done", 4) and done["eval"]["num_slices"] == 12
+    steps = [json.loads(x)["step"] for x in (work / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
 def test_smoke_config_phantom_has_val_and_test(tmp_path):
     # Without a manifest the smoke run makes its own phantom; it must have a test split
     # to evaluate on (the 6-patient phantom had none and failed after ~95 s of training).
     from dinolg_jax.data import manifest as manifest_lib
-    from dinolg_jax.train.pretrain import prepare_manifest
+    from dinolg_jax.phantom.training_data import prepare_manifest
 
     c = _smoke_config("", 1)
     c.data.manifest = ""
