@@ -113,7 +113,7 @@ class MultiCrop(grain.transforms.RandomMap):
 
     @classmethod
     def from_config(cls, data: ml_collections.ConfigDict, *, debug: bool = False) -> MultiCrop:
-        """Builds the op from a ``config.data`` section (see pipeline.default_data_config)."""
+        """Builds the op from a ``config.data`` section (``configs/common.py:data_config``)."""
         return cls(
             hu_window=tuple(data.hu_window),
             global_size=data.global_size,

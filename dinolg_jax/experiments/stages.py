@@ -325,27 +325,6 @@ def _with_manifest(config: ml_collections.ConfigDict, manifest: Any) -> ml_colle
     return config
 
 
-def infer_config() -> ml_collections.ConfigDict:
-    """The inference settings of an experiment (the fields of ``configs/infer.py``).
-
-    The stage fills ``probe_workdir``, ``segmenter_workdir``, ``source`` and ``out_dir``.
-    """
-    c = ml_collections.ConfigDict()
-    c.split = "test"  # manifest split scored
-    c.mode = "both"  # gated | unet_only | both
-    c.threshold = -1.0  # -1: the probe's threshold (chosen on val)
-    c.batch_size = 32  # gate batch (global, rounded up to the device count)
-    c.seg_batch_size = 0  # 0: batch_size
-    c.note = ""  # a line stated in the report
-    c.scoring = ml_collections.ConfigDict()
-    c.scoring.threshold_hu = 130.0
-    c.scoring.connectivity = 4
-    c.scoring.min_area_mm2 = 1.0
-    c.scoring.thickness_normalisation = True
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
-    return c
-
-
 def infer(
     workdir: str | os.PathLike,
     config: ml_collections.ConfigDict,
@@ -362,7 +341,7 @@ def infer(
 
     Args:
       workdir: stage folder.
-      config: :func:`infer_config` fields.
+      config: ``config.infer`` of an experiment (``configs/common.py:stage_infer_config``).
       manifest: the converted dataset.
       probe_workdir: the probe stage's workdir (None: U-Net only).
       segmenter_workdir: the segment stage's workdir.
