@@ -78,6 +78,15 @@ def mesh_config() -> ml_collections.ConfigDict:
     return c
 
 
+def checkpoint_config(every_steps: int) -> ml_collections.ConfigDict:
+    """``config.checkpoint`` (``runtime.checkpoint.Checkpointer``) of a training run."""
+    c = ml_collections.ConfigDict()
+    c.every_steps = every_steps  # steps between checkpoints (and at the end)
+    c.keep = 3  # checkpoints kept (the newest)
+    c.async_save = True  # write in the background while training goes on
+    return c
+
+
 def phantom_config() -> ml_collections.ConfigDict:
     """``config.phantom``: the small phantom a training tool makes when no manifest is set."""
     c = ml_collections.ConfigDict()
@@ -157,10 +166,7 @@ def pretrain_config() -> ml_collections.ConfigDict:
     c.data.batch_size = 256  # GLOBAL batch: images per step over all devices
     c.data.seed = c.get_ref("seed")  # one seed for the whole run
     c.mesh = mesh_config()
-    c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.every_steps = 1000
-    c.checkpoint.keep = 3
-    c.checkpoint.async_save = True
+    c.checkpoint = checkpoint_config(every_steps=1000)
     c.phantom = phantom_config()
     c.debug = ml_collections.ConfigDict()
     c.debug.nan_at_step = -1  # make the loss NaN in the step from this step (tests the guard)
@@ -251,10 +257,7 @@ def segment_config(model: str = "unet") -> ml_collections.ConfigDict:
     c.eval.split = "test"
     c.eval.batch_size = 64
     c.mesh = mesh_config()
-    c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.every_steps = 500
-    c.checkpoint.keep = 3
-    c.checkpoint.async_save = True
+    c.checkpoint = checkpoint_config(every_steps=500)
     c.phantom = phantom_config()
     c.log_every = 50
     return c

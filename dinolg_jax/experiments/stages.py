@@ -361,23 +361,19 @@ def infer(
     }
     if (done := _begin(workdir, request, write=True)) is not None:
         return done
-    c = ml_collections.ConfigDict()
+    # The inference config (configs/common.py:infer_config): the experiment's settings
+    # (mode, threshold, batch sizes, note, scoring, mesh) with this stage's workdirs,
+    # source (the manifest split) and out_dir; the rest take infer_from_config's defaults.
+    c = ml_collections.ConfigDict(config.to_dict())  # an unlocked, resolved copy
+    del c["split"]
     c.probe_workdir = request["probe_workdir"]
     c.segmenter_workdir = request["segmenter_workdir"]
     c.source = ml_collections.ConfigDict(
-        {"kind": "manifest", "path": request["manifest"], "split": str(config.split),
-         "release_kind": "gated"}
-    )  # fmt: skip
+        {"kind": "manifest", "path": request["manifest"], "split": str(config.split)}
+    )
     c.out_dir = str(Path(workdir).absolute() / "out")
-    c.mode = str(config.mode) if probe_workdir else "unet_only"
-    c.threshold = float(config.threshold)
-    c.batch_size = int(config.batch_size)
-    c.seg_batch_size = int(config.seg_batch_size)
-    c.write_nifti = False
-    c.report = True
-    c.note = str(config.note)
-    c.scoring = config.scoring.copy_and_resolve_references()
-    c.mesh = config.mesh.copy_and_resolve_references()
+    if not probe_workdir:
+        c.mode = "unet_only"
     out = run_lib.infer_from_config(c)
     truth, preds = report_lib.scores_from_results_csv(Path(c.out_dir) / "results.csv")
     evals = report_lib.evaluate(truth, preds)
