@@ -320,9 +320,10 @@ def cpu_size(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     ``c``. Sizes (model, crops, batch, steps) stay each experiment's own lines."""
     stages = [c.pretrain, c.probe, c.segment] if "pretrain" in c else [c]
     for s in stages:
-        if "model" in s and "attention_impl" in s.model:  # the ViT of pretraining
+        if "model" in s:
             s.model.dtype = "float32"
-            s.model.attention_impl = "xla"
+            if "attention_impl" in s.model:  # the ViT of pretraining
+                s.model.attention_impl = "xla"
         s.data.worker_count = 0
         if "checkpoint" in s:
             s.checkpoint.keep = 2
