@@ -40,7 +40,13 @@ precision / recall / F1 of the integrated system per arm and of the U-Net alone
 per-seed table; ``WORKDIR/results.json`` holds every number.
 """
 
-from dinolg_jax.experiments.ablation import base_config
+import sys
+from pathlib import Path
+
+import ml_collections
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: configs.common
+from configs import common
 
 # Encoder input window of the CPU variant, centred on the 130 HU calcium threshold (130 HU
 # -> 0, so at init a patch's sign says "above the threshold"; 800 HU -> 1, fat -> -0.34).
@@ -50,22 +56,39 @@ CPU_HU_WINDOW = (-540.0, 800.0)
 CPU_POSITIVE_FRACTION = 0.5  # share of calcified slices in the CPU pretraining stream
 
 
+def _paper():
+    """The experiment at the paper's scale (the stage blocks of configs/common.py); the
+    variants below change it line by line."""
+    c = ml_collections.ConfigDict()
+    c.seeds = (0, 1, 2)  # one pretrain -> probe -> U-Net -> scoring chain per seed and arm
+    c.n_local = 16  # local crops per image in every arm
+    c.arms = ml_collections.ConfigDict({"dino": 0, "dinolg": 4})  # guided local crops per arm
+    c.control = "random_init"  # the untrained-encoder arm ("" for none)
+    c.attention_split = "test"  # split of the attn_calcium_ratio
+    c.data_manifest = ""  # a converted dataset (real COCA); "" -> the phantom below
+    c.phantom = ml_collections.ConfigDict(
+        {"n_gated": 60, "n_nongated": 0, "seed": 0, "size": 512, "slices": (34, 60),
+         "workers": 1}
+    )  # fmt: skip
+    c.convert = ml_collections.ConfigDict({"seed": 0, "shards_per_split": 4, "workers": 1})
+    c.pretrain = common.pretrain_config()
+    c.probe = common.probe_config("linear")
+    c.segment = common.segment_config("unet")
+    c.infer = common.stage_infer_config()
+    c.note = ""  # a line stated at the top of the report
+    return c
+
+
 def _cpu(c, size):
-    """Shared CPU settings: mu/8 ViT, float32, XLA attention, small heads and nets."""
+    """Shared CPU settings: common.cpu_size, the mu/8 ViT, small heads and nets."""
+    common.cpu_size(c)  # float32, XLA attention, no Grain workers, 2 checkpoints kept
     c.pretrain.model.variant = "mu/8"
-    c.pretrain.model.dtype = "float32"
-    c.pretrain.model.attention_impl = "xla"
     c.pretrain.dino.warmup_teacher_temp_epochs = 1.0
     c.pretrain.optim.lr = 5e-3  # per 256 images
-    c.pretrain.data.worker_count = 0
-    c.pretrain.checkpoint.keep = 2
     c.probe.features.n_last_blocks = 2  # mu has 2 blocks
     c.probe.features.token_pool = 1
-    c.probe.data.worker_count = 0
     c.segment.model.kwargs = {"filters": 8}
-    c.segment.data.worker_count = 0
     c.segment.optim.lr = 1e-3
-    c.segment.checkpoint.keep = 2
     c.phantom.size = size
     c.convert.shards_per_split = 1
     return c
@@ -75,7 +98,7 @@ def get_config(arg=None):
     arg = arg or "cpu"
     if arg not in ("cpu", "tiny", "gpu"):
         raise ValueError(f"configs/ablation.py takes 'cpu', 'tiny' or 'gpu', got {arg!r}")
-    c = base_config()
+    c = _paper()
     if arg == "gpu":
         c.seeds = (0, 1, 2)
         c.n_local = 16

@@ -18,33 +18,15 @@ the DICOM's geometry), with ``write_seg`` ``OUT/seg/<study>.<mode>.labels.seg.dc
 (DICOM sources) and, with ground truth, ``OUT/report/report.md``.
 """
 
-import ml_collections
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: configs.common
+from configs import common
 
 
 def get_config(arg=None):
-    del arg
-    c = ml_collections.ConfigDict()
-    c.probe_workdir = ""  # train/probe.py workdir (encoder + probe + threshold)
-    c.encoder_workdir = ""  # "" -> the encoder named in the probe workdir's config.json
-    c.segmenter_workdir = ""  # tools/segment.py workdir
-    c.source = ml_collections.ConfigDict()
-    c.source.kind = "manifest"  # manifest | release | dicom
-    c.source.path = ""
-    c.source.split = "test"  # manifest only
-    c.source.release_kind = "gated"  # release only: gated | nongated
-    c.out_dir = ""
-    c.mode = "both"  # gated | unet_only | both
-    c.threshold = -1.0  # gate threshold; -1: the probe's own (chosen on val)
-    c.batch_size = 32  # gate batch (global, rounded up to the device count)
-    c.seg_batch_size = 0  # U-Net batch; 0: batch_size
-    c.write_nifti = False  # label and CT volumes as .nii.gz on the DICOM's geometry (Slicer)
-    c.write_seg = False  # labels as DICOM SEG (OUT/seg/), for studies read from DICOM
-    c.report = True  # write OUT/report/report.md when ground truth is available
-    c.note = ""  # a line stated in the report (e.g. "demo-size run")
-    c.scoring = ml_collections.ConfigDict()
-    c.scoring.threshold_hu = 130.0  # 147 for 100 kVp protocols
-    c.scoring.connectivity = 4
-    c.scoring.min_area_mm2 = 1.0
-    c.scoring.thickness_normalisation = True
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
-    return c
+    """``configs/common.py:infer_config``, whose lines give every field and its value."""
+    if arg:
+        raise ValueError(f"configs/infer.py takes no argument, got {arg!r}")
+    return common.infer_config()

@@ -11,15 +11,18 @@ Expect ``summary.json`` and ``confusion_test.png`` (demo-size numbers: the ``mu/
 encoder and a 6-patient phantom say little about the paper's Fig. 6).
 """
 
-from dinolg_jax.train.probe import base_config
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: configs.common
+from configs import common
 
 
 def get_config(arg=None):
-    c = base_config(arg or "linear")
+    c = common.cpu_size(common.probe_config(arg or "linear"))  # no Grain workers
     if c.probe.name == "transformer":
         c.probe.kwargs = {"width": 32, "depth": 1, "heads": 2}
     c.data.batch_size = 16
-    c.data.worker_count = 0
     c.features.n_last_blocks = 2  # the mu ViT has 2 blocks
     c.features.token_pool = 2
     c.optim.epochs = 20

@@ -12,11 +12,15 @@ Expect the loss to fall in ``metrics.jsonl`` and ``summary.json`` with per-arter
 (small at this scale: a demo-size run, not the paper's numbers).
 """
 
-from dinolg_jax.train.segment import base_config
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: configs.common
+from configs import common
 
 
 def get_config(arg=None):
-    c = base_config(arg or "unet")
+    c = common.cpu_size(common.segment_config(arg or "unet"))  # 2 checkpoints kept
     c.model.kwargs = {
         "unet": {"filters": 8},
         "attention_unet": {"filters": 8},
@@ -25,13 +29,11 @@ def get_config(arg=None):
     }[c.model.name]
     c.model.kwargs.background_prior = 0.999
     c.data.batch_size = 8
-    c.data.worker_count = 0
     c.optim.lr = 1e-2
     c.optim.num_steps = 200
     c.eval.batch_size = 16
     c.log_every = 10
     c.checkpoint.every_steps = 30
-    c.checkpoint.keep = 2
     # The phantom made when no manifest is given: 12 patients, enough for non-empty val
     # and test splits (6 left test empty, so evaluation failed after training).
     c.phantom.n_gated = 12

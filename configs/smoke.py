@@ -24,16 +24,18 @@ Re-running the same command resumes (and returns at once when finished).
 checkpoint every 2 steps) that ``tests/train/pretrain_test.py`` runs on synthetic records.
 """
 
-from dinolg_jax.train.pretrain import base_config
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: configs.common
+from configs import common
 
 
 def get_config(arg=None):
     if arg not in (None, "", "tiny"):
         raise ValueError(f"configs/smoke.py takes no argument or 'tiny', got {arg!r}")
-    c = base_config()
+    c = common.cpu_size(common.pretrain_config())  # float32, XLA attention, 2 checkpoints
     c.model.variant = "mu/8"
-    c.model.dtype = "float32"
-    c.model.attention_impl = "xla"
     c.model.drop_path_rate = 0.1
     c.dino.out_dim = 1024
     c.dino.hidden_dim = 128
@@ -61,13 +63,11 @@ def get_config(arg=None):
     c.data.n_local_random = 6
     c.data.n_local_guided = 2
     c.data.guided_offset_px = 4.0
-    c.data.worker_count = 0
     c.phantom.n_gated = 12  # enough patients for non-empty val/test splits
     c.phantom.n_nongated = 2
     c.phantom.size = 128
     c.log_every = 10
     c.checkpoint.every_steps = 50
-    c.checkpoint.keep = 2
     if arg == "tiny":
         c.dino.out_dim = 256
         c.dino.hidden_dim = 32

@@ -4,7 +4,7 @@ What a user would write instead of `dinolg_jax.data.multicrop` (the albumentatio
 per crop, torchvision's random-resized-crop box rule in a Python loop, then
 ``cv2.resize`` (INTER_LINEAR), ``cv2.flip``, ``cv2.GaussianBlur`` (BORDER_REFLECT),
 brightness and Gaussian noise with numpy, each step a new array, and ``np.stack`` at the
-end. Same recipe and probabilities as ``pipeline.default_data_config`` (guided local
+end. Same recipe and probabilities as ``configs/common.py:data_config`` (guided local
 crops centred on a lesion), same partial record decode, one core. Not in the package;
 `tools/bench_pipeline.py` runs it beside the pipeline.
 
@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 from absl import app, flags
 
-from dinolg_jax.data import pipeline, records, transforms
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: configs
+from configs import common
+from dinolg_jax.data import records, transforms
 from dinolg_jax.phantom import synthetic_records
 
 
@@ -111,7 +115,7 @@ def time_baseline(blobs: list[bytes], data, seconds: float, noise: str) -> tuple
 
 def main(argv: list[str]) -> None:
     del argv
-    data = pipeline.default_data_config("dinolg")
+    data = common.data_config("dinolg")
     gen = np.random.default_rng(0)
     blobs = [
         records.encode(synthetic_records.synthetic_slice(gen, 512, num_lesions=k % 3))

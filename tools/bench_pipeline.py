@@ -26,14 +26,18 @@ import collections
 import glob
 import json
 import os
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import grain
 import numpy as np
 from absl import app, flags
 from bench_opencv_baseline import time_baseline
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: configs
+from configs import common
 from dinolg_jax.data import convert, pipeline
 from dinolg_jax.data import manifest as manifest_lib
 from dinolg_jax.data.multicrop import MultiCrop
@@ -130,7 +134,7 @@ def _breakdown(manifest, data, n=256) -> dict:
 
 def main(argv: list[str]) -> None:
     del argv
-    data = pipeline.default_data_config(_VARIANT.value)
+    data = common.data_config(_VARIANT.value)
     data.batch_size, data.read_threads, data.batch_dtype = _BATCH.value, 0, _DTYPE.value
     crops = data.n_global + data.n_local_random + data.n_local_guided
     rows = collections.defaultdict(list)

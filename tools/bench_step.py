@@ -1,6 +1,6 @@
 """Times the jitted DINO training step on synthetic batches; prints one JSON line.
 
-    python tools/bench_step.py --config configs/dinolg_vitb8.py --config.data.batch_size=32 \
+    python tools/bench_step.py --config configs/dinolg.py --config.data.batch_size=32 \
         --peak_tflops=790
     python tools/bench_step.py --config configs/smoke.py          # CPU sanity run
 

@@ -10,6 +10,7 @@ stages are skipped. The logic lives in `dinolg_jax.experiments.demo.run_demo`.
 """
 
 import time
+from pathlib import Path
 
 from absl import flags, logging
 from ml_collections import config_flags
@@ -17,7 +18,9 @@ from ml_collections import config_flags
 from dinolg_jax.experiments import demo
 from dinolg_jax.runtime import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config file.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", str(Path(__file__).resolve().parents[1] / "configs" / "demo.py"), "Demo config file."
+)
 _WORKDIR = flags.DEFINE_string("workdir", "demo_out", "Folder for every demo output.")
 
 

@@ -1,7 +1,7 @@
 """DINO / DINO-LG pretraining entry point.
 
     python tools/pretrain.py --config configs/smoke.py --workdir /tmp/smoke
-    python tools/pretrain.py --config configs/dinolg_vitb8.py --workdir W \
+    python tools/pretrain.py --config configs/dinolg.py:variant=B/8 --workdir W \
         --config.data.manifest=/data/coca_converted/manifest.json
 
 Re-running with the same ``--workdir`` resumes. Several processes (one per host):

@@ -2,7 +2,7 @@
 
     python tools/probe.py --config configs/probe_smoke.py:linear --workdir /tmp/probe \
         --config.encoder=/tmp/dinolg_smoke
-    python tools/probe.py --config configs/probe_linear.py --workdir W \
+    python tools/probe.py --config configs/probe.py:linear --workdir W \
         --config.encoder=PRETRAIN_WORKDIR --config.data.manifest=/data/coca/manifest.json
 
 Probe types by name: linear, transformer (``--config.probe.name``). Features are cached

@@ -11,11 +11,13 @@ Writes into OUT: ``ct.nii.gz`` (int16 HU) and ``labels.nii.gz`` (uint8, 1 RCA 2 
 UIDs it needs); and one PNG overlay per slice with calcium.
 """
 
+import sys
 from pathlib import Path
 
-import ml_collections
 from absl import app, flags
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: configs
+from configs import common
 from dinolg_jax.runtime import cli, workdirs
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder holding probe/ and segment/.")
@@ -36,20 +38,13 @@ def main(argv: list[str]) -> None:
 
     folder = Path(argv[1])
     base = Path(_WORKDIR.value) if _WORKDIR.value else None
-    config = ml_collections.ConfigDict(
-        {
-            "probe_workdir": _PROBE.value or (str(base / "probe") if base else ""),
-            "segmenter_workdir": _SEG.value or (str(base / "segment") if base else ""),
-            "threshold": -1.0,
-            "batch_size": 16,
-            "seg_batch_size": 0,
-            "scoring": {
-                "threshold_hu": _THRESHOLD_HU.value,
-                "connectivity": int(_CONNECTIVITY.value),
-                "min_area_mm2": _MIN_AREA.value,
-            },
-        }
-    )
+    config = common.infer_config()  # the one inference shape (configs/infer.py)
+    config.probe_workdir = _PROBE.value or (str(base / "probe") if base else "")
+    config.segmenter_workdir = _SEG.value or (str(base / "segment") if base else "")
+    config.batch_size = 16
+    config.scoring.threshold_hu = _THRESHOLD_HU.value
+    config.scoring.connectivity = int(_CONNECTIVITY.value)
+    config.scoring.min_area_mm2 = _MIN_AREA.value
     workdirs.check_score_study(argv[1], config.probe_workdir, config.segmenter_workdir, _MODE.value)
     pipe = loading.build_pipeline(config, mesh_lib.make_mesh(), need_gate=_MODE.value == "gated")
     study, result, labels = study_report.score_folder(pipe, folder, _MODE.value)

@@ -1,7 +1,7 @@
 """Segmentation (U-Net family) training and test evaluation entry point.
 
     python tools/segment.py --config configs/segment_smoke.py:unet --workdir /tmp/seg
-    python tools/segment.py --config configs/segment_unet.py --workdir W \
+    python tools/segment.py --config configs/segment.py:unet --workdir W \
         --config.data.manifest=/data/coca_converted/manifest.json
 
 Models by name (``configs/segment_smoke.py:<name>`` or ``--config.model.name``): unet,

@@ -12,6 +12,8 @@ from (--seed, --index), like but not identical to the training stream's.
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import grain
 import matplotlib
@@ -22,8 +24,10 @@ matplotlib.use("Agg")
 import matplotlib.patches as patches
 import matplotlib.pyplot as plt
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: configs
+from configs import common
 from dinolg_jax.data import manifest as manifest_lib
-from dinolg_jax.data import pipeline, records, transforms
+from dinolg_jax.data import records, transforms
 from dinolg_jax.data.multicrop import MultiCrop
 from dinolg_jax.runtime import cli
 
@@ -42,7 +46,7 @@ def main(argv: list[str]) -> None:
         raise cli.UsageError(f"--index must be in [0, {m.num_records(_SPLIT.value)})")
     source = grain.sources.ArrayRecordDataSource(m.shard_paths(_SPLIT.value))
     rec = records.decode(source[_INDEX.value])
-    data = pipeline.default_data_config(_VARIANT.value)
+    data = common.data_config(_VARIANT.value)
     op = MultiCrop.from_config(data, debug=True)
     rng = np.random.Generator(np.random.Philox(key=[_SEED.value, _INDEX.value]))
     out = op.random_map(rec, rng)

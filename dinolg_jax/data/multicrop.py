@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import grain
 import ml_collections
@@ -47,63 +47,66 @@ import numpy as np
 from dinolg_jax.data import resample, transforms
 
 
+@dataclasses.dataclass(kw_only=True, eq=False)
 class MultiCrop(grain.transforms.RandomMap):
     """DINO / DINO-LG multi-crop of a decoded slice record (a Grain `RandomMap`).
 
     Input element: a dict with ``image`` int16 [H, W] HU, ``lesion_centers`` float32
-    [K, 2] (row, col) and ``has_calcium``; other fields are ignored.
+    [K, 2] (row, col) and ``has_calcium``; other fields are ignored. The fields are the
+    settings (``config.data`` names them the same, see `from_config`); the defaults are
+    the paper's recipe.
     """
 
-    # The record's array fields read (`records.decode(..., fields=RECORD_FIELDS)`).
-    RECORD_FIELDS = ("image", "lesion_centers")
+    hu_window: Sequence[float] = transforms.DEFAULT_HU_WINDOW  # (lo, hi) HU -> [-1, 1]
+    global_size: int = 224  # global crop side, px
+    local_size: int = 96  # local crop side, px
+    global_scale: Sequence[float] = (0.4, 1.0)  # area fraction range of a global crop
+    local_scale: Sequence[float] = (0.05, 0.4)  # area fraction range of a local crop
+    ratio: Sequence[float] = (3 / 4, 4 / 3)  # width / height range
+    n_global: int = 2
+    n_local_random: int = 12
+    n_local_guided: int = 4
+    guided_offset_px: float = 8.0  # max offset of a guided crop's centre from its lesion
+    blur_probs: Sequence[float] = (1.0, 0.1, 0.5)  # first global, other globals, locals
+    blur_sigma: Sequence[float] = (0.1, 2.0)  # sigma range, output px
+    blur_truncate: float = 3.0  # kernel radius in sigmas
+    hflip_prob: float = 0.5
+    vflip_prob: float = 0.5
+    brightness_prob: float = 0.8
+    brightness_delta: float = 0.1  # max shift, normalised units
+    noise_prob: float = 0.5
+    noise_std: float = 0.02  # normalised units
+    debug: bool = False  # add boxes, flips, lesion, blur_sigma, study, slice to the output
 
-    def __init__(
-        self,
-        *,
-        hu_window: Sequence[float] = transforms.DEFAULT_HU_WINDOW,
-        global_size: int = 224,
-        local_size: int = 96,
-        global_scale: Sequence[float] = (0.4, 1.0),
-        local_scale: Sequence[float] = (0.05, 0.4),
-        ratio: Sequence[float] = (3 / 4, 4 / 3),
-        n_global: int = 2,
-        n_local_random: int = 12,
-        n_local_guided: int = 4,
-        guided_offset_px: float = 8.0,
-        blur_probs: Sequence[float] = (1.0, 0.1, 0.5),
-        blur_sigma: Sequence[float] = (0.1, 2.0),
-        blur_truncate: float = 3.0,
-        hflip_prob: float = 0.5,
-        vflip_prob: float = 0.5,
-        brightness_prob: float = 0.8,
-        brightness_delta: float = 0.1,
-        noise_prob: float = 0.5,
-        noise_std: float = 0.02,
-        debug: bool = False,
-    ):
-        if n_global < 1 or n_local_random < 0 or n_local_guided < 0:
+    # The record's array fields read (`records.decode(..., fields=RECORD_FIELDS)`).
+    RECORD_FIELDS: ClassVar[tuple[str, ...]] = ("image", "lesion_centers")
+
+    def __post_init__(self):
+        if self.n_global < 1 or self.n_local_random < 0 or self.n_local_guided < 0:
             raise ValueError(
-                f"crop counts must be n_global >= 1, locals >= 0; got {n_global}, "
-                f"{n_local_random}, {n_local_guided}"
+                f"crop counts must be n_global >= 1, locals >= 0; got {self.n_global}, "
+                f"{self.n_local_random}, {self.n_local_guided}"
             )
-        if len(blur_probs) != 3:
-            raise ValueError(f"blur_probs is (first global, other globals, locals): {blur_probs}")
-        if guided_offset_px < 0:
-            raise ValueError(f"guided_offset_px must be >= 0, got {guided_offset_px}")
-        self.hu_window = tuple(float(v) for v in hu_window)
-        self.global_size, self.local_size = int(global_size), int(local_size)
-        self.global_scale, self.local_scale = tuple(global_scale), tuple(local_scale)
-        self.ratio = tuple(ratio)
-        self.n_global, self.n_local_random = int(n_global), int(n_local_random)
-        self.n_local_guided = int(n_local_guided)
-        self.guided_offset_px = float(guided_offset_px)
-        self.blur_probs = tuple(float(p) for p in blur_probs)
-        self.blur_sigma, self.blur_truncate = tuple(blur_sigma), float(blur_truncate)
-        self.hflip_prob, self.vflip_prob = float(hflip_prob), float(vflip_prob)
-        self.brightness_prob = float(brightness_prob)
-        self.brightness_delta = float(brightness_delta)
-        self.noise_prob, self.noise_std = float(noise_prob), float(noise_std)
-        self.debug = bool(debug)
+        if len(self.blur_probs) != 3:
+            raise ValueError(
+                f"blur_probs is (first global, other globals, locals): {self.blur_probs}"
+            )
+        if self.guided_offset_px < 0:
+            raise ValueError(f"guided_offset_px must be >= 0, got {self.guided_offset_px}")
+        self.hu_window = tuple(float(v) for v in self.hu_window)
+        self.global_size, self.local_size = int(self.global_size), int(self.local_size)
+        self.global_scale, self.local_scale = tuple(self.global_scale), tuple(self.local_scale)
+        self.ratio = tuple(self.ratio)
+        self.n_global, self.n_local_random = int(self.n_global), int(self.n_local_random)
+        self.n_local_guided = int(self.n_local_guided)
+        self.guided_offset_px = float(self.guided_offset_px)
+        self.blur_probs = tuple(float(p) for p in self.blur_probs)
+        self.blur_sigma, self.blur_truncate = tuple(self.blur_sigma), float(self.blur_truncate)
+        self.hflip_prob, self.vflip_prob = float(self.hflip_prob), float(self.vflip_prob)
+        self.brightness_prob = float(self.brightness_prob)
+        self.brightness_delta = float(self.brightness_delta)
+        self.noise_prob, self.noise_std = float(self.noise_prob), float(self.noise_std)
+        self.debug = bool(self.debug)
         radius = int(resample.blur_radii(np.array([max(self.blur_sigma)]), self.blur_truncate)[0])
         if any(self.blur_probs) and radius >= min(self.global_size, self.local_size):
             raise ValueError(
@@ -113,29 +116,9 @@ class MultiCrop(grain.transforms.RandomMap):
 
     @classmethod
     def from_config(cls, data: ml_collections.ConfigDict, *, debug: bool = False) -> MultiCrop:
-        """Builds the op from a ``config.data`` section (see pipeline.default_data_config)."""
-        return cls(
-            hu_window=tuple(data.hu_window),
-            global_size=data.global_size,
-            local_size=data.local_size,
-            global_scale=tuple(data.global_scale),
-            local_scale=tuple(data.local_scale),
-            ratio=tuple(data.ratio),
-            n_global=data.n_global,
-            n_local_random=data.n_local_random,
-            n_local_guided=data.n_local_guided,
-            guided_offset_px=data.guided_offset_px,
-            blur_probs=tuple(data.blur_probs),
-            blur_sigma=tuple(data.blur_sigma),
-            blur_truncate=data.blur_truncate,
-            hflip_prob=data.hflip_prob,
-            vflip_prob=data.vflip_prob,
-            brightness_prob=data.brightness_prob,
-            brightness_delta=data.brightness_delta,
-            noise_prob=data.noise_prob,
-            noise_std=data.noise_std,
-            debug=debug,
-        )
+        """Builds the op from a ``config.data`` section: every field but ``debug`` by name."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "debug"]
+        return cls(**{name: data[name] for name in names}, debug=debug)
 
     @property
     def n_local(self) -> int:

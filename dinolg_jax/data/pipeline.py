@@ -55,59 +55,6 @@ from dinolg_jax.data.shards import NamedShardSource
 _SOURCE = NamedShardSource  # Grain's ArrayRecord source; read errors name the shard
 
 
-def default_data_config(variant: str = "dinolg") -> ml_collections.ConfigDict:
-    """The ``config.data`` section with documented defaults.
-
-    Args:
-      variant: ``"dinolg"`` (12 random + 4 guided local crops) or ``"dino"`` (16 + 0),
-        the paper's Table 3.
-    """
-    if variant not in ("dino", "dinolg"):
-        raise ValueError(f"variant must be 'dino' or 'dinolg', got {variant!r}")
-    c = ml_collections.ConfigDict()
-    c.manifest = ""  # path of manifest.json (or its folder)
-    # Intensity: HU window mapped to [-1, 1]. [-1000, 1000] keeps air, lung, soft tissue
-    # and calcium up to 1000 HU distinct (calcium threshold 130 HU -> 0.13).
-    c.hu_window = (-1000.0, 1000.0)
-    # Multi-crop (DINO recipe; sizes in pixels, scales as fractions of the slice area).
-    c.global_size = 224
-    c.local_size = 96
-    c.global_scale = (0.4, 1.0)
-    c.local_scale = (0.05, 0.4)
-    c.ratio = (3 / 4, 4 / 3)  # width / height range of random resized crops
-    c.n_global = 2
-    c.n_local_random = 16 if variant == "dino" else 12
-    c.n_local_guided = 0 if variant == "dino" else 4
-    c.guided_offset_px = 8.0  # max offset of a guided crop's centre from its lesion, px
-    # Augmentations (Table 1: no solarisation, no colour jitter).
-    c.blur_probs = (1.0, 0.1, 0.5)  # first global, other globals, locals
-    c.blur_sigma = (0.1, 2.0)  # output pixels
-    c.blur_truncate = 3.0  # kernel radius in sigmas
-    c.hflip_prob = 0.5
-    c.vflip_prob = 0.5
-    c.brightness_prob = 0.8
-    c.brightness_delta = 0.1  # normalised units (0.1 = 100 HU with the default window)
-    c.noise_prob = 0.5
-    c.noise_std = 0.02  # normalised units (20 HU)
-    # Loading.
-    # Crops of a pretraining batch: "float32", or "uint16" fixed point (half the bytes,
-    # error <= 6.1e-5; the training step decodes it on device, see crop_codec).
-    c.batch_dtype = "float32"
-    c.batch_size = 64  # GLOBAL batch (all processes); must divide by process_count
-    c.worker_count = 0  # Grain multiprocess workers (0: in this process)
-    c.worker_buffer_size = 2  # batches buffered per worker
-    c.read_threads = 1  # threads per process computing elements (0: synchronous)
-    c.read_buffer_size = 2  # elements (batches) buffered per process
-    c.seed = 0
-    c.shuffle = True
-    c.eval_size = 0  # whole-slice datasets: 0 keeps the record size, else resize to this
-    c.positive_fraction = 0.5  # labelled_dataset: share of slices with calcium (0: all)
-    # pretrain_dataset: calcified slices repeated so they make about this share of an
-    # epoch (0: every slice once, as the paper). The same stream for every arm.
-    c.pretrain_positive_fraction = 0.0
-    return c
-
-
 def _manifest(manifest: manifest_lib.Manifest | str | os.PathLike) -> manifest_lib.Manifest:
     if not isinstance(manifest, manifest_lib.Manifest):
         manifest = manifest_lib.load(manifest)
@@ -280,7 +227,7 @@ def pretrain_dataset(
 
     Args:
       manifest: a loaded manifest or the path of manifest.json.
-      data: the ``config.data`` section (`default_data_config`).
+      data: the ``config.data`` section (``configs/common.py:data_config``).
       split: manifest split to read.
       process_index, process_count: this process's place; default from jax.
       debug: add MultiCrop's ``boxes``, ``flips``, ``lesion``, ``blur_sigma``, ``study`` and

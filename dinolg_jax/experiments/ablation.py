@@ -50,36 +50,6 @@ RESULTS = "results.json"
 TIMINGS = "timings.json"
 
 
-def base_config() -> ml_collections.ConfigDict:
-    """Experiment defaults at the paper's scale; ``configs/ablation.py`` shrinks them.
-
-    Groups: ``phantom`` and ``convert`` (the shared dataset, unless ``data_manifest``
-    names a converted one), ``pretrain`` / ``probe`` / ``segment`` (the stage configs of
-    ``train.pretrain``, ``train.probe``, ``train.segment``), ``infer``
-    (:func:`stages.infer_config`).
-    """
-    from dinolg_jax.train import pretrain, probe, segment
-
-    c = ml_collections.ConfigDict()
-    c.seeds = (0, 1, 2)  # one pretrain -> probe -> U-Net -> scoring chain per seed and arm
-    c.n_local = 16  # local crops per image in every arm
-    c.arms = ml_collections.ConfigDict({"dino": 0, "dinolg": 4})  # guided local crops per arm
-    c.control = "random_init"  # the untrained-encoder arm ("" for none)
-    c.attention_split = "test"  # split of the attn_calcium_ratio
-    c.data_manifest = ""  # a converted dataset (real COCA); "" -> the phantom below
-    c.phantom = ml_collections.ConfigDict(
-        {"n_gated": 60, "n_nongated": 0, "seed": 0, "size": 512, "slices": (34, 60),
-         "workers": 1}
-    )  # fmt: skip
-    c.convert = ml_collections.ConfigDict({"seed": 0, "shards_per_split": 4, "workers": 1})
-    c.pretrain = pretrain.base_config()
-    c.probe = probe.base_config("linear")
-    c.segment = segment.base_config("unet")
-    c.infer = stages.infer_config()
-    c.note = ""  # a line stated at the top of the report
-    return c
-
-
 def arm_pretrain_config(
     config: ml_collections.ConfigDict, arm: str, seed: int
 ) -> ml_collections.ConfigDict:
@@ -267,7 +237,11 @@ def run_ablation(
     """Runs (or resumes) the whole ablation and writes results.json and the report.
 
     Args:
-      config: ``configs/ablation.py`` (see :func:`base_config`).
+      config: ``configs/ablation.py``: ``seeds``, ``n_local``, ``arms``, ``control``,
+        ``attention_split``, ``phantom`` and ``convert`` (the shared dataset, unless
+        ``data_manifest`` names a converted one), ``pretrain`` / ``probe`` / ``segment``
+        (the configs of ``train.pretrain``, ``train.probe``, ``train.segment``),
+        ``infer`` (``stages.infer``), ``note``.
       workdir: output folder; re-running resumes every unfinished stage.
       log: progress lines (``print`` by default).
 

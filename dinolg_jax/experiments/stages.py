@@ -327,27 +327,6 @@ def _with_manifest(config: ml_collections.ConfigDict, manifest: Any) -> ml_colle
     return config
 
 
-def infer_config() -> ml_collections.ConfigDict:
-    """The inference settings of an experiment (the fields of ``configs/infer.py``).
-
-    The stage fills ``probe_workdir``, ``segmenter_workdir``, ``source`` and ``out_dir``.
-    """
-    c = ml_collections.ConfigDict()
-    c.split = "test"  # manifest split scored
-    c.mode = "both"  # gated | unet_only | both
-    c.threshold = -1.0  # -1: the probe's threshold (chosen on val)
-    c.batch_size = 32  # gate batch (global, rounded up to the device count)
-    c.seg_batch_size = 0  # 0: batch_size
-    c.note = ""  # a line stated in the report
-    c.scoring = ml_collections.ConfigDict()
-    c.scoring.threshold_hu = 130.0
-    c.scoring.connectivity = 4
-    c.scoring.min_area_mm2 = 1.0
-    c.scoring.thickness_normalisation = True
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
-    return c
-
-
 def infer(
     workdir: str | os.PathLike,
     config: ml_collections.ConfigDict,
@@ -364,7 +343,7 @@ def infer(
 
     Args:
       workdir: stage folder.
-      config: :func:`infer_config` fields.
+      config: ``config.infer`` of an experiment (``configs/common.py:stage_infer_config``).
       manifest: the converted dataset.
       probe_workdir: the probe stage's workdir (None: U-Net only).
       segmenter_workdir: the segment stage's workdir.
@@ -383,23 +362,19 @@ def infer(
     }
     if (done := _begin(workdir, request, write=True)) is not None:
         return done
-    c = ml_collections.ConfigDict()
+    # The inference config (configs/common.py:infer_config): the experiment's settings
+    # (mode, threshold, batch sizes, note, scoring, mesh) with this stage's workdirs,
+    # source (the manifest split) and out_dir; the rest take infer_from_config's defaults.
+    c = ml_collections.ConfigDict(config.to_dict())  # an unlocked, resolved copy
+    del c["split"]
     c.probe_workdir = request["probe_workdir"]
     c.segmenter_workdir = request["segmenter_workdir"]
     c.source = ml_collections.ConfigDict(
-        {"kind": "manifest", "path": request["manifest"], "split": str(config.split),
-         "release_kind": "gated"}
-    )  # fmt: skip
+        {"kind": "manifest", "path": request["manifest"], "split": str(config.split)}
+    )
     c.out_dir = str(Path(workdir).absolute() / "out")
-    c.mode = str(config.mode) if probe_workdir else "unet_only"
-    c.threshold = float(config.threshold)
-    c.batch_size = int(config.batch_size)
-    c.seg_batch_size = int(config.seg_batch_size)
-    c.write_nifti = False
-    c.report = True
-    c.note = str(config.note)
-    c.scoring = config.scoring.copy_and_resolve_references()
-    c.mesh = config.mesh.copy_and_resolve_references()
+    if not probe_workdir:
+        c.mode = "unet_only"
     out = run_lib.infer_from_config(c)
     summary = {
         "report": out["report"],
@@ -422,7 +397,7 @@ def patient_rows(results: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     paper4 category (totals to 4 decimals, as the CSV holds them).
 
     Args:
-      results: ``{mode: [inference.pipeline.StudyResult]}``, one result per study in
+      results: ``{mode: [inference.system.StudyResult]}``, one result per study in
         every mode (``inference.run.run_inference``).
 
     Error rows keep their error type in ``error`` and no prediction.

@@ -1,6 +1,6 @@
 """Builds the pipeline's models from training workdirs (the trained encoder, probe, U-Net).
 
-* Segmenter: ``WORKDIR/config.json`` (the resolved ``configs/segment_*.py``) rebuilds the
+* Segmenter: ``WORKDIR/config.json`` (the resolved ``configs/segment*.py``) rebuilds the
   model through ``train.segment.build_model``; its params come from the latest
   ``WORKDIR/checkpoints/<step>/state`` (only the ``params`` subtree is read, as host
   numpy arrays, whatever the optimiser was).

@@ -354,7 +354,7 @@ def infer_from_config(config: Any, *, progress: Callable | None = None) -> dict[
         tasks,
         config.out_dir,
         modes=modes,
-        write_nifti=bool(config.write_nifti),
+        write_nifti=bool(config.get("write_nifti", False)),
         write_seg=bool(config.get("write_seg", False)),
         source_roots=roots,
         progress=progress,

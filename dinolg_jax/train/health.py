@@ -22,15 +22,6 @@ from typing import Any
 import ml_collections
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """The ``config.monitor`` section (thresholds of the verdicts)."""
-    c = ml_collections.ConfigDict()
-    c.min_teacher_kl = 0.1  # nats: below, every image gets the same teacher distribution
-    c.uniform_fraction = 0.9  # H_bar above this share of ln K: uniform collapse
-    c.min_auc_gain = 0.01  # best online ROC-AUC gain over the random init to count as left
-    return c
-
-
 def collapse_verdict(
     metrics: Mapping[str, float], out_dim: int, config: ml_collections.ConfigDict
 ) -> dict[str, Any]:
@@ -40,7 +31,7 @@ def collapse_verdict(
       metrics: a metrics line with ``teacher_entropy``, ``teacher_batch_entropy`` and
         ``teacher_kl`` (nats).
       out_dim: K, the number of prototypes.
-      config: :func:`default_config`.
+      config: ``config.monitor`` (``configs/common.py:pretrain_config``).
 
     Returns:
       ``{"collapsed": bool, "kind": "uniform" | "one prototype" | "same output" | None,
@@ -75,7 +66,7 @@ def init_verdict(
 
     Args:
       online, init: ``{"knn_roc_auc", "probe_roc_auc"}`` of the encoder and of its init.
-      config: :func:`default_config`.
+      config: ``config.monitor`` (``configs/common.py:pretrain_config``).
 
     Returns:
       ``{"left_init": bool, "knn_gain", "probe_gain"}`` (ROC-AUC differences; a NaN AUC

@@ -38,22 +38,6 @@ from dinolg_jax.eval.metrics import roc_auc
 from dinolg_jax.models.vit import ViT
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """The ``config.online_eval`` section (see the module docstring)."""
-    c = ml_collections.ConfigDict()
-    c.bank_split = "train"  # kNN bank and probe training slices
-    c.query_split = "val"  # scored slices
-    c.max_bank = 1024  # slices kept of the bank split (evenly spaced)
-    c.max_query = 1024  # slices kept of the query split
-    c.batch_size = 64  # images per feature-pass call
-    c.k = 20  # neighbours of the kNN
-    c.temperature = 0.07  # kNN vote temperature
-    c.probe_steps = 300  # full-batch Adam steps of the logistic probe
-    c.probe_lr = 0.05
-    c.probe_l2 = 1e-3  # weight of 0.5 ||w||^2
-    return c
-
-
 def knn_scores(
     bank: np.ndarray, bank_labels: np.ndarray, query: np.ndarray, *, k: int, temperature: float
 ) -> np.ndarray:
@@ -160,7 +144,7 @@ class OnlineEvaluator:
           backbone: the pretraining ViT (its ``apply`` with ``train=False`` is used).
           manifest: the run's dataset.
           data: the run's ``config.data`` (``hu_window``, ``global_size``).
-          config: ``config.online_eval`` (:func:`default_config`).
+          config: ``config.online_eval`` (``configs/common.py:pretrain_config``).
 
         Raises:
           ValueError: a split is empty, or the bank or the query subset lacks a class.

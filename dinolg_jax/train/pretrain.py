@@ -61,113 +61,6 @@ from dinolg_jax.train import online_eval as online_eval_lib
 from dinolg_jax.train import state as state_lib
 
 
-def base_config() -> ml_collections.ConfigDict:
-    """The DINO recipe shared by every pretraining config (official ``main_dino.py`` values).
-
-    Experiment files (``configs/dino_*.py``, ``configs/smoke.py``) start from this and set
-    the model, the crops, the batch and the length. Groups: ``model`` (the ViT),
-    ``dino`` (head, temperatures, momenta), ``optim``, ``data`` (the Grain pipeline's
-    ``default_data_config()``; ``data.batch_size`` is the global batch, ``data.seed`` a
-    reference to the one ``seed``), ``mesh``, ``checkpoint``, ``phantom`` (used only
-    when ``data.manifest`` is empty), ``debug``.
-    """
-    from dinolg_jax.data.pipeline import default_data_config
-
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.num_epochs = 100.0  # schedule length in epochs (may be fractional)
-    c.num_steps = 0  # > 0: stop after this many steps (schedules keep num_epochs)
-    c.log_every = 10  # steps between metrics lines
-    c.eval_every = 1000  # steps between online evaluations (0: none); also step 0 and last
-    c.online_eval = online_eval_lib.default_config()
-    c.monitor = health_lib.default_config()
-    c.tensorboard = False  # also write TensorBoard event files
-    c.model = ml_collections.ConfigDict()
-    c.model.variant = "S/8"
-    c.model.dtype = "float32"  # compute dtype; params stay float32
-    c.model.drop_path_rate = 0.1  # student only
-    c.model.attention_impl = ""  # "" / "xla" (CPU) or "cudnn" (GPU, bf16)
-    c.model.pad_tokens_to = 0  # cuDNN: pad tokens to a multiple of 64
-    c.model.remat = False
-    c.model.remat_policy = ""
-    c.dino = ml_collections.ConfigDict()
-    c.dino.out_dim = 65536
-    c.dino.hidden_dim = 2048
-    c.dino.bottleneck_dim = 256
-    c.dino.norm_last_layer = True
-    c.dino.student_temp = 0.1
-    c.dino.warmup_teacher_temp = 0.04
-    c.dino.teacher_temp = 0.07
-    c.dino.warmup_teacher_temp_epochs = 30.0
-    c.dino.momentum_teacher = 0.996
-    c.dino.center_momentum = 0.9
-    c.dino.centering = "ema"  # DINO's EMA centre; "sinkhorn": Sinkhorn-Knopp (DINOv2)
-    c.dino.sinkhorn_iters = 3
-    c.dino.koleo_weight = 0.0  # DINOv2's KoLeo on the student CLS of the global crops (0: off)
-    c.optim = ml_collections.ConfigDict()
-    c.optim.lr = 5e-4  # per 256 images
-    c.optim.min_lr = 1e-6
-    c.optim.warmup_epochs = 10.0
-    c.optim.weight_decay = 0.04
-    c.optim.weight_decay_end = 0.4
-    c.optim.clip_grad = 3.0
-    c.optim.clip_mode = "per_param"  # official DINO; "global": one norm over all gradients
-    c.optim.freeze_last_layer = 1.0  # epochs
-    c.data = default_data_config("dinolg")
-    c.data.manifest = ""  # "" -> a phantom under the workdir
-    c.data.batch_size = 256  # GLOBAL batch: images per step over all devices
-    c.data.seed = c.get_ref("seed")  # one seed for the whole run
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1
-    c.mesh.fsdp = 1
-    c.mesh.fsdp_min_size = 2**18
-    c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.every_steps = 1000
-    c.checkpoint.keep = 3
-    c.checkpoint.async_save = True
-    c.phantom = ml_collections.ConfigDict()
-    c.phantom.n_gated = 6
-    c.phantom.n_nongated = 2
-    c.phantom.seed = 0
-    c.phantom.size = 128
-    c.debug = ml_collections.ConfigDict()
-    c.debug.nan_at_step = -1  # make the loss NaN in the step from this step (tests the guard)
-    c.debug.step_sleep_s = 0.0  # sleep after each step (widens test windows; no effect on results)
-    return c
-
-
-def paper_config(variant: str, n_local_guided: int, batch_size: int) -> ml_collections.ConfigDict:
-    """The paper's Table 3 run on GPUs: 150 epochs, 2 x 224 px global + 16 x 96 px local crops.
-
-    Args:
-      variant: ViT variant, ``"B/8"`` (the paper) or ``"S/8"``.
-      n_local_guided: label-guided local crops out of 16 (DINO 0, DINO-LG 4); the rest
-        are random local crops.
-      batch_size: global batch (images per step over all devices).
-
-    Returns:
-      ``base_config()`` with bf16 compute, cuDNN attention (tokens padded to a multiple
-      of 64), the crops and the length set; ``configs/dino*_vit*.py`` are this.
-    """
-    if not 0 <= n_local_guided <= 16:
-        raise ValueError(f"n_local_guided must be in [0, 16], got {n_local_guided}")
-    c = base_config()
-    c.model.variant = variant
-    c.model.dtype = "bfloat16"
-    c.model.attention_impl = "cudnn"
-    c.model.pad_tokens_to = 64
-    c.num_epochs = 150.0
-    c.data.batch_size = batch_size
-    c.data.n_global = 2
-    c.data.global_size = 224
-    c.data.local_size = 96
-    c.data.n_local_random = 16 - n_local_guided
-    c.data.n_local_guided = n_local_guided
-    c.checkpoint.every_steps = 1000
-    c.log_every = 50
-    return c
-
-
 def _online_evaluator(
     config: ml_collections.ConfigDict,
     trainer: state_lib.Trainer,
@@ -256,7 +149,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     """Runs (or resumes) DINO pretraining; see the module docstring.
 
     Args:
-      config: a pretraining config (``configs/dino_*.py``, ``configs/smoke.py``).
+      config: a pretraining config (``configs/dinolg.py``, ``configs/smoke.py``).
       workdir: output folder; an existing one is resumed.
 
     Returns:

@@ -34,7 +34,6 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from dinolg_jax.data import pipeline
 from dinolg_jax.eval import metrics as metrics_lib
 from dinolg_jax.models.probes import PROBE_INPUTS, build_probe
 from dinolg_jax.phantom import training_data
@@ -46,39 +45,6 @@ from dinolg_jax.train import features as features_lib
 matplotlib.use("Agg")
 
 PROBE_DIR = "probe"
-
-
-def base_config(probe: str = "linear") -> ml_collections.ConfigDict:
-    """Probe defaults (GPU scale); configs override fields. ``probe``: a PROBES name."""
-    from dinolg_jax.train.pretrain import base_config as pretrain_config
-
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.encoder = ""  # pretraining workdir (or its encoder/ folder): required
-    c.data = pipeline.default_data_config()
-    c.data.manifest = ""  # "" -> a phantom under the workdir (config.phantom)
-    c.data.seed = c.get_ref("seed")
-    c.data.batch_size = 64  # global batch of the feature extraction pass
-    c.data.eval_size = 0  # keep the record size
-    c.features = ml_collections.ConfigDict()
-    c.features.n_last_blocks = 4  # CLS of the last n blocks in the linear feature (DINO: 4)
-    c.features.token_pool = 4  # transformer input: patch-token grid pooled 4x4 (64x64 -> 16x16)
-    c.features.pooling = "cls_mean"  # linear input: "cls_mean" (DINO), "cls_mean_max", "max"
-    c.features.cache_dir = ""  # "" -> WORKDIR/features
-    c.features.dtype = ""  # encoder compute dtype; "" -> the export's
-    c.probe = ml_collections.ConfigDict()
-    c.probe.name = probe
-    c.probe.kwargs = {"linear": {}, "transformer": {"width": 128, "depth": 2, "heads": 4}}[probe]
-    c.optim = ml_collections.ConfigDict(
-        {"lr": 1e-3, "epochs": 10, "batch_size": 256, "weight_decay": 0.0}
-    )  # the paper trains the linear classifier for 10 epochs
-    c.loss = ml_collections.ConfigDict({"pos_weight": "balanced"})
-    c.eval = ml_collections.ConfigDict(
-        {"target_recall": 0.95, "train_split": "train", "val_split": "val", "test_split": "test"}
-    )
-    pre = pretrain_config()
-    c.mesh, c.phantom = pre.mesh, pre.phantom
-    return c
 
 
 def weighted_bce(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:

@@ -61,53 +61,6 @@ from dinolg_jax.runtime.loop import MetricsLog, Preemption, write_json
 from dinolg_jax.train.segment_eval import evaluate
 
 
-def base_config(model: str = "unet") -> ml_collections.ConfigDict:
-    """Segmentation defaults: the paper's Table 4 (64 filters, 512 px, batch 64, lr 1e-4,
-    100 epochs) for ``model`` in ``models.segmenters.SEGMENTERS``; configs override fields."""
-    from dinolg_jax.train.pretrain import base_config as pretrain_config
-
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.encoder = ""  # vit_unet: pretraining workdir (or its encoder/) to start from
-    c.data = pipeline.default_data_config()
-    c.data.manifest = ""  # "" -> a phantom under the workdir (config.phantom)
-    c.data.seed = c.get_ref("seed")
-    c.data.batch_size = 64  # global batch (Table 4)
-    c.data.eval_size = 0  # keep the record size (512 for COCA)
-    c.data.train_split = "train"
-    c.data.positive_fraction = 0.5  # share of training slices with calcium
-    c.data.augment = False  # flips would swap left/right anatomy; off by default
-    c.data.hflip_prob = 0.0
-    c.data.vflip_prob = 0.0
-    c.model = ml_collections.ConfigDict()
-    c.model.name = model
-    c.model.dtype = "float32"
-    kwargs = {
-        "unet": {"filters": 64},
-        "attention_unet": {"filters": 64},
-        "swin_unet": {"embed_dim": 64, "window": 8},
-        "vit_unet": {"decoder_filters": 16},
-    }
-    if model not in kwargs:
-        raise ValueError(f"unknown segmentation model {model!r}; choose from {sorted(kwargs)}")
-    # p(background) at init (models.unet.prior_bias_init): ~0.1 % of pixels are calcium.
-    c.model.kwargs = {**kwargs[model], "background_prior": 0.999}
-    c.loss = ml_collections.ConfigDict(
-        {"class_weights": (1.0, 100.0, 100.0, 100.0, 100.0), "ce_weight": 1.0, "dice_weight": 1.0,
-         "smooth": 1.0}
-    )  # fmt: skip
-    c.optim = ml_collections.ConfigDict(
-        {"lr": 1e-4, "epochs": 100, "num_steps": 0, "warmup_steps": 0, "schedule": "constant",
-         "weight_decay": 0.0, "grad_clip": 0.0}
-    )  # fmt: skip
-    c.eval = ml_collections.ConfigDict({"split": "test", "batch_size": 64})
-    pre = pretrain_config()
-    c.mesh, c.checkpoint, c.phantom = pre.mesh, pre.checkpoint, pre.phantom
-    c.checkpoint.every_steps = 500
-    c.log_every = 50
-    return c
-
-
 @flax.struct.dataclass
 class SegState:
     """Train state: ``step`` int32 [], ``params``, ``opt_state``."""
@@ -317,7 +270,7 @@ def train_segmenter(
     """Trains (or resumes) a segmentation model, then evaluates it on ``config.eval.split``.
 
     Args:
-      config: a ``configs/segment_*.py`` config.
+      config: a ``configs/segment.py`` or ``configs/segment_smoke.py`` config.
       workdir: output folder; a re-run with the same folder resumes from its checkpoint.
 
     Returns:

@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import common
 from dinolg_jax.data import crop_codec, resample
 from dinolg_jax.phantom.synthetic_crops import synthetic_batch
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.train import state as state_lib
-from dinolg_jax.train.pretrain import base_config
 
 HALF_STEP = crop_codec.UINT16_STEP / 2
 
@@ -57,7 +57,7 @@ def test_render_crops_writes_uint16_in_its_finishing_pass():
 
 
 def _config(dtype):
-    c = base_config()
+    c = common.pretrain_config()
     c.model.variant = "mu/8"
     c.model.dtype = dtype
     c.model.attention_impl = "xla"

@@ -14,6 +14,7 @@ import ml_collections
 import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 
+from configs import common
 from dinolg_jax.data import manifest, pipeline, records, shards
 from dinolg_jax.phantom import synthetic_records
 
@@ -174,7 +175,7 @@ def test_flipped_byte_found_by_verify_and_named_when_read(dataset):
     assert proc.stderr.startswith("error: 1 bad shard(s)")
     assert "val" in proc.stdout and "1 bad" in proc.stdout
     # Training / evaluation reading it: the error names the shard and the record.
-    data = pipeline.default_data_config()
+    data = common.data_config()
     data.batch_size, data.worker_count, data.read_threads = 4, 0, 0
     with pytest.raises(shards.ShardReadError, match=rf"{shard} record \d+: .*Corrupted"):
         for _ in pipeline.eval_dataset(m, "val", data):
@@ -188,7 +189,7 @@ def test_empty_split_names_the_split(tmp_path):
     m = manifest.load(tmp_path)
     with pytest.raises(manifest.ManifestError, match=r"split 'test' has no records.*\['train'\]"):
         m.shard_paths("test")
-    cfg = ml_collections.ConfigDict(pipeline.default_data_config().to_dict())
+    cfg = ml_collections.ConfigDict(common.data_config().to_dict())
     with pytest.raises(manifest.ManifestError, match="split 'test' has no records"):
         pipeline.eval_dataset(m, "test", cfg)
 

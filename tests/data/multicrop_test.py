@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from dinolg_jax.data import crop_codec, pipeline, transforms
+from configs import common
+from dinolg_jax.data import crop_codec, transforms
 from dinolg_jax.data.multicrop import MultiCrop, crop_position
 from dinolg_jax.phantom import synthetic_records
 
@@ -78,7 +79,7 @@ def test_slices_without_calcium_get_random_local_crops():
 
 @pytest.mark.parametrize(("variant", "n_random", "n_guided"), [("dino", 16, 0), ("dinolg", 12, 4)])
 def test_crop_counts_and_shapes_per_config(variant, n_random, n_guided):
-    data = pipeline.default_data_config(variant)
+    data = common.data_config(variant)
     assert (data.n_local_random, data.n_local_guided) == (n_random, n_guided)
     op = MultiCrop.from_config(data)
     out = op.random_map(_record(0, size=256, lesions=2), _gen(0))

@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
+from configs import common
 from dinolg_jax.data import crop_codec, pipeline, records, transforms
 from dinolg_jax.data import manifest as manifest_lib
 from dinolg_jax.data.multicrop import MultiCrop
@@ -18,7 +19,7 @@ def dataset(tmp_path_factory):
 
 
 def _config(**kw):
-    data = pipeline.default_data_config("dinolg")
+    data = common.data_config("dinolg")
     data.global_size, data.local_size = 16, 8
     data.n_local_random, data.n_local_guided = 2, 2
     data.batch_size = 4

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from configs import common
 from dinolg_jax.data import manifest as manifest_lib
 from dinolg_jax.data import pipeline, records
 from dinolg_jax.phantom import synthetic_records
@@ -36,7 +37,7 @@ def test_indices_repeat_each_positive_and_keep_each_negative_once(dataset):
 
 
 def test_oversampled_stream_is_deterministic_and_shows_the_share(dataset):
-    c = pipeline.default_data_config()
+    c = common.data_config()
     c.batch_size, c.global_size, c.local_size = 8, 32, 16
     c.n_local_random, c.n_local_guided = 1, 1
     c.pretrain_positive_fraction = 0.5

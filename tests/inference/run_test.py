@@ -14,6 +14,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
+from configs import common
 from dinolg_jax.data.volume import CTVolume, Geometry
 from dinolg_jax.inference import nifti, run, sources, system
 from dinolg_jax.runtime import mesh as mesh_lib
@@ -289,7 +290,7 @@ def seg_workdir(tmp_path_factory):
     from dinolg_jax.runtime import checkpoint as ckpt_lib
     from dinolg_jax.train import segment
 
-    config = segment.base_config("unet")
+    config = common.segment_config("unet")
     config.model.kwargs = {"filters": 4, "depth": 2}
     workdir = tmp_path_factory.mktemp("seg")
     (workdir / "config.json").write_text(json.dumps(config.to_dict(), default=str))

@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import common
 from dinolg_jax.eval.metrics import roc_auc
 from dinolg_jax.train import health
 from dinolg_jax.train.online_eval import knn_scores, logistic_scores
@@ -55,7 +56,7 @@ def _metrics(h, h_bar):
 
 
 def test_collapse_verdicts():
-    cfg = health.default_config()
+    cfg = common.pretrain_config().monitor
     k = 1024
     ln_k = math.log(k)
     uniform = health.collapse_verdict(_metrics(ln_k - 0.01, ln_k), k, cfg)

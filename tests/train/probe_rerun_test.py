@@ -12,6 +12,7 @@ import json
 import jax
 import jax.numpy as jnp
 
+from configs import common
 from dinolg_jax.models.vit import ViT
 from dinolg_jax.phantom.synthetic_records import write_dataset
 from dinolg_jax.runtime import checkpoint as ckpt_lib
@@ -24,7 +25,7 @@ def test_probe_rerun_on_a_finished_workdir(tmp_path):
     params = jax.jit(vit.init)(jax.random.key(0, impl="rbg"), jnp.zeros((1, 32, 32, 1)))["params"]
     enc_cfg = {"variant": "mu/8", "ref_image_size": 32}
     enc = ckpt_lib.save_encoder(tmp_path / "pre" / "encoder", params, enc_cfg)
-    c = probe.base_config("linear")
+    c = common.probe_config("linear")
     c.encoder, c.data.manifest = str(enc), str(manifest)
     c.data.batch_size, c.features.n_last_blocks, c.features.token_pool = 8, 2, 1
     c.optim.epochs, c.optim.batch_size = 5, 12

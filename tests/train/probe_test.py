@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import common
 from dinolg_jax.models.probes import build_probe
 from dinolg_jax.models.vit import ViT
 from dinolg_jax.phantom.synthetic_records import write_dataset
@@ -125,7 +126,7 @@ def tiny_encoder(tmp_path_factory):
 
 
 def _data_config(batch: int):
-    c = probe.base_config().data
+    c = common.probe_config().data
     c.batch_size = batch
     return c
 
@@ -165,7 +166,7 @@ def test_sharded_features_equal_single_device_and_cache(tiny_encoder, tmp_path):
 
 def test_run_probe_end_to_end(tiny_encoder, tmp_path):
     manifest, _, _, enc_dir = tiny_encoder
-    c = probe.base_config("linear")
+    c = common.probe_config("linear")
     c.encoder = str(enc_dir)
     c.data.manifest = str(manifest)
     c.data.batch_size = 8

@@ -11,10 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import common
 from dinolg_jax.phantom.synthetic_crops import synthetic_batch
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.train import state as state_lib
-from dinolg_jax.train.pretrain import base_config
 
 STUDENT_TEMP = 0.1
 CENTER_MOMENTUM = 0.7
@@ -22,7 +22,7 @@ TEACHER_MOMENTUM = 0.9
 
 
 def _config():
-    c = base_config()
+    c = common.pretrain_config()
     c.model.variant = "mu/8"
     c.model.attention_impl = "xla"
     c.model.drop_path_rate = 0.0  # so the student's forward pass is deterministic

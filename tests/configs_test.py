@@ -1,0 +1,68 @@
+"""configs/: every experiment file loads with each variant; the shared blocks agree."""
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+from configs import common
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "ablation": [None, "tiny", "gpu"],
+    "demo": [None],
+    "dinolg": [None, "arm=dino", "variant=S/8", "variant=S/8,arm=dino", "runlocal"],
+    "infer": [None],
+    "probe": [None, "linear", "transformer"],
+    "probe_smoke": [None, "linear", "transformer"],
+    "segment": [None, "unet", "attention_unet", "swin_unet", "vit_unet"],
+    "segment_smoke": [None, "unet", "attention_unet", "swin_unet", "vit_unet"],
+    "smoke": [None, "tiny"],
+}
+
+
+def test_every_config_file_is_listed():
+    files = {p.stem for p in (ROOT / "configs").glob("*.py")} - {"__init__", "common"}
+    assert files == set(VARIANTS)
+
+
+@pytest.mark.parametrize(("name", "arg"), [(n, a) for n, args in VARIANTS.items() for a in args])
+def test_config_loads(name, arg):
+    c = importlib.import_module(f"configs.{name}").get_config(arg)
+    c.to_dict()  # resolvable
+
+
+@pytest.mark.parametrize(("name", "arg"), [("dinolg", "arm=bad"), ("dinolg", "size=1"),
+                                           ("segment", "unknown"), ("probe", "mlp"),
+                                           ("smoke", "x"), ("ablation", "x")])  # fmt: skip
+def test_config_rejects_unknown_variants(name, arg):
+    with pytest.raises(ValueError):
+        importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+def test_dinolg_rows():
+    dinolg = importlib.import_module("configs.dinolg")
+    c = dinolg.get_config("variant=S/8,arm=dino")
+    assert (c.model.variant, c.data.batch_size) == ("S/8", 512)
+    assert (c.data.n_local_random, c.data.n_local_guided) == (16, 0)
+    c = dinolg.get_config(None)
+    assert (c.model.variant, c.data.batch_size) == ("B/8", 256)
+    assert (c.data.n_local_random, c.data.n_local_guided) == (12, 4)
+
+
+def test_stage_infer_config_is_part_of_infer_config():
+    full, stage = common.infer_config(), common.stage_infer_config()
+    assert stage.split == full.source.split
+    assert set(stage.keys()) == {"split", *common.STAGE_INFER_FIELDS}
+    for key in common.STAGE_INFER_FIELDS:
+        assert stage[key] == full[key]
+
+
+def test_cpu_size_sets_every_stage_of_an_experiment():
+    c = importlib.import_module("configs.ablation").get_config("gpu")
+    common.cpu_size(c)
+    assert (c.pretrain.model.dtype, c.pretrain.model.attention_impl) == ("float32", "xla")
+    assert c.segment.model.dtype == "float32"
+    for stage in (c.pretrain, c.probe, c.segment):
+        assert stage.data.worker_count == 0
+    assert c.pretrain.checkpoint.keep == c.segment.checkpoint.keep == 2
