@@ -271,6 +271,13 @@ def run_ablation(
     if control and control in config.arms:
         raise ValueError(f"control arm {control!r} also names a pretraining arm")
     split = str(config.get("attention_split", "test"))
+    baseline = None
+    if config.get("hu_baseline", True):
+        from dinolg_jax.train import hu_baseline
+
+        seed0 = int(config.seeds[0])
+        baseline = timed("hu_baseline", hu_baseline.hu_histogram_baseline, manifest,
+                         config.probe.optim, seed0)  # fmt: skip
     runs: dict[str, dict[str, Any]] = {}
     for seed in (int(s) for s in config.seeds):
         root = workdir / f"seed{seed}"
@@ -333,6 +340,8 @@ def run_ablation(
         "runs": runs,
         "aggregate": aggregate(runs, list(crops)),
     }
+    if baseline is not None:
+        results["baseline"] = {"hu_histogram": _clean(baseline)}
     report = ablation_report.write(workdir / "report", results, config)
     results["report"] = str(report.relative_to(workdir))
     write_json(workdir / RESULTS, results)

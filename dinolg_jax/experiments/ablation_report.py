@@ -158,6 +158,17 @@ def write(
     lines += [_paired_difference(results, trained, "roc_auc")]
     if results.get("control"):
         lines += [_paired_difference(results, [results["control"], trained[-1]], "roc_auc")]
+    hist = (results.get("baseline") or {}).get("hu_histogram")
+    if hist:
+        val, test = ({"mean": hist.get(f"{k}_roc_auc"), "n": 1} for k in ("val", "test"))
+        edges = ", ".join(map(str, hist["hu_edges"]))
+        lines += [
+            "",
+            "Yardstick (no encoder): the same linear probe on each slice's HU histogram "
+            f"({len(hist['hu_edges']) - 1} bins, edges {edges} HU): ROC-AUC val {fmt(val)}, "
+            f"test {fmt(test)}. An encoder whose probe stays below it reads less calcium "
+            "than a brightness count.",
+        ]
     lines += [""]
     lines += ["## Attention on calcium (Fig. 3 as a number)", ""]
     lines.append(

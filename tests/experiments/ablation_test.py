@@ -123,6 +123,9 @@ def test_ablation_is_deterministic_resumes_exactly_and_skips_finished_stages(tmp
     assert "Calcified-slice probe" in report and "(Fig. 6)" in report and "(Table 6)" in report
     assert "attn_calcium_ratio" in report and "random_init" in report
     assert (straight / "report" / "fig6_probe_confusion.png").stat().st_size > 0
+    hist = results["baseline"]["hu_histogram"]  # the yardstick scores the same test slices
+    assert (hist["test_slices"], hist["test_calcified"]) == (n_test, n_pos)
+    assert f"test {hist['test_roc_auc']:.3f}" in report and "Yardstick" in report
 
     # A third call finds every stage finished: nothing is recomputed.
     stamps = {p: p.stat().st_mtime_ns for p in straight.glob("**/summary.json")}
