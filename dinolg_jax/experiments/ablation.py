@@ -272,7 +272,7 @@ def run_ablation(
         raise ValueError(f"control arm {control!r} also names a pretraining arm")
     split = str(config.get("attention_split", "test"))
     baseline = None
-    if config.get("hu_baseline", True):
+    if config.get("hu_baseline", False):
         from dinolg_jax.train import hu_baseline
 
         seed0 = int(config.seeds[0])
