@@ -11,8 +11,8 @@ Variants (``get_config(arg)``):
 * default (``cpu``): the CPU size, three arms on the same data and seeds 0 and 1:
   ``random_init`` (the seed's untrained encoder: the control every number is read
   against), ``dino`` (8 random local crops) and ``dinolg`` (2 random + 6 guided). A
-  300-patient phantom at 64 px (30 test patients); the ``nano/8`` ViT for 600 steps per arm (2 x 64 px
-  global + 8 x 32 px local crops, batch 16) with Sinkhorn-Knopp centring at teacher
+  300-patient phantom at 64 px (30 test patients); the ``nano/8`` ViT for 600 steps per
+  arm (2 x 64 px global + 8 x 32 px local crops, batch 16) with Sinkhorn-Knopp centring at teacher
   temperature 0.003, calcified slices oversampled to half the stream, a HU window centred
   on 130 HU; a linear probe on the max over patch tokens, its threshold for recall 1.0 on
   val; an 8-filter U-Net (600 steps); the HU-histogram yardstick (``train.hu_baseline``)
