@@ -24,9 +24,7 @@ from dinolg_jax.runtime import cli, workdirs
 from dinolg_jax.runtime import mesh as mesh_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Inference config file.")
-_COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
-_NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes.")
-_PID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_INIT_DISTRIBUTED = mesh_lib.define_distributed_flags()
 flags.mark_flags_as_required(["config"])
 
 
@@ -34,7 +32,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     workdirs.check_infer_config(_CONFIG.value)  # paths and modes, before any model loads
-    mesh_lib.maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
+    _INIT_DISTRIBUTED()
     from dinolg_jax.inference import run  # after distributed init: it touches devices
 
     summary = run.infer_from_config(

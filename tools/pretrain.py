@@ -22,9 +22,7 @@ from dinolg_jax.runtime import mesh as mesh_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Pretraining config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output (and resume) directory.")
-_COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
-_NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes.")
-_PID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_INIT_DISTRIBUTED = mesh_lib.define_distributed_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -32,7 +30,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
     workdirs.require_manifest(_CONFIG.value.data.manifest, "--config.data.manifest")
-    mesh_lib.maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
+    _INIT_DISTRIBUTED()
     from dinolg_jax.train import pretrain  # after distributed init: it touches devices
 
     summary = pretrain.pretrain(_CONFIG.value, _WORKDIR.value)  # errors: cli.run

@@ -22,9 +22,7 @@ from dinolg_jax.runtime import mesh as mesh_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Segmentation config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output (and resume) directory.")
-_COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
-_NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes.")
-_PID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_INIT_DISTRIBUTED = mesh_lib.define_distributed_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -35,7 +33,7 @@ def main(argv: list[str]) -> None:
     if config.model.name == "vit_unet":
         workdirs.require(config.encoder, "pretrain", "--config.encoder")
     workdirs.require_manifest(config.data.manifest, "--config.data.manifest")
-    mesh_lib.maybe_initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
+    _INIT_DISTRIBUTED()
     from dinolg_jax.train import segment  # after distributed init: it touches devices
 
     summary = segment.train_segmenter(config, _WORKDIR.value)  # errors: cli.run

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -202,6 +202,21 @@ def put_batch(
 _ENV_COORD = "DINOLG_COORDINATOR"
 _ENV_NPROC = "DINOLG_NUM_PROCESSES"
 _ENV_PID = "DINOLG_PROCESS_ID"
+
+
+def define_distributed_flags() -> Callable[[], bool]:
+    """Defines a tool's ``--coordinator_address``, ``--num_processes`` and ``--process_id``.
+
+    Returns:
+      A function to call at the start of ``main`` (before any JAX call that touches
+      devices): :func:`maybe_initialize_distributed` with those flags' values.
+    """
+    from absl import flags
+
+    coord = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+    nproc = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+    pid = flags.DEFINE_integer("process_id", None, "This process's index.")
+    return lambda: maybe_initialize_distributed(coord.value, nproc.value, pid.value)
 
 
 def maybe_initialize_distributed(
