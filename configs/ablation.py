@@ -66,6 +66,12 @@ def _paper():
     c.n_local = 16  # local crops per image in every arm
     c.arms = ml_collections.ConfigDict({"dino": 0, "dinolg": 4})  # guided local crops per arm
     c.control = "random_init"  # the untrained-encoder arm ("" for none)
+    c.ceiling = "supervised"  # the init trained on the slice labels (train.supervised; "")
+    c.supervised = ml_collections.ConfigDict(
+        {"batch_size": 64, "positive_fraction": 0.5, "augment": True, "log_every": 100,
+         "optim": {"num_steps": 2000, "warmup_steps": 200, "lr": 1e-4, "weight_decay": 0.05,
+                   "clip_norm": 1.0}}
+    )  # fmt: skip
     c.attention_split = "test"  # split of the attn_calcium_ratio
     c.hu_baseline = True  # the probe's yardstick on HU histograms (train.hu_baseline)
     c.data_manifest = ""  # a converted dataset (real COCA); "" -> the phantom below
@@ -142,6 +148,10 @@ def get_config(arg=None):
         c.probe.data.batch_size = 16
         c.probe.optim.epochs = 3
         c.probe.optim.batch_size = 32
+        c.supervised.batch_size = 8
+        c.supervised.log_every = 1
+        c.supervised.optim.num_steps = 3
+        c.supervised.optim.warmup_steps = 1
         c.segment.model.kwargs = {"filters": 8, "depth": 2}
         c.segment.data.batch_size = 8
         c.segment.optim.num_steps = 3
@@ -214,6 +224,12 @@ def get_config(arg=None):
     # The gate: recall 1.0 on val (the lowest-scored calcified val slice still passes):
     # at this scale a missed slice costs a patient's score, a spare slice only U-Net time.
     c.probe.eval.target_recall = 1.0
+    # The ceiling: nano/8 trained on the labels for 600 steps of 32 slices (~1 min).
+    c.supervised.batch_size = 32
+    c.supervised.log_every = 50
+    c.supervised.optim.num_steps = 600
+    c.supervised.optim.warmup_steps = 60
+    c.supervised.optim.lr = 1e-3
     c.segment.data.batch_size = 8
     c.segment.optim.lr = 5e-3
     c.segment.optim.num_steps = 600

@@ -9,7 +9,11 @@ label-guided local crops, the rest of ``config.n_local`` being random crops)::
 
 and, when ``config.control`` names it (``"random_init"``), the control arm: the seed's
 random-initialised encoder (what every arm starts from) -> the same probe and attention
-ratio, no pretraining and no integrated scoring.
+ratio, no pretraining and no integrated scoring; when ``config.ceiling`` names it
+(``"supervised"``), the ceiling arm: that same initial encoder trained on the train
+split's slice labels (``train.supervised``, ``config.supervised``) -> the same probe and
+attention ratio. The control is the floor and the ceiling the most an encoder of this
+size reads of calcium at this scale: a pretraining arm is read between the two.
 
 The data (one phantom, or ``config.data_manifest``) and the U-Net of a seed are shared by
 the arms (the plain U-Nets do not use the pretrained encoder; ``vit_unet`` does, and is
@@ -21,6 +25,7 @@ Layout under the workdir (every stage resumable, see ``experiments.stages``)::
     seed<s>/segment                     the seed's U-Net (or seed<s>/<arm>/segment)
     seed<s>/<arm>/{pretrain,probe,infer,attention}
     seed<s>/random_init/{pretrain,probe,attention}   the control (no infer)
+    seed<s>/supervised/{pretrain,probe,attention}    the ceiling (no infer)
     results.json                        every number of the report (no timings)
     timings.json                        wall times of the stages
     report/report.md (+ PNG figures)    the report
@@ -62,6 +67,37 @@ def arm_pretrain_config(
     c = stages.seeded(config.pretrain, seed)
     c.data.n_local_guided = guided
     c.data.n_local_random = int(config.n_local) - guided
+    return c
+
+
+def arm_supervised_config(
+    config: ml_collections.ConfigDict, seed: int
+) -> ml_collections.ConfigDict:
+    """The ``train.supervised`` config of the ceiling arm for one seed.
+
+    The encoder reads its slices as the probe does (the probe's ``data`` window and size,
+    ``features.pooling`` and ``n_last_blocks``, mesh); ``config.supervised`` gives the
+    batch, the stream's calcified share, augmentation, optimiser and log interval.
+    """
+    sup = config.supervised
+    c = ml_collections.ConfigDict()
+    c.seed = int(seed)
+    c.init_encoder = ""  # set by stages.supervised_encoder
+    c.data = ml_collections.ConfigDict(config.probe.data.copy_and_resolve_references().to_dict())
+    c.data.seed = int(seed)
+    c.data.train_split = str(config.probe.eval.train_split)
+    c.data.val_split = str(config.probe.eval.val_split)
+    c.data.batch_size = int(sup.batch_size)
+    c.data.positive_fraction = float(sup.positive_fraction)
+    c.data.augment = bool(sup.augment)
+    c.data.global_size = int(config.pretrain.data.global_size)  # attn_calcium_ratio's size
+    c.features = ml_collections.ConfigDict(
+        {"pooling": str(config.probe.features.pooling),
+         "n_last_blocks": int(config.probe.features.n_last_blocks)}
+    )  # fmt: skip
+    c.optim = ml_collections.ConfigDict(sup.optim.copy_and_resolve_references().to_dict())
+    c.mesh = config.probe.mesh.copy_and_resolve_references()
+    c.log_every = int(sup.log_every)
     return c
 
 
@@ -238,10 +274,10 @@ def run_ablation(
 
     Args:
       config: ``configs/ablation.py``: ``seeds``, ``n_local``, ``arms``, ``control``,
-        ``attention_split``, ``phantom`` and ``convert`` (the shared dataset, unless
-        ``data_manifest`` names a converted one), ``pretrain`` / ``probe`` / ``segment``
-        (the configs of ``train.pretrain``, ``train.probe``, ``train.segment``),
-        ``infer`` (``stages.infer``), ``note``.
+        ``ceiling`` and ``supervised`` (its training), ``attention_split``, ``phantom``
+        and ``convert`` (the shared dataset, unless ``data_manifest`` names a converted
+        one), ``pretrain`` / ``probe`` / ``segment`` (the configs of ``train.pretrain``,
+        ``train.probe``, ``train.segment``), ``infer`` (``stages.infer``), ``note``.
       workdir: output folder; re-running resumes every unfinished stage.
       log: progress lines (``print`` by default).
 
@@ -270,6 +306,9 @@ def run_ablation(
     control = str(config.get("control", "") or "")
     if control and control in config.arms:
         raise ValueError(f"control arm {control!r} also names a pretraining arm")
+    ceiling = str(config.get("ceiling", "") or "")
+    if ceiling and (ceiling in config.arms or ceiling == control):
+        raise ValueError(f"ceiling arm {ceiling!r} also names another arm")
     split = str(config.get("attention_split", "test"))
     baseline = None
     if config.get("hu_baseline", False):
@@ -296,6 +335,20 @@ def run_ablation(
             attn = timed(f"{name}/attention", stages.measure_attention, d / "attention",
                          d / "pretrain", manifest, split)  # fmt: skip
             runs[str(seed)][control] = run_numbers(pre, probe, None, attn)
+        if ceiling:
+            d, name = root / ceiling, f"seed{seed}/{ceiling}"
+            init = root / control / "pretrain"
+            if not control:
+                init = d / "init"
+                init_cfg = arm_pretrain_config(config, arms[0], seed)
+                timed(f"{name}/init", stages.initial_encoder, init, init_cfg, manifest)
+            sup = timed(f"{name}/train", stages.supervised_encoder, d / "pretrain",
+                        arm_supervised_config(config, seed), manifest, init)  # fmt: skip
+            probe = timed(f"{name}/probe", stages.train_probe, d / "probe", probe_cfg, manifest,
+                          d / "pretrain")  # fmt: skip
+            attn = timed(f"{name}/attention", stages.measure_attention, d / "attention",
+                         d / "pretrain", manifest, split)  # fmt: skip
+            runs[str(seed)][ceiling] = run_numbers(sup, probe, None, attn)
         for arm in arms:
             d = root / arm
             name = f"seed{seed}/{arm}"
@@ -333,9 +386,13 @@ def run_ablation(
     }
     if control:
         crops = {control: {"n_local_random": 0, "n_local_guided": 0, "pretrained": False}} | crops
+    if ceiling:
+        crops[ceiling] = {"n_local_random": 0, "n_local_guided": 0, "pretrained": False,
+                          "supervised": True}  # fmt: skip
     results = {
         "arms": crops,
         "control": control or None,
+        "ceiling": ceiling or None,
         "seeds": [int(s) for s in config.seeds],
         "runs": runs,
         "aggregate": aggregate(runs, list(crops)),

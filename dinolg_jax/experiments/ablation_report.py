@@ -73,6 +73,8 @@ def plot_matrices(
 
 
 def _arm_label(name: str, crops: Mapping[str, Any]) -> str:
+    if crops.get("supervised"):
+        return f"{name} (the random init trained on the slice labels: the ceiling)"
     if crops.get("pretrained") is False:
         return f"{name} (the seed's random-initialised encoder, no pretraining)"
     return f"{name} ({crops['n_local_random']} random + {crops['n_local_guided']} guided)"
@@ -100,6 +102,41 @@ def _paired_difference(results: Mapping[str, Any], arms: Sequence[str], key: str
     )
 
 
+HEADROOM_MIN = 0.05  # ceiling - floor probe ROC-AUC below which arms cannot be told apart
+
+
+def headroom(results: Mapping[str, Any]) -> float | None:
+    """Mean over seeds of the ceiling's minus the control's probe test ROC-AUC (None when
+    either arm is absent or undefined)."""
+    floor, ceiling = results.get("control"), results.get("ceiling")
+    if not floor or not ceiling:
+        return None
+    diffs = []
+    for run in results["runs"].values():
+        a, b = run[floor]["probe"]["test"]["roc_auc"], run[ceiling]["probe"]["test"]["roc_auc"]
+        if a is not None and b is not None:
+            diffs.append(b - a)
+    return float(np.mean(diffs)) if diffs else None
+
+
+def _headroom_lines(results: Mapping[str, Any]) -> list[str]:
+    """The ceiling against the floor, and a warning when there is no room between them."""
+    room = headroom(results)
+    if room is None:
+        return []
+    floor, ceiling = results["control"], results["ceiling"]
+    lines = [_paired_difference(results, [floor, ceiling], "roc_auc")]
+    if room < HEADROOM_MIN:
+        lines += [
+            "",
+            f"**Warning: no headroom.** Trained on the labels themselves, the encoder's "
+            f"probe ROC-AUC is {room:+.3f} from its random init's (less than "
+            f"+{HEADROOM_MIN}): at this size of model, input and data no pretraining can "
+            "show a difference, and the arms' differences above are noise.",
+        ]
+    return lines
+
+
 def _setup_lines(results: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
     arms = list(results["arms"])
     if config.get("data_manifest"):
@@ -114,7 +151,7 @@ def _setup_lines(results: Mapping[str, Any], config: ml_collections.ConfigDict) 
     steps = int(pre.num_steps) if int(pre.num_steps) > 0 else f"{pre.num_epochs} epochs"
     shared = config.segment.model.name != "vit_unet"
     unet = "one per seed, shared by the arms" if shared else "trained per arm"
-    return [
+    out = [
         f"- Data: {data}; the same for every arm and seed.",
         "- Arms: " + "; ".join(_arm_label(a, results["arms"][a]) for a in arms) + ".",
         f"- Seeds: {', '.join(str(s) for s in results['seeds'])} (pretraining, probe and "
@@ -127,6 +164,15 @@ def _setup_lines(results: Mapping[str, Any], config: ml_collections.ConfigDict) 
         f" ({unet}).",
         "- Scalars: mean ± sample SD (n seeds where defined); matrices summed over seeds.",
     ]
+    if results.get("ceiling"):
+        sup = config.supervised
+        out.insert(
+            -1,
+            f"- Ceiling ({results['ceiling']}): the random init trained end to end on the "
+            f"train split's slice labels, {sup.optim.num_steps} steps at batch "
+            f"{sup.batch_size} ({sup.positive_fraction:.0%} calcified), then the same probe.",
+        )
+    return out
 
 
 def write(
@@ -158,6 +204,7 @@ def write(
     lines += [_paired_difference(results, trained, "roc_auc")]
     if results.get("control"):
         lines += [_paired_difference(results, [results["control"], trained[-1]], "roc_auc")]
+    lines += _headroom_lines(results)
     hist = (results.get("baseline") or {}).get("hu_histogram")
     if hist:
         val, test = ({"mean": hist.get(f"{k}_roc_auc"), "n": 1} for k in ("val", "test"))

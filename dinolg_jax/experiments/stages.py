@@ -6,6 +6,7 @@
     convert_release   -> <dir>/manifest.json + shards + report.json  summary: manifest path
     pretrain_encoder  -> train.pretrain.pretrain (encoder/ export)   summary: its summary
     initial_encoder   -> the same run's random init as encoder/      summary: step 0
+    supervised_encoder -> train.supervised (the labels' ceiling)    summary: its summary
     measure_attention -> eval.attention (attn_calcium_ratio)         summary: the ratios
     train_probe       -> train.probe.run_probe (probe/, threshold)   summary: its summary
     train_segmenter   -> train.segment.train_segmenter (checkpoints) summary: its summary
@@ -227,6 +228,23 @@ def initial_encoder(
     if (done := _begin(workdir, config, write=False)) is not None:
         return done
     return pretrain.initial_encoder(config, workdir)
+
+
+def supervised_encoder(
+    workdir: str | os.PathLike,
+    config: ml_collections.ConfigDict,
+    manifest: str | os.PathLike,
+    init_encoder: str | os.PathLike,
+) -> dict[str, Any]:
+    """The supervised ceiling (``train.supervised``): ``init_encoder`` trained on the slice
+    labels of the train split, exported to ``workdir/encoder`` like a pretrained encoder."""
+    from dinolg_jax.train import supervised
+
+    config = _with_manifest(config, manifest)
+    config.init_encoder = str(Path(init_encoder).absolute())
+    if (done := _begin(workdir, config, write=False)) is not None:
+        return done
+    return supervised.train_supervised(config, workdir)
 
 
 def measure_attention(

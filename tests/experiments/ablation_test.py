@@ -88,12 +88,27 @@ def test_ablation_is_deterministic_resumes_exactly_and_skips_finished_stages(tmp
         "random_init": {"n_local_random": 0, "n_local_guided": 0, "pretrained": False},
         "dino": {"n_local_random": 2, "n_local_guided": 0},
         "dinolg": {"n_local_random": 1, "n_local_guided": 1},
+        "supervised": {
+            "n_local_random": 0,
+            "n_local_guided": 0,
+            "pretrained": False,
+            "supervised": True,
+        },
     }
+    assert (results["control"], results["ceiling"]) == ("random_init", "supervised")
     control = results["runs"]["0"]["random_init"]
     t = control["probe"]["test"]
     assert t["tp"] + t["fn"] == n_pos and t["tn"] + t["fp"] == n_test - n_pos
     assert "gated" not in control and control["pretrain"]["step"] == 0
-    for arm in ("random_init", "dino", "dinolg"):
+    ceiling = results["runs"]["0"]["supervised"]  # the init, trained 3 steps on the labels
+    t = ceiling["probe"]["test"]
+    assert t["tp"] + t["fn"] == n_pos and t["tn"] + t["fp"] == n_test - n_pos
+    assert "gated" not in ceiling and ceiling["pretrain"]["step"] == 3
+    sup = json.loads((straight / "seed0" / "supervised" / "pretrain" / "config.json").read_text())
+    init = straight / "seed0" / "random_init" / "pretrain"
+    assert sup["init_encoder"] == str(init.absolute())  # starts from the control's encoder
+    assert _steps(straight / "seed0" / "supervised" / "pretrain" / "metrics.jsonl") == [1, 2, 3]
+    for arm in ("random_init", "dino", "dinolg", "supervised"):
         # every calcified test slice has a calcium patch; the ratio is a positive number
         att = results["runs"]["0"][arm]["attention"]
         assert att["n_slices"] == n_pos and att["split"] == "test" and att["mean"] > 0
@@ -122,6 +137,9 @@ def test_ablation_is_deterministic_resumes_exactly_and_skips_finished_stages(tmp
     report = (straight / "report" / "report.md").read_text()
     assert "Calcified-slice probe" in report and "(Fig. 6)" in report and "(Table 6)" in report
     assert "attn_calcium_ratio" in report and "random_init" in report
+    room = ceiling["probe"]["test"]["roc_auc"] - control["probe"]["test"]["roc_auc"]
+    assert f"supervised − random_init probe roc_auc: {room:+.3f}" in report
+    assert ("no headroom" in report) == (room < 0.05)
     assert (straight / "report" / "fig6_probe_confusion.png").stat().st_size > 0
     hist = results["baseline"]["hu_histogram"]  # the yardstick scores the same test slices
     assert (hist["test_slices"], hist["test_calcified"]) == (n_test, n_pos)
