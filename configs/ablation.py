@@ -16,14 +16,17 @@ Variants (``get_config(arg)``):
   temperature 0.003, calcified slices oversampled to half the stream, a HU window centred
   on 130 HU; a linear probe on the max over patch tokens, its threshold for recall 1.0 on
   val; an 8-filter U-Net (600 steps); the HU-histogram yardstick (``train.hu_baseline``)
-  once. Each departure from the paper's recipe has its
-  measured reason beside its line below. See the README's table of measured figures for
-  what it printed and how long it took. A CPU-size comparison, not the paper's numbers.
+  once; and the ceiling arm ``supervised`` (``train.supervised``: the seed's random init
+  trained on the slice labels, 600 steps of 32 slices, read by the same probe). Each
+  departure from the paper's recipe has its measured reason beside its line below. See
+  the README's table of measured figures for what it printed and how long it took. A
+  CPU-size comparison, not the paper's numbers.
 * ``tiny``: the test size (``tests/experiments/ablation_test.py``): 10 patients at 32 px, a
   few steps of everything, one seed; seconds per stage.
 * ``gpu``: the paper's settings (Table 3 and 4): ViT-B/8, 150 epochs, 2 x 224 px global +
   16 x 96 px local crops (DINO 16/0, DINO-LG 12/4), global batch 256, bf16 with cuDNN
-  attention; linear probe (10 epochs, threshold for 95 % recall on val); U-Net with 64
+  attention; linear probe (10 epochs, threshold for 95 % recall on val); the ceiling
+  fine-tuned 2000 steps of 64 slices at lr 1e-4 (not in the paper: our yardstick); U-Net with 64
   filters at 512 px, batch 64, lr 1e-4, 100 epochs; seeds 0, 1, 2; on the converted COCA
   release (``--config.data_manifest``).
 

@@ -16,8 +16,8 @@ Training (deterministic for a config and seed):
   ``data.augment``; global batch ``data.batch_size`` split over the mesh;
 * model: the encoder read exactly as the probe's feature pass reads it
   (``train.features.pooled_and_tokens`` with ``features.pooling`` and
-  ``features.n_last_blocks``), then one linear logit; weights start from
-  ``init_encoder`` (an encoder export), the head at zero;
+  ``features.n_last_blocks``), at the export's compute dtype, then one linear logit;
+  weights start from ``init_encoder`` (an encoder export), the head at zero;
 * loss: binary cross-entropy; AdamW (``optim.lr``, ``optim.weight_decay``) with
   ``optim.warmup_steps`` of linear warmup then cosine decay to 0 over ``optim.num_steps``,
   gradients clipped to global norm ``optim.clip_norm``.
@@ -172,7 +172,7 @@ def train_supervised(config: ml_collections.ConfigDict, workdir: str | Path) -> 
     if int(data.batch_size) % mesh.devices.size:
         raise ValueError(f"batch {data.batch_size} does not split over {mesh.devices.size} devices")
     encoder, model_config = ckpt_lib.load_encoder(config.init_encoder)
-    vit = features_lib.encoder_model(model_config, int(config.features.n_last_blocks), "float32")
+    vit = features_lib.encoder_model(model_config, int(config.features.n_last_blocks))
     pooling = str(config.features.pooling)
     tx = build_optimizer(config.optim)
     total = int(config.optim.num_steps)

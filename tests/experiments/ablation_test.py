@@ -193,3 +193,24 @@ def test_stage_refuses_a_workdir_of_another_config_and_skips_a_finished_one(tmp_
     assert stages.finished_summary(tmp_path) is None
     write_json(tmp_path / "summary.json", {"status": "done", "step": 4})
     assert stages.finished_summary(tmp_path) == {"status": "done", "step": 4}
+
+
+def test_headroom_is_the_mean_paired_ceiling_minus_floor_and_warns_below_0_05():
+    from dinolg_jax.experiments import ablation_report
+
+    def runs(pairs):
+        out = {}
+        for seed, (lo, hi) in enumerate(pairs):
+            out[str(seed)] = {
+                arm: {"probe": {"test": {"roc_auc": v}}}
+                for arm, v in (("random_init", lo), ("supervised", hi))
+            }
+        return {"control": "random_init", "ceiling": "supervised", "runs": out}
+
+    wide = runs([(0.5, 0.9), (0.6, 0.7)])  # differences 0.4 and 0.1
+    assert ablation_report.headroom(wide) == pytest.approx(0.25)
+    assert not any("no headroom" in x for x in ablation_report._headroom_lines(wide))
+    narrow = runs([(0.5, 0.52), (0.6, None)])  # seed 1 undefined: only seed 0 counts
+    assert ablation_report.headroom(narrow) == pytest.approx(0.02)
+    assert any("no headroom" in x for x in ablation_report._headroom_lines(narrow))
+    assert ablation_report.headroom({**wide, "ceiling": None}) is None
