@@ -18,7 +18,9 @@ size of the manifest the probe was trained on). Without it a 512 px study fed to
 trained on 64 px records gave p ~ 0.44 on every slice, so the gate flagged them all.
 The segmenter must see slices at their own resolution (its labels are scored on the HU
 grid), so a segmenter workdir with an ``eval_size`` other than 0 or the slice size is
-refused.
+refused, and a study whose slices are not the size the segmenter was trained on
+(:func:`segmenter_input_shape`) gets an error instead of scores: a U-Net trained on 64 px
+slices scored a 512 px study 0.0 (true 65.0), finding nothing at a scale it never saw.
 """
 
 from __future__ import annotations
@@ -91,20 +93,50 @@ def gate_input_size(
     for key in ("input_size", "eval_size"):
         if int(probe_config.get(key, 0) or 0) > 0:
             return int(probe_config[key])
-    data = run_config.get("data", {}) or {}
-    manifest = Path(data.get("manifest") or Path(probe_workdir) / "phantom" / "data")
-    if manifest.is_dir():
-        manifest = manifest / "manifest.json"
     split = str((run_config.get("eval", {}) or {}).get("train_split", "train"))
-    if not manifest.is_file():
+    manifest = training_manifest(probe_workdir, run_config)
+    if manifest is None:
         raise WorkdirError(
             f"{probe_workdir}: cannot tell the slice size the probe was trained at (no "
-            f"input_size in its export, no manifest at {manifest}); re-run train/probe.py"
+            "input_size in its export, no manifest); re-run train/probe.py"
         )
     h, w = record_slice_shape(manifest, split)
     if h != w:
         raise WorkdirError(f"{manifest}: records of {h} x {w} px; the gate needs square slices")
     return h
+
+
+def training_manifest(workdir: str | os.PathLike, run_config: Any) -> Path | None:
+    """The manifest a training workdir read (``data.manifest``, or the phantom that
+    ``phantom.training_data.prepare_manifest`` makes under the workdir when it is empty);
+    None when it is not there (any more)."""
+    data = run_config.get("data", {}) or {}
+    manifest = Path(data.get("manifest") or Path(workdir) / "phantom" / "data")
+    if manifest.is_dir():
+        manifest = manifest / "manifest.json"
+    return manifest if manifest.is_file() else None
+
+
+def segmenter_input_shape(
+    workdir: str | os.PathLike, config: ml_collections.ConfigDict
+) -> tuple[int, int] | None:
+    """(H, W) of the slices a segmenter workdir was trained on, or None when unknown.
+
+    Order: ``input_shape`` in its ``summary.json`` (``train/segment.py`` writes it); its
+    ``data.eval_size`` when non-zero; the record size of the manifest it trained on.
+    """
+    summary = Path(workdir) / "summary.json"
+    if summary.is_file():
+        shape = json.loads(summary.read_text()).get("input_shape")
+        if shape:
+            return int(shape[0]), int(shape[1])
+    size = int(config.data.get("eval_size", 0) or 0)
+    if size:
+        return size, size
+    manifest = training_manifest(workdir, config)
+    if manifest is None:
+        return None
+    return record_slice_shape(manifest, str(config.data.get("train_split", "train")))
 
 
 def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
@@ -170,7 +202,8 @@ def load_segmenter(workdir: str | os.PathLike, slice_size: int | None = None) ->
         return model.apply({"params": p}, x, train=False)
 
     name = f"{config.model.name}@{step}"
-    return SliceModel(apply, params, make_prepare(config.data.hu_window), name)
+    shape = segmenter_input_shape(workdir, config)
+    return SliceModel(apply, params, make_prepare(config.data.hu_window), name, shape)
 
 
 def load_gate(

@@ -69,12 +69,16 @@ class SliceModel:
       prepare: host-side ``hu [B, H, W] int16 -> float32 [B, h, w, C]``: the exact
         normalisation (and resize) the model was trained with.
       name: for logs and reports.
+      input_shape: (H, W) of the slices the model was trained on when it must see exactly
+        that size (a segmenter: it finds lesions at the scale it learnt, and its labels
+        are scored on the study's grid); None when unknown or when ``prepare`` resizes.
     """
 
     apply: Callable[[Any, jax.Array], jax.Array]
     params: Any
     prepare: Callable[[np.ndarray], np.ndarray]
     name: str = ""
+    input_shape: tuple[int, int] | None = None
 
 
 class BatchedRunner:
@@ -265,6 +269,7 @@ class CacPipeline:
         self._seg = BatchedRunner(
             seg_labels, segmenter.params, segmenter.prepare, mesh, seg_batch_size or batch_size
         )
+        self._seg_shape = segmenter.input_shape
 
     @property
     def gate_runner(self) -> BatchedRunner | None:
@@ -297,6 +302,14 @@ class CacPipeline:
         """uint8 [Z, H, W] labels: the U-Net's argmax on ``slices``, zero elsewhere."""
         labels = np.zeros(hu.shape, np.uint8)
         idx = np.asarray(slices, np.int64)
+        trained = self._seg_shape
+        if idx.size and trained is not None and tuple(hu.shape[1:]) != tuple(trained):
+            raise ValueError(
+                f"segmenter {self.seg_name} was trained on {trained[0]} x {trained[1]} px "
+                f"slices and this study's are {hu.shape[1]} x {hu.shape[2]} px: a U-Net finds "
+                "lesions at the scale it learnt, so its labels here would be wrong; score it "
+                "with a segmenter trained at this size"
+            )
         if idx.size:
             out = self._seg(hu[idx])
             if out.shape != (idx.size, *hu.shape[1:]):

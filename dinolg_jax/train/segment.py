@@ -371,6 +371,7 @@ def train_segmenter(
         "total_steps": total_steps,
         "steps_per_epoch": steps_per_epoch,
         "model": str(config.model.name),
+        "input_shape": [int(v) for v in image_shape],  # the slice size it learnt at
         "status": status,
         "metrics": log.last,
         "first_loss": log.first_loss,

@@ -133,9 +133,16 @@ def head_roc_auc(
     scores, labels = [], []
     for b in pipeline.eval_dataset(manifest, split, data):
         logits = np.asarray(fn(params, mesh_lib.put_batch({"image": b["image"]}, mesh)["image"]))
-        valid = np.asarray(b["valid"], bool)
+        valid, calcium = np.asarray(b["valid"], bool), np.asarray(b["has_calcium"], bool)
+        if jax.process_count() > 1:  # the logits are the global batch: so must the rows be
+            from jax.experimental import multihost_utils
+
+            valid, calcium = (
+                np.asarray(multihost_utils.process_allgather(a, tiled=True))
+                for a in (valid, calcium)
+            )
         scores.append(logits[valid])
-        labels.append(np.asarray(b["has_calcium"], bool)[valid])
+        labels.append(calcium[valid])
     y = np.concatenate(labels)
     if y.all() or not y.any():
         return None

@@ -680,3 +680,41 @@ def test_scores_and_patient_rows_from_results_equal_results_csv(tmp_path: Path, 
         assert p["num_slices"] == int(r["num_slices"])
         assert p["error"] == (r["error_type"] or None)
     assert patients[2]["error"] == "OSError"
+
+
+def test_a_study_of_another_size_than_the_segmenter_learnt_gets_an_error_not_zeros(
+    tmp_path: Path, mesh8, seg_workdir
+) -> None:
+    """The trained slice size comes from summary.json, else from the training manifest;
+    a study of another size is refused in one line, one of the trained size is scored."""
+    import shutil
+
+    from dinolg_jax.inference import loading
+    from dinolg_jax.phantom import synthetic_records
+
+    workdir, _, _, _ = seg_workdir
+    unchecked = loading.load_segmenter(workdir)
+    assert unchecked.input_shape is None  # nothing says what it learnt at: not checked
+    recorded = tmp_path / "recorded"
+    shutil.copytree(workdir, recorded)
+    (recorded / "summary.json").write_text(json.dumps({"input_shape": [S, S]}))
+    seg = loading.load_segmenter(recorded)
+    assert seg.input_shape == (S, S)
+    pipe = system.CacPipeline(seg, mesh8, batch_size=8)
+    hu = make_study().hu
+    ref = system.CacPipeline(unchecked, mesh8, batch_size=8).segment(hu, range(Z))
+    np.testing.assert_array_equal(pipe.segment(hu, range(Z)), ref)  # its own size: scored
+    big = np.repeat(np.repeat(hu, 2, axis=1), 2, axis=2)  # the same study at twice the size
+    with pytest.raises(ValueError, match=rf"trained on {S} x {S} px slices and this study's are "
+                       rf"{2 * S} x {2 * S} px"):  # fmt: skip
+        pipe.segment(big, range(Z))
+    assert pipe.segment(big, []).shape == big.shape  # nothing to segment: nothing refused
+
+    # Without a summary: the record size of the manifest it was trained on.
+    from_manifest = tmp_path / "from_manifest"
+    shutil.copytree(workdir, from_manifest)
+    manifest = synthetic_records.write_dataset(tmp_path / "records", size=24, studies=1)
+    cfg = json.loads((from_manifest / "config.json").read_text())
+    cfg["data"]["manifest"] = str(manifest)
+    (from_manifest / "config.json").write_text(json.dumps(cfg))
+    assert loading.load_segmenter(from_manifest).input_shape == (24, 24)
