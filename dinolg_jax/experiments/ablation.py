@@ -317,6 +317,17 @@ def run_ablation(
         seed0 = int(config.seeds[0])
         baseline = timed("hu_baseline", hu_baseline.hu_histogram_baseline, manifest,
                          config.probe.optim, seed0)  # fmt: skip
+
+    def read_out(
+        d: Path, name: str, probe_cfg: ml_collections.ConfigDict
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The frozen probe and the attention ratio of the encoder in ``d/pretrain``."""
+        probe = timed(f"{name}/probe", stages.train_probe, d / "probe", probe_cfg, manifest,
+                      d / "pretrain")  # fmt: skip
+        attn = timed(f"{name}/attention", stages.measure_attention, d / "attention",
+                     d / "pretrain", manifest, split)  # fmt: skip
+        return probe, attn
+
     runs: dict[str, dict[str, Any]] = {}
     for seed in (int(s) for s in config.seeds):
         root = workdir / f"seed{seed}"
@@ -330,10 +341,7 @@ def run_ablation(
             d, name = root / control, f"seed{seed}/{control}"
             init_cfg = arm_pretrain_config(config, arms[0], seed)  # crops do not enter the init
             pre = timed(f"{name}/init", stages.initial_encoder, d / "pretrain", init_cfg, manifest)
-            probe = timed(f"{name}/probe", stages.train_probe, d / "probe", probe_cfg, manifest,
-                          d / "pretrain")  # fmt: skip
-            attn = timed(f"{name}/attention", stages.measure_attention, d / "attention",
-                         d / "pretrain", manifest, split)  # fmt: skip
+            probe, attn = read_out(d, name, probe_cfg)
             runs[str(seed)][control] = run_numbers(pre, probe, None, attn)
         if ceiling:
             d, name = root / ceiling, f"seed{seed}/{ceiling}"
@@ -344,10 +352,7 @@ def run_ablation(
                 timed(f"{name}/init", stages.initial_encoder, init, init_cfg, manifest)
             sup = timed(f"{name}/train", stages.supervised_encoder, d / "pretrain",
                         arm_supervised_config(config, seed), manifest, init)  # fmt: skip
-            probe = timed(f"{name}/probe", stages.train_probe, d / "probe", probe_cfg, manifest,
-                          d / "pretrain")  # fmt: skip
-            attn = timed(f"{name}/attention", stages.measure_attention, d / "attention",
-                         d / "pretrain", manifest, split)  # fmt: skip
+            probe, attn = read_out(d, name, probe_cfg)
             runs[str(seed)][ceiling] = run_numbers(sup, probe, None, attn)
         for arm in arms:
             d = root / arm
@@ -357,11 +362,7 @@ def run_ablation(
                 f"{name}/pretrain", stages.pretrain_encoder, d / "pretrain", pre_cfg, manifest
             )
             encoder = d / "pretrain"
-            probe = timed(
-                f"{name}/probe", stages.train_probe, d / "probe", probe_cfg, manifest, encoder
-            )
-            attn = timed(f"{name}/attention", stages.measure_attention, d / "attention", encoder,
-                         manifest, split)  # fmt: skip
+            probe, attn = read_out(d, name, probe_cfg)
             if per_arm_unet:
                 seg_dir = d / "segment"
                 timed(
