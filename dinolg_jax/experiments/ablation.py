@@ -404,5 +404,11 @@ def run_ablation(
     results["report"] = str(report.relative_to(workdir))
     write_json(workdir / RESULTS, results)
     write_json(workdir / TIMINGS, timings)
+    room = ablation_report.headroom(results)
+    if room is not None and room < ablation_report.HEADROOM_MIN:
+        log(
+            f"warning: no headroom: {ceiling}'s probe ROC-AUC is {room:+.3f} from {control}'s, "
+            "so the arms cannot differ at this scale (see the report)"
+        )
     log(f"report: {report}")
     return results
