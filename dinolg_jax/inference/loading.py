@@ -95,10 +95,10 @@ def gate_input_size(
             return int(probe_config[key])
     split = str((run_config.get("eval", {}) or {}).get("train_split", "train"))
     manifest = training_manifest(probe_workdir, run_config)
-    if manifest is None:
+    if not manifest.is_file():
         raise WorkdirError(
             f"{probe_workdir}: cannot tell the slice size the probe was trained at (no "
-            "input_size in its export, no manifest); re-run train/probe.py"
+            f"input_size in its export, no manifest at {manifest}); re-run train/probe.py"
         )
     h, w = record_slice_shape(manifest, split)
     if h != w:
@@ -106,15 +106,13 @@ def gate_input_size(
     return h
 
 
-def training_manifest(workdir: str | os.PathLike, run_config: Any) -> Path | None:
-    """The manifest a training workdir read (``data.manifest``, or the phantom that
-    ``phantom.training_data.prepare_manifest`` makes under the workdir when it is empty);
-    None when it is not there (any more)."""
+def training_manifest(workdir: str | os.PathLike, run_config: Any) -> Path:
+    """Path of the manifest a training workdir read (``data.manifest``, or the phantom
+    that ``phantom.training_data.prepare_manifest`` makes under the workdir when it is
+    empty); it may no longer exist."""
     data = run_config.get("data", {}) or {}
     manifest = Path(data.get("manifest") or Path(workdir) / "phantom" / "data")
-    if manifest.is_dir():
-        manifest = manifest / "manifest.json"
-    return manifest if manifest.is_file() else None
+    return manifest / "manifest.json" if manifest.is_dir() else manifest
 
 
 def segmenter_input_shape(
@@ -134,7 +132,7 @@ def segmenter_input_shape(
     if size:
         return size, size
     manifest = training_manifest(workdir, config)
-    if manifest is None:
+    if not manifest.is_file():
         return None
     return record_slice_shape(manifest, str(config.data.get("train_split", "train")))
 

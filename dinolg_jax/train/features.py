@@ -104,8 +104,9 @@ def feature_key(encoder_checksum: str, split: str, settings: dict[str, Any]) -> 
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def _gather(x: Any) -> np.ndarray:
-    """Full array on this host: global jax.Array or this process's host rows."""
+def gather_rows(x: Any) -> np.ndarray:
+    """The global batch's rows on this host: of a global jax.Array, or of every process's
+    host rows (a process's own rows when there is one process)."""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -181,9 +182,9 @@ def extract_features(
             (np.shape(batch["image"])[0] * jax.process_count(), *np.shape(batch["image"])[1:]),
         )
         pooled, tokens = fn(params, images)
-        pooled, tokens = _gather(pooled), _gather(tokens)
-        valid = _gather(np.asarray(batch["valid"], bool))
-        index = _gather(np.asarray(batch["index"], np.int64))[valid]
+        pooled, tokens = gather_rows(pooled), gather_rows(tokens)
+        valid = gather_rows(np.asarray(batch["valid"], bool))
+        index = gather_rows(np.asarray(batch["index"], np.int64))[valid]
         if not out:
             out["pooled"] = np.zeros((n, pooled.shape[-1]), np.float32)
             shape = (n, *tokens.shape[1:])
@@ -197,7 +198,7 @@ def extract_features(
             out["has_calcium"] = np.zeros(n, bool)
         out["pooled"][index] = pooled[valid]
         out["tokens"][index] = tokens[valid]
-        out["has_calcium"][index] = _gather(np.asarray(batch["has_calcium"], bool))[valid]
+        out["has_calcium"][index] = gather_rows(np.asarray(batch["has_calcium"], bool))[valid]
     out["index"] = np.arange(n, dtype=np.int64)
     if tmp is not None and jax.process_index() == 0:
         for k in ("pooled", "has_calcium", "index"):

@@ -128,21 +128,15 @@ def head_roc_auc(
     fn = jax.jit(
         functools.partial(slice_logits, vit, pooling=pooling),
         in_shardings=(rep, batch),
-        out_shardings=rep,
+        out_shardings=batch,
     )
+    gather = features_lib.gather_rows
     scores, labels = [], []
     for b in pipeline.eval_dataset(manifest, split, data):
-        logits = np.asarray(fn(params, mesh_lib.put_batch({"image": b["image"]}, mesh)["image"]))
-        valid, calcium = np.asarray(b["valid"], bool), np.asarray(b["has_calcium"], bool)
-        if jax.process_count() > 1:  # the logits are the global batch: so must the rows be
-            from jax.experimental import multihost_utils
-
-            valid, calcium = (
-                np.asarray(multihost_utils.process_allgather(a, tiled=True))
-                for a in (valid, calcium)
-            )
+        logits = gather(fn(params, mesh_lib.put_batch({"image": b["image"]}, mesh)["image"]))
+        valid = gather(np.asarray(b["valid"], bool))
         scores.append(logits[valid])
-        labels.append(calcium[valid])
+        labels.append(gather(np.asarray(b["has_calcium"], bool))[valid])
     y = np.concatenate(labels)
     if y.all() or not y.any():
         return None
