@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from dicom_test import make_ct
+from fake_ct import make_ct
 
 from dinolg_jax.data import dicom
 from dinolg_jax.data.volume import Geometry

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_test import FAKE_NAME, SERIES_UID, make_ct
+from fake_ct import FAKE_NAME, SERIES_UID, make_ct
 
 from dinolg_jax.data import dicom
 from dinolg_jax.inference import seg as seg_lib
