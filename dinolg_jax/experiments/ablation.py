@@ -173,6 +173,13 @@ def run_numbers(
             "params_checksum": probe["params_checksum"],
         },
     }
+    patch = probe.get("patch")
+    if patch:  # the dense probe (train.patch_probe) on the same cached tokens
+        out["probe"]["patch"] = {
+            "test_patch_roc_auc": patch["test"]["patch_roc_auc"],
+            "test_slice_roc_auc": patch["test"]["slice_roc_auc"],
+            "val_patch_roc_auc": patch["val"]["patch_roc_auc"],
+        }
     if attention is not None:
         out["attention"] = {k: attention[k] for k in ("mean", "per_head", "n_slices", "split")}
     health = pre.get("health") or {}
@@ -200,6 +207,9 @@ def scalar_metrics(run: Mapping[str, Any]) -> dict[str, float | None]:
     for k in ("f1", "precision", "recall", "specificity", "roc_auc"):
         flat[f"probe_{k}"] = t[k]
     flat["probe_threshold"] = run["probe"]["threshold"]
+    if "patch" in run["probe"]:
+        flat["patch_probe_roc_auc"] = run["probe"]["patch"]["test_patch_roc_auc"]
+        flat["patch_probe_slice_roc_auc"] = run["probe"]["patch"]["test_slice_roc_auc"]
     flat["pretrain_final_loss"] = run["pretrain"]["final_loss"]
     if "attention" in run:
         flat["attn_calcium_ratio"] = run["attention"]["mean"]

@@ -9,7 +9,7 @@ summed over seeds (true class on rows).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,15 +80,30 @@ def _arm_label(name: str, crops: Mapping[str, Any]) -> str:
     return f"{name} ({crops['n_local_random']} random + {crops['n_local_guided']} guided)"
 
 
-def _paired_difference(results: Mapping[str, Any], arms: Sequence[str], key: str) -> str:
-    """Per-seed difference of a probe test metric between the last and the first arm."""
+def _dense(run: Mapping[str, Any]) -> float | None:
+    """The dense probe's test patch ROC-AUC of one (seed, arm) run (None without it)."""
+    return (run["probe"].get("patch") or {}).get("test_patch_roc_auc")
+
+
+def _paired_difference(
+    results: Mapping[str, Any],
+    arms: Sequence[str],
+    key: str,
+    value: Callable[[Mapping[str, Any]], float | None] | None = None,
+) -> str:
+    """Per-seed difference of a probe test metric between the last and the first arm.
+
+    ``value`` reads the metric from one (seed, arm) run; default: the slice probe's
+    ``test[key]``, and ``key`` then names it in the line.
+    """
     if len(arms) < 2:
         return ""
+    value = value or (lambda r: r["probe"]["test"].get(key))
     a, b = arms[0], arms[-1]
     diffs = []
     for seed in sorted(results["runs"], key=int):
         run = results["runs"][seed]
-        x, y = run[a]["probe"]["test"].get(key), run[b]["probe"]["test"].get(key)
+        x, y = value(run[a]), value(run[b])
         if x is not None and y is not None:
             diffs.append(y - x)
     if not diffs:
@@ -117,6 +132,33 @@ def headroom(results: Mapping[str, Any]) -> float | None:
         if a is not None and b is not None:
             diffs.append(b - a)
     return float(np.mean(diffs)) if diffs else None
+
+
+def _dense_lines(results: Mapping[str, Any], trained: Sequence[str]) -> list[str]:
+    """The dense probe's section (``train.patch_probe``); none when no run has it."""
+    arms, agg = list(results["arms"]), results["aggregate"]
+    if not any("patch_probe_roc_auc" in agg[a] for a in arms):
+        return []
+    lines = [
+        "## Dense probe: calcium in the patch tokens (test split)",
+        "",
+        "A linear classifier on each frozen patch token, trained on 'the patch holds a "
+        "calcium label pixel' (train.patch_probe): patch ROC-AUC over all test patches "
+        "(0.5 = the tokens do not say where calcium is), and the slice ROC-AUC of each "
+        "slice's largest patch score.",
+        "",
+        "| Arm | patch ROC-AUC | slice ROC-AUC (max over patches) |",
+        "|---|---|---|",
+    ]
+    for arm in arms:
+        cells = (fmt(agg[arm].get(k)) for k in ("patch_probe_roc_auc", "patch_probe_slice_roc_auc"))
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    lines.append("")
+    control = results.get("control")
+    pairs = [[control, arm] for arm in trained if control] + ([trained] if len(trained) > 1 else [])
+    for pair in pairs:
+        lines.append(_paired_difference(results, pair, "patch roc_auc", _dense))
+    return lines
 
 
 def _headroom_lines(results: Mapping[str, Any]) -> list[str]:
@@ -216,7 +258,7 @@ def write(
             f"test {fmt(test)}. An encoder whose probe stays below it reads less calcium "
             "than a brightness count.",
         ]
-    lines += [""]
+    lines += ["", *_dense_lines(results, trained), ""]
     lines += ["## Attention on calcium (Fig. 3 as a number)", ""]
     lines.append(
         "attn_calcium_ratio: share of the last block's CLS-to-patch attention (head mean) "
@@ -298,9 +340,9 @@ def write(
     lines += ["## Per seed", ""]
     lines.append(
         "| Seed | Arm | pretrain loss | probe F1 | probe recall | probe ROC-AUC | "
-        "attn_calcium_ratio | integrated mean F1 | risk accuracy |"
+        "dense patch ROC-AUC | attn_calcium_ratio | integrated mean F1 | risk accuracy |"
     )
-    lines.append("|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for seed in sorted(results["runs"], key=int):
         for arm in arms:
             r = results["runs"][seed][arm]
@@ -312,7 +354,7 @@ def write(
             lines.append(
                 f"| {seed} | {arm} | {num(r['pretrain']['final_loss'])} | "
                 f"{num(r['probe']['test']['f1'])} | {num(r['probe']['test']['recall'])} | "
-                f"{num(r['probe']['test']['roc_auc'])} | "
+                f"{num(r['probe']['test']['roc_auc'])} | {num(_dense(r))} | "
                 f"{num(r.get('attention', {}).get('mean'))} | "
                 f"{num(g.get('presence', {}).get('mean', {}).get('f1'))} | "
                 f"{num(g.get('risk_paper4', {}).get('accuracy'))} |"

@@ -328,6 +328,10 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
         "encoder_checksum": enc_sum,
     }
     save_probe(workdir / PROBE_DIR, params, probe_config)
+    dense = config.get("patch_probe")
+    patch = None
+    if dense is not None and dense.enabled:
+        patch = _dense_probe(dense, feats, manifest, config, enc_cfg, probe_config["input_size"])
     summary = {
         "probe": name,
         "pos_weight": pos_weight,
@@ -342,5 +346,30 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
         "params_checksum": ckpt_lib.params_checksum(params),
         "wall_s": time.perf_counter() - t_start,
     }
+    if patch is not None:
+        summary["patch"] = patch
     write_json(workdir / "summary.json", summary)
     return summary
+
+
+def _dense_probe(
+    dense: ml_collections.ConfigDict,
+    feats: dict[str, dict[str, np.ndarray]],
+    manifest: Any,
+    config: ml_collections.ConfigDict,
+    enc_cfg: dict[str, Any],
+    input_size: int,
+) -> dict[str, Any]:
+    """``train.patch_probe`` on the cached tokens: per-patch calcium from the pixel labels."""
+    from dinolg_jax.data import manifest as manifest_lib
+    from dinolg_jax.models.vit import decode_variant
+    from dinolg_jax.train import patch_probe
+
+    if not isinstance(manifest, manifest_lib.Manifest):
+        manifest = manifest_lib.load(manifest)
+    side = decode_variant(enc_cfg["variant"]).patch * int(config.features.token_pool)
+    grid = (int(input_size) // side, int(input_size) // side)
+    cells = {
+        s: patch_probe.split_calcium_cells(manifest, config.eval[f"{s}_split"], grid) for s in feats
+    }
+    return patch_probe.run_patch_probe(feats, cells, dense, int(config.seed))

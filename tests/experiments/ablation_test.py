@@ -113,6 +113,12 @@ def test_ablation_is_deterministic_resumes_exactly_and_skips_finished_stages(tmp
         att = results["runs"]["0"][arm]["attention"]
         assert att["n_slices"] == n_pos and att["split"] == "test" and att["mean"] > 0
         assert results["aggregate"][arm]["attn_calcium_ratio"]["mean"] == att["mean"]
+        # The dense probe scored the probe's own test slices and carried its number through.
+        dense = results["runs"]["0"][arm]["probe"]["patch"]
+        probe_sum = json.loads((straight / "seed0" / arm / "probe" / "summary.json").read_text())
+        assert dense["test_patch_roc_auc"] == probe_sum["patch"]["test"]["patch_roc_auc"]
+        agg_dense = results["aggregate"][arm]["patch_probe_roc_auc"]
+        assert agg_dense["mean"] == dense["test_patch_roc_auc"]
     for arm in ("dino", "dinolg"):
         run_ = results["runs"]["0"][arm]
         t = run_["probe"]["test"]
@@ -140,6 +146,12 @@ def test_ablation_is_deterministic_resumes_exactly_and_skips_finished_stages(tmp
     room = ceiling["probe"]["test"]["roc_auc"] - control["probe"]["test"]["roc_auc"]
     assert f"supervised − random_init probe roc_auc: {room:+.3f}" in report
     assert ("no headroom" in report) == (room < 0.05) == ("no headroom" in run.stdout)
+    gain = (
+        results["runs"]["0"]["dinolg"]["probe"]["patch"]["test_patch_roc_auc"]
+        - control["probe"]["patch"]["test_patch_roc_auc"]
+    )
+    assert "Dense probe" in report
+    assert f"dinolg − random_init probe patch roc_auc: {gain:+.3f}" in report
     assert (straight / "report" / "fig6_probe_confusion.png").stat().st_size > 0
     hist = results["baseline"]["hu_histogram"]  # the yardstick scores the same test slices
     assert (hist["test_slices"], hist["test_calcified"]) == (n_test, n_pos)

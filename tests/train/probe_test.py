@@ -187,6 +187,23 @@ def test_run_probe_end_to_end(tiny_encoder, tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["threshold"] == summary["threshold"]
     model, params, cfg = probe.load_probe(tmp_path)
     assert cfg["threshold"] == summary["threshold"] and cfg["input"] == "pooled"
+    # The dense probe: one cell per 8 px patch of the 32 px slices (4 x 4), calcium where
+    # any label pixel falls, counted here by reshaping the records' own labels.
+    import grain
+
+    from dinolg_jax.data import manifest as manifest_lib
+    from dinolg_jax.data import records
+
+    man = manifest_lib.load(manifest)
+    labels = [
+        records.decode(r)["labels"]
+        for r in grain.sources.ArrayRecordDataSource(man.shard_paths("test"))
+    ]
+    want_cells = int(sum(lab.reshape(4, 8, 4, 8).any(axis=(1, 3)).sum() for lab in labels))
+    dense = summary["patch"]
+    assert want_cells > 0 and dense["test"]["num_calcium_cells"] == want_cells
+    assert dense["test"]["num_cells"] == 12 * 16 and dense["train_rows"] == 12 * 16
+    assert 0.0 <= dense["test"]["patch_roc_auc"] <= 1.0
     # The gate used by inference reproduces the test scores straight from images.
     enc_params, enc_cfg = ckpt_lib.load_encoder(enc_dir)
     vit = features.encoder_model(enc_cfg, cfg["n_last_blocks"])
