@@ -145,6 +145,12 @@ def run_demo(
         f"[probe] test slices: TP {t['tp']} FP {t['fp']} FN {t['fn']} TN {t['tn']}, "
         f"F1 {_num3(t['f1'])}, recall {_num3(t['recall'])} (threshold {pr['threshold']:.3f})"
     )
+    if pr.get("patch"):  # train.patch_probe on the same frozen tokens
+        d = pr["patch"]["test"]
+        log(
+            f"[probe] dense (per patch token): test patch ROC-AUC {_num3(d['patch_roc_auc'])} "
+            f"over {d['num_cells']} patches ({d['num_calcium_cells']} with calcium)"
+        )
     seg_cfg = stages.seeded(config.segment, seed)
     timed("segment", stages.train_segmenter, workdir / "segment", seg_cfg, manifest)
     inf = timed(
