@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import zlib
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from fake_ct import make_ct
 
 from configs import common
 from dinolg_jax.data.volume import CTVolume, Geometry
@@ -159,39 +157,15 @@ def test_pipeline_rejects_bad_inputs(mesh8) -> None:
 
 
 def write_dicom_series(folder: Path, hu: np.ndarray, z0: float = 0.0) -> None:
-    """A minimal axial CT series (stored = HU + 1024, slope 1, intercept -1024)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """A minimal axial CT series (stored = HU + 1024, slope 1, intercept -1024), with
+    fake_ct's patient name, ID, study date and institution in every header."""
     for k in range(hu.shape[0]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.{zlib.crc32(folder.name.encode())}.{k + 1}"
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.PatientName = "Secret^Person"
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.Modality = "CT"
-        ds.StudyInstanceUID = "1.2.826.0.1.76"
-        ds.SeriesInstanceUID = "1.2.826.0.1.77"
-        ds.FrameOfReferenceUID = "1.2.826.0.1.78"
-        ds.SeriesNumber = 1
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [-4.0, 6.0, z0 + THICK * k]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.PixelSpacing = list(PIXEL_MM)
-        ds.SliceThickness = THICK
-        ds.KVP = 120
-        ds.Rows, ds.Columns = hu.shape[1:]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 0
-        ds.RescaleSlope = 1
-        ds.RescaleIntercept = -1024
-        ds.PixelData = (hu[k].astype(np.int32) + 1024).astype(np.uint16).tobytes()
-        ds.save_as(folder / f"IM-{k + 1:04d}.dcm", enforce_file_format=True)
+        make_ct(
+            folder / f"IM-{k + 1:04d}.dcm", z=z0 + THICK * k, instance=k + 1,
+            pixels=(hu[k].astype(np.int32) + 1024).astype(np.uint16),
+            series_uid="1.2.826.0.1.77", series_number=1, spacing=PIXEL_MM, thickness=THICK,
+            kvp=120.0, mass=None, ipp_xy=(-4.0, 6.0),
+        )  # fmt: skip
 
 
 def test_corrupt_study_gets_error_row_and_others_complete(tmp_path: Path, mesh8) -> None:
@@ -241,7 +215,8 @@ def test_corrupt_study_gets_error_row_and_others_complete(tmp_path: Path, mesh8)
     err = json.loads((out / "studies" / "b.unet_only.json").read_text())
     assert err["error"]["type"] == "NotDicomError"
     text = "".join(p.read_text() for p in out.rglob("*.json")) + (out / "results.csv").read_text()
-    assert "Secret" not in text
+    for value in ("Secret", "424242", "20010911", "Fake General"):  # fake_ct's identifiers
+        assert value not in text
     # Summary: 2 of 3 studies per mode, throughput counted over the good ones.
     s = json.loads((out / "summary.json").read_text())
     gated = s["modes"]["gated"]
