@@ -1,5 +1,6 @@
 # The README's two commands: `make demo` and `make test`. Both set up .venv on a fresh machine,
-# installing the fully pinned, hash-checked requirements.lock (compiled from requirements.txt).
+# installing the fully pinned, hash-checked requirements.lock (compiled from requirements.txt),
+# the build backend (setuptools) included: the project installs without build isolation.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -22,7 +23,7 @@ $(STAMP): $(LOCK) pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q pip==$(PIP_VERSION)
 	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
-	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 test: $(STAMP)
