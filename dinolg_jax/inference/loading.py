@@ -35,6 +35,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 from dinolg_jax.data import transforms
 from dinolg_jax.inference.system import SliceModel
@@ -154,6 +155,13 @@ def restore_params(workdir: str | os.PathLike, step: int | None = None) -> tuple
 
     Returns:
       (params, step).
+
+    Raises:
+      WorkdirError: no checkpoint, no state at that step, or no ``params`` in it.
+      runtime.checkpoint.CheckpointError: the params differ from the ``params_checksum``
+        stored with the step (a corrupt or half-copied checkpoint is never scored with;
+        an older step is not taken in its place either, since it is another model). A
+        step saved without checksums is restored with a warning that it is unverified.
     """
     root = Path(workdir).absolute() / ckpt_lib.CHECKPOINT_DIR
     steps = sorted(int(p.name) for p in root.glob("*") if p.name.isdigit()) if root.is_dir() else []
@@ -170,6 +178,14 @@ def restore_params(workdir: str | os.PathLike, step: int | None = None) -> tuple
             raise WorkdirError(f"checkpoint {path} has no 'params' (keys {sorted(tree)})")
         args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
         state = ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
+    stored = (ckpt_lib.stored_checksums(root, step) or {}).get("params")
+    if stored is None:
+        logging.warning("checkpoint %s stored no params checksum: restored unverified", path)
+    elif ckpt_lib.params_checksum(state["params"]) != stored:
+        raise ckpt_lib.CheckpointError(
+            f"checkpoint {path}: its params do not match the checksum stored with them "
+            "(corrupt or partly copied); copy the workdir again or retrain"
+        )
     return state["params"], step
 
 

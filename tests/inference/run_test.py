@@ -312,6 +312,31 @@ def test_load_segmenter_from_a_workdir(tmp_path: Path, mesh8, seg_workdir) -> No
         loading.load_segmenter(tmp_path)
 
 
+def test_load_segmenter_refuses_params_that_fail_their_stored_checksum(
+    tmp_path: Path, seg_workdir
+) -> None:
+    import shutil
+
+    from dinolg_jax.inference import loading
+    from dinolg_jax.runtime import checkpoint as ckpt_lib
+
+    workdir, _, _, state = seg_workdir
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    meta = copy / "checkpoints" / "7" / "checksum" / "metadata"
+    stored = json.loads(meta.read_text())
+    assert stored["params"] == ckpt_lib.params_checksum(state.params)  # what the save wrote
+    # Params and stored checksum disagree, as when a weight changes on disk after the save.
+    stored["params"] = "0" * 64
+    meta.write_text(json.dumps(stored))
+    with pytest.raises(ckpt_lib.CheckpointError, match="do not match the checksum"):
+        loading.load_segmenter(copy, slice_size=S)
+    # A step saved before checksums existed restores (unverified) to the same params.
+    shutil.rmtree(copy / "checkpoints" / "7" / "checksum")
+    seg = loading.load_segmenter(copy, slice_size=S)
+    assert ckpt_lib.params_checksum(seg.params) == ckpt_lib.params_checksum(state.params)
+
+
 def test_manifest_source_and_infer_from_config(tmp_path: Path, seg_workdir) -> None:
     """A manifest split regrouped per study (across shards), scored U-Net-only with report."""
     import importlib.util
