@@ -12,6 +12,10 @@
 4. Val and test: TP/TN/FP/FN, precision, recall, specificity, F1, accuracy at that
    threshold and ROC-AUC; a confusion-matrix PNG of test; ``summary.json``.
 
+5. With ``patch_probe.enabled``, the dense probe (``train/patch_probe.py``) on the same
+   cached tokens: per patch "does it hold calcium?", from the pixel labels; a measurement in
+   ``summary["patch"]``, not part of the gate.
+
 The trained probe is saved to ``WORKDIR/probe/`` (Orbax params + ``probe_config.json``
 holding the probe name and fields, the feature settings and the threshold), which
 :func:`load_probe` reads back for the integrated system.
@@ -266,7 +270,9 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
     Returns:
       The summary (also ``workdir/summary.json``): ``probe``, ``pos_weight``, ``history``
       (loss per epoch), ``threshold``, ``val`` and ``test`` metrics, split sizes,
-      ``encoder_checksum``, ``params_checksum``, ``wall_s``.
+      ``encoder_checksum``, ``params_checksum``, ``wall_s``; and ``patch``, the dense
+      probe's result (``train.patch_probe.run_patch_probe``), when
+      ``config.patch_probe.enabled``.
     """
     from dinolg_jax.inference import loading as loading_lib
 
