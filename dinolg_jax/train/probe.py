@@ -334,10 +334,9 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
         "encoder_checksum": enc_sum,
     }
     save_probe(workdir / PROBE_DIR, params, probe_config)
-    dense = config.get("patch_probe")
     patch = None
-    if dense is not None and dense.enabled:
-        patch = _dense_probe(dense, feats, manifest, config, enc_cfg, probe_config["input_size"])
+    if config.get("patch_probe") is not None and config.patch_probe.enabled:
+        patch = _dense_probe(config, feats, manifest, enc_cfg, probe_config["input_size"])
     summary = {
         "probe": name,
         "pos_weight": pos_weight,
@@ -359,10 +358,9 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
 
 
 def _dense_probe(
-    dense: ml_collections.ConfigDict,
+    config: ml_collections.ConfigDict,
     feats: dict[str, dict[str, np.ndarray]],
     manifest: Any,
-    config: ml_collections.ConfigDict,
     enc_cfg: dict[str, Any],
     input_size: int,
 ) -> dict[str, Any]:
@@ -378,4 +376,4 @@ def _dense_probe(
     cells = {
         s: patch_probe.split_calcium_cells(manifest, config.eval[f"{s}_split"], grid) for s in feats
     }
-    return patch_probe.run_patch_probe(feats, cells, dense, int(config.seed))
+    return patch_probe.run_patch_probe(feats, cells, config.patch_probe, int(config.seed))
