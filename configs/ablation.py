@@ -15,7 +15,7 @@ Variants (``get_config(arg)``):
   arm (2 x 64 px global + 8 x 32 px local crops, batch 16) with Sinkhorn-Knopp centring at teacher
   temperature 0.003, calcified slices oversampled to half the stream, a HU window centred
   on 130 HU; a linear probe on the max over patch tokens, its threshold for recall 1.0 on
-  val; an 8-filter U-Net (600 steps); the HU-histogram yardstick (``train.hu_baseline``)
+  val; an 8-filter U-Net (600 steps); the HU-histogram yardstick (``eval.hu_baseline``)
   once; and the ceiling arm ``supervised`` (``train.supervised``: the seed's random init
   trained on the slice labels, 600 steps of 32 slices, read by the same probe). Each
   departure from the paper's recipe has its measured reason beside its line below. See
@@ -76,7 +76,7 @@ def _paper():
                    "clip_norm": 1.0}}
     )  # fmt: skip
     c.attention_split = "test"  # split of the attn_calcium_ratio
-    c.hu_baseline = True  # the probe's yardstick on HU histograms (train.hu_baseline)
+    c.hu_baseline = True  # the probe's yardstick on HU histograms (eval.hu_baseline)
     c.data_manifest = ""  # a converted dataset (real COCA); "" -> the phantom below
     c.phantom = ml_collections.ConfigDict(
         {"n_gated": 60, "n_nongated": 0, "seed": 0, "size": 512, "slices": (34, 60),

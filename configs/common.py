@@ -102,7 +102,7 @@ def pretrain_config() -> ml_collections.ConfigDict:
 
     Experiment files (``configs/dinolg.py``, ``configs/smoke.py``) start from this and set
     the model, the crops, the batch and the length. Groups: ``online_eval`` and
-    ``monitor`` (``train.online_eval``, ``train.health``), ``model`` (the ViT), ``dino``
+    ``monitor`` (``eval.online_eval``, ``eval.health``), ``model`` (the ViT), ``dino``
     (head, temperatures, momenta), ``optim``, ``data`` (:func:`data_config`;
     ``data.batch_size`` is the global batch, ``data.seed`` a reference to the one
     ``seed``), ``mesh``, ``checkpoint``, ``phantom`` (used only when ``data.manifest`` is
@@ -125,7 +125,7 @@ def pretrain_config() -> ml_collections.ConfigDict:
     c.online_eval.probe_steps = 300  # full-batch Adam steps of the logistic probe
     c.online_eval.probe_lr = 0.05
     c.online_eval.probe_l2 = 1e-3  # weight of 0.5 ||w||^2
-    c.monitor = ml_collections.ConfigDict()  # thresholds of train.health's verdicts
+    c.monitor = ml_collections.ConfigDict()  # thresholds of eval.health's verdicts
     c.monitor.min_teacher_kl = 0.1  # nats: below, every image gets the same teacher output
     c.monitor.uniform_fraction = 0.9  # H_bar above this share of ln K: uniform collapse
     c.monitor.min_auc_gain = 0.01  # best online ROC-AUC gain over the init to count as left
@@ -175,7 +175,7 @@ def pretrain_config() -> ml_collections.ConfigDict:
 
 
 def probe_config(probe: str = "linear") -> ml_collections.ConfigDict:
-    """The calcified-slice probe (``train.probe``) at GPU scale; ``probe``: a PROBES name."""
+    """The calcified-slice probe (``eval.probe``) at GPU scale; ``probe``: a PROBES name."""
     kwargs = {"linear": {}, "transformer": {"width": 128, "depth": 2, "heads": 4}}
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -201,7 +201,7 @@ def probe_config(probe: str = "linear") -> ml_collections.ConfigDict:
     c.optim.weight_decay = 0.0
     c.loss = ml_collections.ConfigDict()
     c.loss.pos_weight = "balanced"  # positives weigh n_negative / n_positive
-    # The dense probe (train.patch_probe): a linear classifier on each frozen patch token,
+    # The dense probe (eval.patch_probe): a linear classifier on each frozen patch token,
     # "does this patch hold calcium?", from the pixel labels; a measurement beside the
     # slice probe (summary["patch"]), not the gate.
     c.patch_probe = ml_collections.ConfigDict()
@@ -281,7 +281,7 @@ def infer_config() -> ml_collections.ConfigDict:
     infer stage fills them from its own stages (:func:`stage_infer_config`).
     """
     c = ml_collections.ConfigDict()
-    c.probe_workdir = ""  # train/probe.py workdir (encoder + probe + threshold)
+    c.probe_workdir = ""  # eval/probe.py workdir (encoder + probe + threshold)
     c.encoder_workdir = ""  # "" -> the encoder named in the probe workdir's config.json
     c.segmenter_workdir = ""  # tools/segment.py workdir
     c.source = ml_collections.ConfigDict()

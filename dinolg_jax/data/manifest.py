@@ -95,6 +95,16 @@ class Manifest:
         ids = [s for s, e in self.studies.items() if split in e.get("records", {})]
         return sorted(ids, key=lambda s: self.studies[s]["records"][split])
 
+    def slice_shape(self, split: str) -> tuple[int, int]:
+        """(H, W) in pixels of the first record of ``split`` (any record version)."""
+        import grain
+
+        from dinolg_jax.data import records
+
+        source = grain.sources.ArrayRecordDataSource(self.shard_paths(split))
+        shape = records.array_shape(source[0], "image")
+        return int(shape[0]), int(shape[1])
+
     def study_range(self, study: str, split: str) -> range:
         """Global record indices of `study`'s slices in `split` (z-ascending)."""
         try:

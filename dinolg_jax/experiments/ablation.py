@@ -174,7 +174,7 @@ def run_numbers(
         },
     }
     patch = probe.get("patch")
-    if patch:  # the dense probe (train.patch_probe) on the same cached tokens
+    if patch:  # the dense probe (eval.patch_probe) on the same cached tokens
         out["probe"]["patch"] = {
             "test_patch_roc_auc": patch["test"]["patch_roc_auc"],
             "test_slice_roc_auc": patch["test"]["slice_roc_auc"],
@@ -287,7 +287,7 @@ def run_ablation(
         ``ceiling`` and ``supervised`` (its training), ``attention_split``, ``phantom``
         and ``convert`` (the shared dataset, unless ``data_manifest`` names a converted
         one), ``pretrain`` / ``probe`` / ``segment`` (the configs of ``train.pretrain``,
-        ``train.probe``, ``train.segment``), ``infer`` (``stages.infer``), ``note``.
+        ``eval.probe``, ``train.segment``), ``infer`` (``stages.infer``), ``note``.
       workdir: output folder; re-running resumes every unfinished stage.
       log: progress lines (``print`` by default).
 
@@ -322,7 +322,7 @@ def run_ablation(
     split = str(config.get("attention_split", "test"))
     baseline = None
     if config.get("hu_baseline", False):
-        from dinolg_jax.train import hu_baseline
+        from dinolg_jax.eval import hu_baseline
 
         seed0 = int(config.seeds[0])
         baseline = timed("hu_baseline", hu_baseline.hu_histogram_baseline, manifest,

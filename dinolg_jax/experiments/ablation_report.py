@@ -135,7 +135,7 @@ def headroom(results: Mapping[str, Any]) -> float | None:
 
 
 def _dense_lines(results: Mapping[str, Any], trained: Sequence[str]) -> list[str]:
-    """The dense probe's section (``train.patch_probe``); none when no run has it."""
+    """The dense probe's section (``eval.patch_probe``); none when no run has it."""
     arms, agg = list(results["arms"]), results["aggregate"]
     if not any("patch_probe_roc_auc" in agg[a] for a in arms):
         return []
@@ -143,7 +143,7 @@ def _dense_lines(results: Mapping[str, Any], trained: Sequence[str]) -> list[str
         "## Dense probe: calcium in the patch tokens (test split)",
         "",
         "A linear classifier on each frozen patch token, trained on 'the patch holds a "
-        "calcium label pixel' (train.patch_probe): patch ROC-AUC over all test patches "
+        "calcium label pixel' (eval.patch_probe): patch ROC-AUC over all test patches "
         "(0.5 = the tokens do not say where calcium is), and the slice ROC-AUC of each "
         "slice's largest patch score.",
         "",

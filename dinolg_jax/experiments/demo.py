@@ -145,7 +145,7 @@ def run_demo(
         f"[probe] test slices: TP {t['tp']} FP {t['fp']} FN {t['fn']} TN {t['tn']}, "
         f"F1 {_num3(t['f1'])}, recall {_num3(t['recall'])} (threshold {pr['threshold']:.3f})"
     )
-    if pr.get("patch"):  # train.patch_probe on the same frozen tokens
+    if pr.get("patch"):  # eval.patch_probe on the same frozen tokens
         d = pr["patch"]["test"]
         log(
             f"[probe] dense (per patch token): test patch ROC-AUC {_num3(d['patch_roc_auc'])} "

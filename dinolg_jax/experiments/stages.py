@@ -8,7 +8,7 @@
     initial_encoder   -> the same run's random init as encoder/      summary: step 0
     supervised_encoder -> train.supervised (the labels' ceiling)    summary: its summary
     measure_attention -> eval.attention (attn_calcium_ratio)         summary: the ratios
-    train_probe       -> train.probe.run_probe (probe/, threshold)   summary: its summary
+    train_probe       -> eval.probe.run_probe (probe/, threshold)   summary: its summary
     train_segmenter   -> train.segment.train_segmenter (checkpoints) summary: its summary
     infer             -> <dir>/out (inference.run) + <dir>/out/report summary: key numbers
 
@@ -292,12 +292,12 @@ def train_probe(
     manifest: str | os.PathLike,
     encoder: str | os.PathLike,
 ) -> dict[str, Any]:
-    """The calcified-slice probe on the frozen ``encoder`` (``train.probe.run_probe``).
+    """The calcified-slice probe on the frozen ``encoder`` (``eval.probe.run_probe``).
 
     Its features are cached under the workdir; the probe and the threshold chosen on val
     are saved to ``workdir/probe`` for the integrated system.
     """
-    from dinolg_jax.train import probe
+    from dinolg_jax.eval import probe
 
     config = _with_manifest(config, manifest)
     config.encoder = str(Path(encoder).absolute())

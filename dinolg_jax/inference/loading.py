@@ -4,7 +4,7 @@
   model through ``train.segment.build_model``; its params come from the latest
   ``WORKDIR/checkpoints/<step>/state`` (only the ``params`` subtree is read, as host
   numpy arrays, whatever the optimiser was).
-* Gate: ``train.probe``'s export (encoder + probe params and the threshold chosen on
+* Gate: ``eval.probe``'s export (encoder + probe params and the threshold chosen on
   val), see :func:`load_gate`.
 
 Input preparation is the training pipeline's own: ``data.transforms.normalize_hu`` with
@@ -12,7 +12,7 @@ the workdir's ``data.hu_window`` and the bilinear ``transforms.resized_crops`` r
 ``data.pipeline.SliceExample``. The gate sees what the probe was trained on: every slice,
 whatever its stored size, is resized to the probe's **input size** (the side of the
 slices its features were extracted from), recorded as ``input_size`` in the probe export
-by ``train/probe.py``; for exports written before that field, it is read from what the
+by ``eval/probe.py``; for exports written before that field, it is read from what the
 workdir already holds (:func:`gate_input_size`: ``eval_size`` when set, else the record
 size of the manifest the probe was trained on). Without it a 512 px study fed to a probe
 trained on 64 px records gave p ~ 0.44 on every slice, so the gate flagged them all.
@@ -37,6 +37,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from dinolg_jax.data import manifest as manifest_lib
 from dinolg_jax.data import transforms
 from dinolg_jax.inference.system import SliceModel
 from dinolg_jax.runtime import checkpoint as ckpt_lib
@@ -66,19 +67,6 @@ def make_prepare(hu_window: Sequence[float], size: int = 0):
     return prepare
 
 
-def record_slice_shape(manifest: str | os.PathLike, split: str) -> tuple[int, int]:
-    """(H, W) of the first record of ``split`` of a converted dataset (any record version)."""
-    import grain
-
-    from dinolg_jax.data import manifest as manifest_lib
-    from dinolg_jax.data import records
-
-    man = manifest_lib.load(manifest)
-    source = grain.sources.ArrayRecordDataSource(man.shard_paths(split))
-    shape = records.array_shape(source[0], "image")
-    return int(shape[0]), int(shape[1])
-
-
 def gate_input_size(
     probe_workdir: str | os.PathLike, probe_config: dict[str, Any], run_config: Any
 ) -> int:
@@ -86,7 +74,7 @@ def gate_input_size(
 
     Order: the export's ``input_size``; its ``eval_size`` when non-zero; the record size
     of the manifest in the workdir's ``config.json`` (``data.manifest``, or the phantom
-    that ``train/probe.py`` makes under the workdir when it is empty).
+    that ``eval/probe.py`` makes under the workdir when it is empty).
 
     Raises:
       WorkdirError: none of these is available.
@@ -99,9 +87,9 @@ def gate_input_size(
     if not manifest.is_file():
         raise WorkdirError(
             f"{probe_workdir}: cannot tell the slice size the probe was trained at (no "
-            f"input_size in its export, no manifest at {manifest}); re-run train/probe.py"
+            f"input_size in its export, no manifest at {manifest}); re-run eval/probe.py"
         )
-    h, w = record_slice_shape(manifest, split)
+    h, w = manifest_lib.load(manifest).slice_shape(split)
     if h != w:
         raise WorkdirError(f"{manifest}: records of {h} x {w} px; the gate needs square slices")
     return h
@@ -135,7 +123,7 @@ def segmenter_input_shape(
     manifest = training_manifest(workdir, config)
     if not manifest.is_file():
         return None
-    return record_slice_shape(manifest, str(config.data.get("train_split", "train")))
+    return manifest_lib.load(manifest).slice_shape(str(config.data.get("train_split", "train")))
 
 
 def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
@@ -223,7 +211,7 @@ def load_segmenter(workdir: str | os.PathLike, slice_size: int | None = None) ->
 def load_gate(
     probe_workdir: str | os.PathLike, encoder: str | os.PathLike | None = None
 ) -> tuple[SliceModel, float]:
-    """The gate of a ``train/probe.py`` workdir and the threshold it chose on val.
+    """The gate of a ``eval/probe.py`` workdir and the threshold it chose on val.
 
     Args:
       probe_workdir: the probe workdir (``probe/`` export + ``config.json``).
@@ -237,7 +225,7 @@ def load_gate(
       FileNotFoundError: no probe export or encoder.
       ValueError: the encoder is not the one the probe was trained on (checksums differ).
     """
-    from dinolg_jax.train import probe as probe_lib
+    from dinolg_jax.eval import probe as probe_lib
 
     _, probe_params, pcfg = probe_lib.load_probe(probe_workdir)
     run_config = read_config(probe_workdir)
@@ -317,7 +305,7 @@ def gate_from_parts(
 ) -> SliceModel:
     """The gate as one :class:`SliceModel`: frozen encoder -> probe feature -> p(calcium).
 
-    The feature is computed by ``train.features.pooled_and_tokens`` (the function the
+    The feature is computed by ``eval.features.pooled_and_tokens`` (the function the
     probe's training features were extracted with), so the gate sees exactly what the
     probe was trained on; the probe's logit goes through a sigmoid.
 
@@ -329,15 +317,15 @@ def gate_from_parts(
       probe_params: the probe's params.
       n_last_blocks: CLS tokens of the last n blocks in the pooled feature.
       token_pool: patch-token pooling of the transformer probe's input.
-      pooling: the pooled feature's kind (``train.features.POOLINGS``).
+      pooling: the pooled feature's kind (``eval.features.POOLINGS``).
       hu_window: the feature extraction's HU window.
       eval_size: the side of the slices the features were extracted from: every slice is
         resized to it (0: keep the stored size, only right when it is the trained size).
       dtype: encoder compute dtype (None: the export's).
       name: for logs.
     """
+    from dinolg_jax.eval.features import encoder_model, pooled_and_tokens
     from dinolg_jax.models.probes import PROBE_INPUTS, build_probe
-    from dinolg_jax.train.features import encoder_model, pooled_and_tokens
 
     vit = encoder_model(encoder_config, n_last_blocks, dtype or None)
     probe = build_probe(probe_name, **probe_kwargs)

@@ -20,10 +20,10 @@ for the gate. Both first standardise their input per feature (:class:`Standardiz
 DINO features vary between slices by a few per cent of their size, and an unscaled probe
 trained with Adam for a few hundred steps barely moves from chance (measured on the
 phantom ablation's cached features: test ROC-AUC 0.47-0.56 raw vs 0.87 standardised).
-The statistics are set from the training split by ``train/probe.py`` and live in the
+The statistics are set from the training split by ``eval/probe.py`` and live in the
 param tree (``standardize/mean``, ``standardize/inv_std``), never trained, so a saved
 probe carries them to inference. ``PROBE_INPUTS`` names the feature each probe consumes (see
-``train/features.py``).
+``eval/features.py``).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from dinolg_jax.models.vit import LN_EPS, Block
 class Standardize(nn.Module):
     """x [..., F] -> (x - mean) * inv_std with per-feature statistics that are not trained.
 
-    Initialised to the identity; ``train/probe.py`` overwrites ``mean`` and ``inv_std``
+    Initialised to the identity; ``eval/probe.py`` overwrites ``mean`` and ``inv_std``
     with the training split's statistics and freezes them in the optimiser.
     """
 

@@ -1,6 +1,6 @@
 """The dataset a training run reads: the configured manifest, or a phantom made for it.
 
-Every trainer (``train/pretrain.py``, ``train/probe.py``, ``train/segment.py``) starts
+Every trainer (``train/pretrain.py``, ``eval/probe.py``, ``train/segment.py``) starts
 with :func:`prepare_manifest`: ``config.data.manifest`` when set, else a small phantom
 release (``config.phantom``'s sizes) converted once under the run's workdir, so a run
 without data still runs end to end.

@@ -1,6 +1,6 @@
 """What every training loop does around its step, and the one atomic JSON writer.
 
-The three trainers (``train/pretrain.py``, ``train/segment.py``, ``train/probe.py``) and
+The three trainers (``train/pretrain.py``, ``train/segment.py``, ``eval/probe.py``) and
 the stages (``experiments/stages.py``, ``inference/run.py``) share these:
 
 - :class:`MetricsLog`: buffers each step's device metrics, checks every step's loss one

@@ -18,7 +18,7 @@ What it writes under ``workdir`` (process 0 for the text files)::
     checkpoints/<step>/  Orbax: train state + Grain iterator state + config (last k kept)
     encoder/             the teacher backbone (``runtime.checkpoint.save_encoder``)
     summary.json         final step, last metrics, params_checksum, status, health
-                         (the collapse and left-the-init verdicts, ``train.health``)
+                         (the collapse and left-the-init verdicts, ``eval.health``)
     phantom/             only when ``config.data.manifest`` is empty: a small phantom
                          release and its conversion, made on the first run
 
@@ -32,10 +32,10 @@ behind the dispatch (step k's loss is read once step k + 1 is queued, so the dev
 waits for the host): the run stops at the first non-finite step, not at the next log line.
 
 Health: every ``eval_every`` steps (and at step 0 and the last step) the teacher backbone
-is scored by ``train.online_eval`` on a cached subset of the val split, beside the same
+is scored by ``eval.online_eval`` on a cached subset of the val split, beside the same
 scores of the random-initialised encoder; a warning line is logged (and kept in
 ``summary.json["health"]``) when the teacher has collapsed or the encoder has not left
-its initialisation (``train.health``).
+its initialisation (``eval.health``).
 """
 
 from __future__ import annotations
@@ -52,12 +52,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from dinolg_jax.eval import health as health_lib
+from dinolg_jax.eval import online_eval as online_eval_lib
 from dinolg_jax.phantom import training_data
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.runtime.loop import MetricsLog, Preemption, write_json
-from dinolg_jax.train import health as health_lib
-from dinolg_jax.train import online_eval as online_eval_lib
 from dinolg_jax.train import state as state_lib
 
 
@@ -106,7 +106,7 @@ def _online_line(
 def _health(
     config: ml_collections.ConfigDict, last: dict[str, float], init: dict[str, float]
 ) -> dict[str, Any]:
-    """The run's verdicts (``train.health``) from the last metrics and online eval."""
+    """The run's verdicts (``eval.health``) from the last metrics and online eval."""
     collapse = left = None
     if "teacher_kl" in last:
         collapse = health_lib.collapse_verdict(last, int(config.dino.out_dim), config.monitor)

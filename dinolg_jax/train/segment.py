@@ -53,12 +53,12 @@ from absl import logging
 
 from dinolg_jax.data import manifest as manifest_lib
 from dinolg_jax.data import pipeline
+from dinolg_jax.eval.segment_eval import evaluate
 from dinolg_jax.models.segmenters import build_segmenter
 from dinolg_jax.phantom import training_data
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.runtime.loop import MetricsLog, Preemption, write_json
-from dinolg_jax.train.segment_eval import evaluate
 
 
 @flax.struct.dataclass

@@ -15,7 +15,7 @@ Training (deterministic for a config and seed):
   ``data.positive_fraction`` of the stream, flips / brightness / noise when
   ``data.augment``; global batch ``data.batch_size`` split over the mesh;
 * model: the encoder read exactly as the probe's feature pass reads it
-  (``train.features.pooled_and_tokens`` with ``features.pooling`` and
+  (``eval.features.pooled_and_tokens`` with ``features.pooling`` and
   ``features.n_last_blocks``), at the export's compute dtype, then one linear logit;
   weights start from ``init_encoder`` (an encoder export), the head at zero;
 * loss: binary cross-entropy; AdamW (``optim.lr``, ``optim.weight_decay``) with
@@ -46,12 +46,12 @@ import numpy as np
 import optax
 
 from dinolg_jax.data import pipeline
+from dinolg_jax.eval import features as features_lib
 from dinolg_jax.eval import metrics as metrics_lib
 from dinolg_jax.models.vit import ViT
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.runtime.loop import MetricsLog, write_json
-from dinolg_jax.train import features as features_lib
 
 
 def slice_logits(vit: ViT, params: Any, images: jax.Array, pooling: str) -> jax.Array:

@@ -388,9 +388,9 @@ def test_manifest_source_and_infer_from_config(tmp_path: Path, seg_workdir) -> N
 @pytest.mark.parametrize("probe_name", ["linear", "transformer"])
 def test_gate_from_parts_matches_features_then_probe(mesh8, probe_name) -> None:
     """Encoder + probe as one jitted, sharded gate == features.pooled_and_tokens -> probe."""
+    from dinolg_jax.eval.features import encoder_model, pooled_and_tokens
     from dinolg_jax.inference import loading
     from dinolg_jax.models.probes import build_probe
-    from dinolg_jax.train.features import encoder_model, pooled_and_tokens
 
     enc_cfg = {"variant": "mu/8", "ref_image_size": 16}
     vit = encoder_model(enc_cfg, 2)
@@ -431,10 +431,10 @@ def test_gate_from_parts_matches_features_then_probe(mesh8, probe_name) -> None:
 
 def test_load_gate_from_probe_workdir(tmp_path: Path, mesh8) -> None:
     """Encoder export + probe export + config.json -> the same gate and its threshold."""
+    from dinolg_jax.eval import probe as probe_lib
+    from dinolg_jax.eval.features import encoder_model
     from dinolg_jax.inference import loading
     from dinolg_jax.runtime import checkpoint as ckpt_lib
-    from dinolg_jax.train import probe as probe_lib
-    from dinolg_jax.train.features import encoder_model
 
     rng = np.random.default_rng(3)
     enc_cfg = {"variant": "mu/8", "ref_image_size": 16}
@@ -472,9 +472,9 @@ def test_load_gate_from_probe_workdir(tmp_path: Path, mesh8) -> None:
 
 def _probe_workdir(root: Path, size: int, pcfg_extra: dict, config_extra: dict):
     """Encoder + linear probe exports at ``size`` px, as train/pretrain + train/probe write."""
+    from dinolg_jax.eval import probe as probe_lib
+    from dinolg_jax.eval.features import encoder_model
     from dinolg_jax.runtime import checkpoint as ckpt_lib
-    from dinolg_jax.train import probe as probe_lib
-    from dinolg_jax.train.features import encoder_model
 
     rng = np.random.default_rng(8)
     enc_cfg = {"variant": "mu/8", "ref_image_size": size}

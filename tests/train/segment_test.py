@@ -11,10 +11,11 @@ import ml_collections
 import numpy as np
 import pytest
 
+from dinolg_jax.eval import segment_eval
 from dinolg_jax.models.unet import UNet
 from dinolg_jax.phantom.synthetic_records import write_dataset
 from dinolg_jax.runtime import mesh as mesh_lib
-from dinolg_jax.train import segment, segment_eval
+from dinolg_jax.train import segment
 
 
 def _np_loss(logits, labels, w, ce_w, dice_w, s):

@@ -15,14 +15,14 @@ import ml_collections
 import numpy as np
 import pytest
 
+from dinolg_jax.eval import features as features_lib
+from dinolg_jax.eval.features import extract_features
 from dinolg_jax.eval.metrics import roc_auc
 from dinolg_jax.models.vit import ViT
 from dinolg_jax.phantom import synthetic_records
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
-from dinolg_jax.train import features as features_lib
 from dinolg_jax.train import supervised
-from dinolg_jax.train.features import extract_features
 
 
 def test_bce_is_the_mean_of_hand_computed_cross_entropies():

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from configs import common
+from dinolg_jax.eval import features, probe
 from dinolg_jax.models.probes import build_probe
 from dinolg_jax.models.vit import ViT
 from dinolg_jax.phantom.synthetic_records import write_dataset
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
-from dinolg_jax.train import features, probe
 
 
 def test_weighted_bce_by_hand():

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from configs import common
+from dinolg_jax.eval import health
 from dinolg_jax.eval.metrics import roc_auc
-from dinolg_jax.train import health
-from dinolg_jax.train.online_eval import knn_scores, logistic_scores
+from dinolg_jax.eval.online_eval import knn_scores, logistic_scores
 
 
 def test_knn_vote_hand_computed():

@@ -1,7 +1,7 @@
 """The calcified-slice probe on the frozen DINO-LG encoder (the paper's Fig. 5 and Fig. 6).
 
 1. Features of the train, val and test splits, extracted once by a jitted pass sharded over
-   the mesh and cached (``train/features.py``).
+   the mesh and cached (``eval/features.py``).
 2. A probe from ``models.probes.PROBES`` (``linear`` or ``transformer``) trained on the
    train features with a class-weighted binary cross-entropy: positives weigh
    ``pos_weight`` (``"balanced"``: n_negative / n_positive, ~6-9 for 10-15 % calcified
@@ -12,7 +12,7 @@
 4. Val and test: TP/TN/FP/FN, precision, recall, specificity, F1, accuracy at that
    threshold and ROC-AUC; a confusion-matrix PNG of test; ``summary.json``.
 
-5. With ``patch_probe.enabled``, the dense probe (``train/patch_probe.py``) on the same
+5. With ``patch_probe.enabled``, the dense probe (``eval/patch_probe.py``) on the same
    cached tokens: per patch "does it hold calcium?", from the pixel labels; a measurement in
    ``summary["patch"]``, not part of the gate.
 
@@ -38,13 +38,14 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from dinolg_jax.data import manifest as manifest_lib
+from dinolg_jax.eval import features as features_lib
 from dinolg_jax.eval import metrics as metrics_lib
 from dinolg_jax.models.probes import PROBE_INPUTS, build_probe
 from dinolg_jax.phantom import training_data
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.runtime.loop import write_json
-from dinolg_jax.train import features as features_lib
 
 matplotlib.use("Agg")
 
@@ -271,11 +272,9 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
       The summary (also ``workdir/summary.json``): ``probe``, ``pos_weight``, ``history``
       (loss per epoch), ``threshold``, ``val`` and ``test`` metrics, split sizes,
       ``encoder_checksum``, ``params_checksum``, ``wall_s``; and ``patch``, the dense
-      probe's result (``train.patch_probe.run_patch_probe``), when
+      probe's result (``eval.patch_probe.run_patch_probe``), when
       ``config.patch_probe.enabled``.
     """
-    from dinolg_jax.inference import loading as loading_lib
-
     t_start = time.perf_counter()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -328,7 +327,7 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
         "eval_size": int(config.data.eval_size),
         # The slice side features were extracted at: inference resizes every slice to it.
         "input_size": int(config.data.eval_size)
-        or loading_lib.record_slice_shape(manifest, config.eval.train_split)[0],
+        or manifest_lib.load(manifest).slice_shape(config.eval.train_split)[0],
         "threshold": threshold,
         "target_recall": target,
         "encoder_checksum": enc_sum,
@@ -364,10 +363,9 @@ def _dense_probe(
     enc_cfg: dict[str, Any],
     input_size: int,
 ) -> dict[str, Any]:
-    """``train.patch_probe`` on the cached tokens: per-patch calcium from the pixel labels."""
-    from dinolg_jax.data import manifest as manifest_lib
+    """``eval.patch_probe`` on the cached tokens: per-patch calcium from the pixel labels."""
+    from dinolg_jax.eval import patch_probe
     from dinolg_jax.models.vit import decode_variant
-    from dinolg_jax.train import patch_probe
 
     if not isinstance(manifest, manifest_lib.Manifest):
         manifest = manifest_lib.load(manifest)

@@ -1,6 +1,6 @@
 """The dense probe: does each frozen patch token say whether its patch holds calcium?
 
-The slice probe (``train/probe.py``) asks one question per slice; at small scale a
+The slice probe (``eval/probe.py``) asks one question per slice; at small scale a
 lesion is one patch of 64 and its answer drowns in what the rest of the slice varies by
 (the CPU ablation's probes sit at chance for every encoder, even one trained on the slice
 labels). This probe asks it per patch, the way DINOv2 evaluates patch features with a
@@ -34,8 +34,8 @@ from dinolg_jax.data import manifest as manifest_lib
 from dinolg_jax.data import records
 from dinolg_jax.eval.attention import calcium_patch_mask
 from dinolg_jax.eval.metrics import roc_auc
+from dinolg_jax.eval.probe import predict_scores, resolve_pos_weight, train_probe
 from dinolg_jax.models.probes import build_probe
-from dinolg_jax.train.probe import predict_scores, resolve_pos_weight, train_probe
 
 
 def split_calcium_cells(

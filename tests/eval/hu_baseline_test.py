@@ -2,8 +2,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from dinolg_jax.eval import hu_baseline
 from dinolg_jax.phantom import synthetic_records
-from dinolg_jax.train import hu_baseline
 
 
 def test_histogram_counts_each_pixel_once_in_its_half_open_bin():

@@ -4,7 +4,7 @@ The calcified-slice probe reads frozen encoder features. Whether those features 
 calcium is only meaningful against what the pixels alone give away: this baseline counts
 each slice's pixels in fixed Hounsfield-unit bins (edges :data:`HU_EDGES`, which include
 the Agatston thresholds 130 / 200 / 300 / 400 HU), takes ``log(1 + count)`` per bin, and
-trains the project's linear probe (:func:`train.probe.train_probe`, same optimiser, same
+trains the project's linear probe (:func:`eval.probe.train_probe`, same optimiser, same
 class weighting, standardised input) on the train split. Its val / test ROC-AUC says how
 much of the slice label a global brightness statistic explains. An encoder whose probe
 stays below it has not learned (or has normalised away) what a 13-bin histogram sees; a
@@ -23,8 +23,8 @@ from dinolg_jax.data import manifest as manifest_lib
 from dinolg_jax.data import records
 from dinolg_jax.data.shards import NamedShardSource
 from dinolg_jax.eval import metrics as metrics_lib
+from dinolg_jax.eval import probe as probe_lib
 from dinolg_jax.models.probes import build_probe
-from dinolg_jax.train import probe as probe_lib
 
 # Bin edges in HU: bin k holds e_k <= HU < e_{k+1}; values below the first edge count in
 # the first bin, values at or above the last edge in the last.

@@ -8,7 +8,7 @@ Two questions, each answered from numbers the run already logs:
   ``min_teacher_kl`` nats: every image gets the same distribution. It is *uniform*
   collapse when H_bar is above ``uniform_fraction * ln K`` and collapse onto one
   prototype when H_bar is below ``(1 - uniform_fraction) * ln K``.
-* **Left its initialisation**: the online evaluation (``train.online_eval``) scores
+* **Left its initialisation**: the online evaluation (``eval.online_eval``) scores
   the encoder and its random initialisation the same way; the run has left it when the
   best of the kNN and probe ROC-AUC gains is at least ``min_auc_gain``.
 """

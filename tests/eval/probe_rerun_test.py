@@ -13,10 +13,10 @@ import jax
 import jax.numpy as jnp
 
 from configs import common
+from dinolg_jax.eval import probe
 from dinolg_jax.models.vit import ViT
 from dinolg_jax.phantom.synthetic_records import write_dataset
 from dinolg_jax.runtime import checkpoint as ckpt_lib
-from dinolg_jax.train import probe
 
 
 def test_probe_rerun_on_a_finished_workdir(tmp_path):

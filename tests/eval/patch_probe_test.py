@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import mannwhitneyu
 
-from dinolg_jax.train import patch_probe
+from dinolg_jax.eval import patch_probe
 
 SETTINGS = {"max_rows": 0, "lr": 0.05, "epochs": 20, "batch_size": 256}
 
