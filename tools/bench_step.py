@@ -27,10 +27,10 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from dinolg_jax.dino import step as step_lib
 from dinolg_jax.models.vit import decode_variant
 from dinolg_jax.phantom.synthetic_crops import synthetic_batch
 from dinolg_jax.runtime import mesh as mesh_lib
-from dinolg_jax.train import state as state_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Pretraining config file.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps.")
@@ -65,7 +65,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     mesh = mesh_lib.mesh_from_config(config.mesh)
-    trainer = state_lib.make_trainer(config, mesh, steps_per_epoch=1000)
+    trainer = step_lib.make_trainer(config, mesh, steps_per_epoch=1000)
     state = trainer.init_state()
     batch = synthetic_batch(config, mesh)
     nan_at = jax.device_put(jnp.asarray(-1, jnp.int32), mesh_lib.replicated(mesh))

@@ -1,6 +1,6 @@
 """A random crops-major batch with a pretraining config's shapes, for benchmarks and tests.
 
-The input of the DINO step (`train.state.make_train_step`) without data: no records, no
+The input of the DINO step (`dino.step.make_train_step`) without data: no records, no
 pipeline, standard normal values. `tools/bench_step.py` times the step on it; the step,
 crop-codec and multi-host tests train on it.
 """

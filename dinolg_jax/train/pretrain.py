@@ -10,7 +10,7 @@ What it writes under ``workdir`` (process 0 for the text files)::
                          clipping), param_norm, update_norm, steps_per_s, eta_s; the
                          collapse monitors teacher_entropy, teacher_batch_entropy,
                          teacher_kl, loss_entropy, loss_kl
-                         (``train.state.make_train_step``); on evaluation steps
+                         (``dino.step.make_train_step``); on evaluation steps
                          the online eval online_{knn,probe}_roc_auc beside the random
                          init's init_{knn,probe}_roc_auc and their *_gain
     online_eval_init.json  the random-initialised encoder's online eval (step 0)
@@ -52,22 +52,22 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from dinolg_jax.dino import step as step_lib
 from dinolg_jax.eval import health as health_lib
 from dinolg_jax.eval import online_eval as online_eval_lib
 from dinolg_jax.phantom import training_data
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.runtime.loop import MetricsLog, Preemption, write_json
-from dinolg_jax.train import state as state_lib
 
 
 def _online_evaluator(
     config: ml_collections.ConfigDict,
-    trainer: state_lib.Trainer,
+    trainer: step_lib.Trainer,
     manifest: Any,
     data_config: ml_collections.ConfigDict,
     workdir: Path,
-    state: state_lib.TrainState,
+    state: step_lib.TrainState,
 ) -> tuple[online_eval_lib.OnlineEvaluator | None, dict[str, float]]:
     """The run's evaluator and its random init's scores (computed once, then read back)."""
     if int(config.get("eval_every", 0)) <= 0:
@@ -127,7 +127,7 @@ def _crops_only(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def _setup(
     config: ml_collections.ConfigDict, workdir: Path
-) -> tuple[Path, Any, state_lib.Trainer, int]:
+) -> tuple[Path, Any, step_lib.Trainer, int]:
     """Workdir, config.json, data (phantom when none) and the trainer of a run.
 
     Returns:
@@ -142,7 +142,7 @@ def _setup(
     mesh = mesh_lib.mesh_from_config(config.mesh)
     n_records = manifest_lib.load(manifest).num_records("pretrain")
     steps_per_epoch = max(1, n_records // int(config.data.batch_size))
-    return manifest, mesh, state_lib.make_trainer(config, mesh, steps_per_epoch), steps_per_epoch
+    return manifest, mesh, step_lib.make_trainer(config, mesh, steps_per_epoch), steps_per_epoch
 
 
 def pretrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:

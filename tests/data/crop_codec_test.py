@@ -10,9 +10,9 @@ import pytest
 
 from configs import common
 from dinolg_jax.data import crop_codec, resample
+from dinolg_jax.dino import step as step_lib
 from dinolg_jax.phantom.synthetic_crops import synthetic_batch
 from dinolg_jax.runtime import mesh as mesh_lib
-from dinolg_jax.train import state as state_lib
 
 HALF_STEP = crop_codec.UINT16_STEP / 2
 
@@ -74,7 +74,7 @@ def test_pretraining_step_takes_uint16_crops():
     # float32 compute (the cheaper compile on CPU): the difference is the code's alone.
     config = _config("float32")
     mesh = mesh_lib.make_mesh()
-    trainer = state_lib.make_trainer(config, mesh, steps_per_epoch=10)
+    trainer = step_lib.make_trainer(config, mesh, steps_per_epoch=10)
     batch = synthetic_batch(config, mesh, seed=3)
     host = {k: np.clip(np.asarray(v), -3.0, 3.0) for k, v in batch.items()}
     results = []
@@ -96,7 +96,7 @@ def test_pretraining_step_takes_uint16_crops():
 
 
 def test_the_step_and_bench_step_do_not_need_opencv():
-    # tools/bench_step.py (the GPU check) imports train.state; the GPU machine may have
+    # tools/bench_step.py (the GPU check) imports dino.step; the GPU machine may have
     # no OpenCV wheel, so decoding crops must not pull it in.
-    code = "import sys, dinolg_jax.train.state; assert 'cv2' not in sys.modules"
+    code = "import sys, dinolg_jax.dino.step; assert 'cv2' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -50,14 +50,14 @@ def run(n_steps: int, data: int = 4, fsdp: int = 2, one_device: bool = False) ->
     import jax
     from jax.experimental import multihost_utils
 
+    from dinolg_jax.dino import step as step_lib
     from dinolg_jax.phantom.synthetic_crops import synthetic_batch
     from dinolg_jax.runtime import mesh as mesh_lib
-    from dinolg_jax.train import state as state_lib
 
     config = _config()
     devices = jax.devices()[:1] if one_device else None
     mesh = mesh_lib.make_mesh(data, fsdp, devices)
-    trainer = state_lib.make_trainer(config, mesh, steps_per_epoch=4)
+    trainer = step_lib.make_trainer(config, mesh, steps_per_epoch=4)
     init = jax.jit(trainer.init_fn, out_shardings=trainer.shardings)
     key = jax.device_put(trainer.init_key, mesh_lib.replicated(mesh))
     state = init.lower(key).compile(FAST_COMPILE)(key)

@@ -24,11 +24,11 @@ import jax
 import numpy as np
 import pytest
 
+from dinolg_jax.dino import step as step_lib
 from dinolg_jax.phantom.synthetic_records import write_dataset
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.runtime.tensorboard import TensorBoardWriter
-from dinolg_jax.train import state as state_lib
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "pretrain.py"
@@ -92,7 +92,7 @@ def _losses(workdir):
 
 def _checkpoint_checksum(workdir, step):
     config = tiny_config()
-    trainer = state_lib.make_trainer(config, mesh_lib.make_mesh(), steps_per_epoch=3)
+    trainer = step_lib.make_trainer(config, mesh_lib.make_mesh(), steps_per_epoch=3)
     ckpt = ckpt_lib.Checkpointer(Path(workdir) / "checkpoints")
     state, data_state, saved_config = ckpt.restore(step, trainer.abstract_state)
     ckpt.close()
@@ -248,7 +248,7 @@ def test_non_finite_loss_stops_at_that_step_not_at_the_next_log_line(tmp_path, m
     config.debug.nan_at_step = 3  # the step taking state.step 3 -> 4
     config.num_epochs = 20.0  # the schedule is longer than num_steps
     calls = []
-    make = state_lib.make_trainer
+    make = step_lib.make_trainer
 
     def counting_trainer(*args, **kwargs):
         trainer = make(*args, **kwargs)
@@ -260,7 +260,7 @@ def test_non_finite_loss_stops_at_that_step_not_at_the_next_log_line(tmp_path, m
 
         return dataclasses.replace(trainer, step=counted)
 
-    monkeypatch.setattr(state_lib, "make_trainer", counting_trainer)
+    monkeypatch.setattr(step_lib, "make_trainer", counting_trainer)
     with pytest.raises(NonFiniteLossError, match="at step 4"):
         pretrain_lib.pretrain(config, tmp_path / "run")
     # step 4's loss is read once step 5 is queued: 5 dispatches, not 12 (the last line)
