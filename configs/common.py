@@ -271,6 +271,7 @@ def segment_config(model: str = "unet") -> ml_collections.ConfigDict:
     c.checkpoint = checkpoint_config(every_steps=500)
     c.phantom = phantom_config()
     c.log_every = 50
+    c.tensorboard = False  # also write TensorBoard event files
     return c
 
 
