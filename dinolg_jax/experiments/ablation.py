@@ -41,6 +41,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +275,198 @@ def aggregate(runs: Mapping[str, Mapping[str, Any]], arms: Sequence[str]) -> dic
     return _clean(out)
 
 
+@dataclass
+class _Clock:
+    """Times the stages: ``timings[name]`` is a stage's wall time in seconds (to the ms)."""
+
+    log: Callable[[str], None]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __call__(self, name: str, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+        """Runs ``fn(*args)``, records and logs its wall time under ``name``; returns its result."""
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self.timings[name] = round(time.perf_counter() - t0, 3)
+        self.log(f"[{name}] {self.timings[name]:.1f} s")
+        return out
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What every stage of one ablation reads, fixed before the first seed runs."""
+
+    config: ml_collections.ConfigDict
+    workdir: Path
+    manifest: Path  # the shared dataset's manifest
+    arms: list[str]  # the pretraining arms, sorted
+    control: str  # the control arm's name; "" without one
+    ceiling: str  # the ceiling arm's name; "" without one
+    split: str  # the split the attention ratio is measured on
+    per_arm_unet: bool  # vit_unet reads the encoder: one U-Net per arm, not per seed
+    timed: _Clock
+
+
+def _extra_arms(config: ml_collections.ConfigDict) -> tuple[str, str]:
+    """The (control, ceiling) arm names, "" where absent.
+
+    Raises:
+      ValueError: when either names a pretraining arm or both name the same arm.
+    """
+    control = str(config.get("control", "") or "")
+    if control and control in config.arms:
+        raise ValueError(f"control arm {control!r} also names a pretraining arm")
+    ceiling = str(config.get("ceiling", "") or "")
+    if ceiling and (ceiling in config.arms or ceiling == control):
+        raise ValueError(f"ceiling arm {ceiling!r} also names another arm")
+    return control, ceiling
+
+
+def _hu_baseline(
+    config: ml_collections.ConfigDict, manifest: Path, timed: _Clock
+) -> dict[str, Any] | None:
+    """The encoder-free yardstick (``eval.hu_baseline`` on the first seed) when configured."""
+    if not config.get("hu_baseline", False):
+        return None
+    from dinolg_jax.eval import hu_baseline
+
+    seed0 = int(config.seeds[0])
+    return timed("hu_baseline", hu_baseline.hu_histogram_baseline, manifest,
+                 config.probe.optim, seed0)  # fmt: skip
+
+
+def _read_out(
+    plan: _Plan, d: Path, name: str, probe_cfg: ml_collections.ConfigDict
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The frozen probe and the attention ratio of the encoder in ``d/pretrain``."""
+    probe = plan.timed(f"{name}/probe", stages.train_probe, d / "probe", probe_cfg, plan.manifest,
+                       d / "pretrain")  # fmt: skip
+    attn = plan.timed(f"{name}/attention", stages.measure_attention, d / "attention",
+                      d / "pretrain", plan.manifest, plan.split)  # fmt: skip
+    return probe, attn
+
+
+def _control_run(
+    plan: _Plan, root: Path, seed: int, probe_cfg: ml_collections.ConfigDict
+) -> dict[str, Any]:
+    """The control arm of one seed: its random-initialised encoder, read out (no infer)."""
+    d, name = root / plan.control, f"seed{seed}/{plan.control}"
+    init_cfg = arm_pretrain_config(plan.config, plan.arms[0], seed)  # crops do not enter the init
+    pre = plan.timed(f"{name}/init", stages.initial_encoder, d / "pretrain", init_cfg,
+                     plan.manifest)  # fmt: skip
+    probe, attn = _read_out(plan, d, name, probe_cfg)
+    return run_numbers(pre, probe, None, attn)
+
+
+def _ceiling_run(
+    plan: _Plan, root: Path, seed: int, probe_cfg: ml_collections.ConfigDict
+) -> dict[str, Any]:
+    """The ceiling arm of one seed: the random init (the control's when there is one)
+    trained on the slice labels, read out (no infer)."""
+    d, name = root / plan.ceiling, f"seed{seed}/{plan.ceiling}"
+    init = root / plan.control / "pretrain"
+    if not plan.control:
+        init = d / "init"
+        init_cfg = arm_pretrain_config(plan.config, plan.arms[0], seed)
+        plan.timed(f"{name}/init", stages.initial_encoder, init, init_cfg, plan.manifest)
+    sup = plan.timed(f"{name}/train", stages.supervised_encoder, d / "pretrain",
+                     arm_supervised_config(plan.config, seed), plan.manifest, init)  # fmt: skip
+    probe, attn = _read_out(plan, d, name, probe_cfg)
+    return run_numbers(sup, probe, None, attn)
+
+
+def _pretrained_run(
+    plan: _Plan,
+    root: Path,
+    seed: int,
+    arm: str,
+    probe_cfg: ml_collections.ConfigDict,
+    seg_cfg: ml_collections.ConfigDict,
+) -> dict[str, Any]:
+    """One pretraining arm of one seed: pretrain, read out, (its own U-Net,) infer."""
+    d = root / arm
+    name = f"seed{seed}/{arm}"
+    pre_cfg = arm_pretrain_config(plan.config, arm, seed)
+    pre = plan.timed(
+        f"{name}/pretrain", stages.pretrain_encoder, d / "pretrain", pre_cfg, plan.manifest
+    )
+    encoder = d / "pretrain"
+    probe, attn = _read_out(plan, d, name, probe_cfg)
+    seg_dir = root / "segment"
+    if plan.per_arm_unet:
+        seg_dir = d / "segment"
+        plan.timed(
+            f"{name}/segment", stages.train_segmenter, seg_dir, seg_cfg, plan.manifest, encoder
+        )
+    infer = plan.timed(
+        f"{name}/infer",
+        stages.infer,
+        d / "infer",
+        plan.config.infer,
+        plan.manifest,
+        d / "probe",
+        seg_dir,
+    )
+    return run_numbers(pre, probe, infer, attn)
+
+
+def _seed_runs(plan: _Plan, seed: int) -> dict[str, Any]:
+    """{arm: run_numbers} of one seed: its shared U-Net first, then the control, the
+    ceiling and the pretraining arms, in that order."""
+    root = plan.workdir / f"seed{seed}"
+    seg_cfg = stages.seeded(plan.config.segment, seed)
+    if not plan.per_arm_unet:
+        plan.timed(f"seed{seed}/segment", stages.train_segmenter, root / "segment", seg_cfg,
+                   plan.manifest)  # fmt: skip
+    runs: dict[str, Any] = {}
+    probe_cfg = stages.seeded(plan.config.probe, seed)
+    if plan.control:
+        runs[plan.control] = _control_run(plan, root, seed, probe_cfg)
+    if plan.ceiling:
+        runs[plan.ceiling] = _ceiling_run(plan, root, seed, probe_cfg)
+    for arm in plan.arms:
+        runs[arm] = _pretrained_run(plan, root, seed, arm, probe_cfg, seg_cfg)
+    return runs
+
+
+def _arm_crops(
+    config: ml_collections.ConfigDict, arms: Sequence[str], control: str, ceiling: str
+) -> dict[str, dict[str, Any]]:
+    """results.json's ``arms``: every arm's local-crop counts; the control first, the
+    ceiling last."""
+    crops = {
+        a: {
+            "n_local_random": int(config.n_local) - int(config.arms[a]),
+            "n_local_guided": int(config.arms[a]),
+        }
+        for a in arms
+    }
+    if control:
+        crops = {control: {"n_local_random": 0, "n_local_guided": 0, "pretrained": False}} | crops
+    if ceiling:
+        crops[ceiling] = {"n_local_random": 0, "n_local_guided": 0, "pretrained": False,
+                          "supervised": True}  # fmt: skip
+    return crops
+
+
+def _write_outputs(plan: _Plan, results: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Writes the report, results.json (with the report's path added) and timings.json,
+    then warns when the ceiling leaves the control no headroom."""
+    from dinolg_jax.experiments import ablation_report
+
+    workdir = plan.workdir
+    report = ablation_report.write(workdir / "report", results, plan.config)
+    results["report"] = str(report.relative_to(workdir))
+    write_json(workdir / RESULTS, results)
+    write_json(workdir / TIMINGS, plan.timed.timings)
+    room = ablation_report.headroom(results)
+    if room is not None and room < ablation_report.HEADROOM_MIN:
+        log(
+            f"warning: no headroom: {plan.ceiling}'s probe ROC-AUC is {room:+.3f} from "
+            f"{plan.control}'s, so the arms cannot differ at this scale (see the report)"
+        )
+    log(f"report: {report}")
+
+
 def run_ablation(
     config: ml_collections.ConfigDict,
     workdir: str | os.PathLike,
@@ -296,110 +489,19 @@ def run_ablation(
       {seed: {arm: run_numbers}}, ``aggregate`` {arm: metrics mean/std/n and summed
       confusion matrices}, ``report`` (relative path of the Markdown report).
     """
-    from dinolg_jax.experiments import ablation_report
-
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(workdir / "config.json", stages._plain(config))
     arms = sorted(config.arms)
-    timings: dict[str, float] = {}
-
-    def timed(name: str, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        out = fn(*args)
-        timings[name] = round(time.perf_counter() - t0, 3)
-        log(f"[{name}] {timings[name]:.1f} s")
-        return out
-
+    timed = _Clock(log)
     manifest = prepare_data(config, workdir)
     per_arm_unet = str(config.segment.model.name) == "vit_unet"
-    control = str(config.get("control", "") or "")
-    if control and control in config.arms:
-        raise ValueError(f"control arm {control!r} also names a pretraining arm")
-    ceiling = str(config.get("ceiling", "") or "")
-    if ceiling and (ceiling in config.arms or ceiling == control):
-        raise ValueError(f"ceiling arm {ceiling!r} also names another arm")
+    control, ceiling = _extra_arms(config)
     split = str(config.get("attention_split", "test"))
-    baseline = None
-    if config.get("hu_baseline", False):
-        from dinolg_jax.eval import hu_baseline
-
-        seed0 = int(config.seeds[0])
-        baseline = timed("hu_baseline", hu_baseline.hu_histogram_baseline, manifest,
-                         config.probe.optim, seed0)  # fmt: skip
-
-    def read_out(
-        d: Path, name: str, probe_cfg: ml_collections.ConfigDict
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The frozen probe and the attention ratio of the encoder in ``d/pretrain``."""
-        probe = timed(f"{name}/probe", stages.train_probe, d / "probe", probe_cfg, manifest,
-                      d / "pretrain")  # fmt: skip
-        attn = timed(f"{name}/attention", stages.measure_attention, d / "attention",
-                     d / "pretrain", manifest, split)  # fmt: skip
-        return probe, attn
-
-    runs: dict[str, dict[str, Any]] = {}
-    for seed in (int(s) for s in config.seeds):
-        root = workdir / f"seed{seed}"
-        seg_cfg = stages.seeded(config.segment, seed)
-        seg_dir = root / "segment"
-        if not per_arm_unet:
-            timed(f"seed{seed}/segment", stages.train_segmenter, seg_dir, seg_cfg, manifest)
-        runs[str(seed)] = {}
-        probe_cfg = stages.seeded(config.probe, seed)
-        if control:
-            d, name = root / control, f"seed{seed}/{control}"
-            init_cfg = arm_pretrain_config(config, arms[0], seed)  # crops do not enter the init
-            pre = timed(f"{name}/init", stages.initial_encoder, d / "pretrain", init_cfg, manifest)
-            probe, attn = read_out(d, name, probe_cfg)
-            runs[str(seed)][control] = run_numbers(pre, probe, None, attn)
-        if ceiling:
-            d, name = root / ceiling, f"seed{seed}/{ceiling}"
-            init = root / control / "pretrain"
-            if not control:
-                init = d / "init"
-                init_cfg = arm_pretrain_config(config, arms[0], seed)
-                timed(f"{name}/init", stages.initial_encoder, init, init_cfg, manifest)
-            sup = timed(f"{name}/train", stages.supervised_encoder, d / "pretrain",
-                        arm_supervised_config(config, seed), manifest, init)  # fmt: skip
-            probe, attn = read_out(d, name, probe_cfg)
-            runs[str(seed)][ceiling] = run_numbers(sup, probe, None, attn)
-        for arm in arms:
-            d = root / arm
-            name = f"seed{seed}/{arm}"
-            pre_cfg = arm_pretrain_config(config, arm, seed)
-            pre = timed(
-                f"{name}/pretrain", stages.pretrain_encoder, d / "pretrain", pre_cfg, manifest
-            )
-            encoder = d / "pretrain"
-            probe, attn = read_out(d, name, probe_cfg)
-            if per_arm_unet:
-                seg_dir = d / "segment"
-                timed(
-                    f"{name}/segment", stages.train_segmenter, seg_dir, seg_cfg, manifest, encoder
-                )
-            infer = timed(
-                f"{name}/infer",
-                stages.infer,
-                d / "infer",
-                config.infer,
-                manifest,
-                d / "probe",
-                seg_dir,
-            )
-            runs[str(seed)][arm] = run_numbers(pre, probe, infer, attn)
-    crops = {
-        a: {
-            "n_local_random": int(config.n_local) - int(config.arms[a]),
-            "n_local_guided": int(config.arms[a]),
-        }
-        for a in arms
-    }
-    if control:
-        crops = {control: {"n_local_random": 0, "n_local_guided": 0, "pretrained": False}} | crops
-    if ceiling:
-        crops[ceiling] = {"n_local_random": 0, "n_local_guided": 0, "pretrained": False,
-                          "supervised": True}  # fmt: skip
+    plan = _Plan(config, workdir, manifest, arms, control, ceiling, split, per_arm_unet, timed)
+    baseline = _hu_baseline(config, manifest, timed)
+    runs = {str(seed): _seed_runs(plan, seed) for seed in (int(s) for s in config.seeds)}
+    crops = _arm_crops(config, arms, control, ceiling)
     results = {
         "arms": crops,
         "control": control or None,
@@ -410,15 +512,5 @@ def run_ablation(
     }
     if baseline is not None:
         results["baseline"] = {"hu_histogram": _clean(baseline)}
-    report = ablation_report.write(workdir / "report", results, config)
-    results["report"] = str(report.relative_to(workdir))
-    write_json(workdir / RESULTS, results)
-    write_json(workdir / TIMINGS, timings)
-    room = ablation_report.headroom(results)
-    if room is not None and room < ablation_report.HEADROOM_MIN:
-        log(
-            f"warning: no headroom: {ceiling}'s probe ROC-AUC is {room:+.3f} from {control}'s, "
-            "so the arms cannot differ at this scale (see the report)"
-        )
-    log(f"report: {report}")
+    _write_outputs(plan, results, log)
     return results
