@@ -44,12 +44,8 @@ precision / recall / F1 of the integrated system per arm and of the U-Net alone
 per-seed table; ``WORKDIR/results.json`` holds every number.
 """
 
-import sys
-from pathlib import Path
-
 import ml_collections
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: configs.common
 from configs import common
 
 # Encoder input window of the CPU variant, centred on the 130 HU calcium threshold (130 HU

@@ -9,8 +9,9 @@ cores run. An experiment file (``configs/<name>.py``) takes one of these and set
 its experiment changes, line by line. The library holds none of these values: it reads
 a config.
 
-Config files load ``configs.common`` through the repository root (the first lines of
-each file), so they load from any folder and from ``config_flags``.
+``configs`` is a package of the project (``pyproject.toml``; ``make setup`` installs it
+editable), so ``from configs import common`` works from any folder and from
+``config_flags``.
 """
 
 import ml_collections

@@ -14,12 +14,9 @@ time and table are in the README. Re-running resumes.
 """
 
 import os
-import sys
-from pathlib import Path
 
 import ml_collections
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: configs.common
 from configs import common
 
 HONEST_NOTE = (

@@ -26,10 +26,6 @@ mean nothing. ``configs/smoke.py`` is the CPU run that learns something.
     python tools/pretrain.py --config configs/dinolg.py:runlocal --workdir /tmp/dinolg_local
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: configs.common
 from configs import common
 
 BATCH = {"B/8": 256, "S/8": 512}  # global batch per variant

@@ -18,10 +18,6 @@ the DICOM's geometry), with ``write_seg`` ``OUT/seg/<study>.<mode>.labels.seg.dc
 (DICOM sources) and, with ground truth, ``OUT/report/report.md``.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: configs.common
 from configs import common
 
 

@@ -13,10 +13,6 @@ Expect `summary.json` with val/test TP/TN/FP/FN, precision, recall (~0.95 on val
 construction), specificity, F1, ROC-AUC, and `confusion_test.png` (the paper's Fig. 6).
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: configs.common
 from configs import common
 
 

@@ -11,10 +11,6 @@ Expect ``summary.json`` and ``confusion_test.png`` (demo-size numbers: the ``mu/
 encoder and a 6-patient phantom say little about the paper's Fig. 6).
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: configs.common
 from configs import common
 
 

@@ -18,10 +18,6 @@ slices with calcium (the paper's Table 5 reports, for U-Net, Dice 0.98 / 0.75 / 
 on RCA / LAD / LCA / LCX). Re-running the command resumes from the last checkpoint.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: configs.common
 from configs import common
 
 

@@ -12,10 +12,6 @@ Expect the loss to fall in ``metrics.jsonl`` and ``summary.json`` with per-arter
 (small at this scale: a demo-size run, not the paper's numbers).
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: configs.common
 from configs import common
 
 

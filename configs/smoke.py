@@ -24,10 +24,6 @@ Re-running the same command resumes (and returns at once when finished).
 checkpoint every 2 steps) that ``tests/train/pretrain_test.py`` runs on synthetic records.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: configs.common
 from configs import common
 
 

@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 from absl import app, flags
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: configs
 from configs import common
 from dinolg_jax.data import records, transforms
 from dinolg_jax.phantom import synthetic_records

@@ -26,17 +26,14 @@ import collections
 import glob
 import json
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import grain
 import numpy as np
 from absl import app, flags
 from bench_opencv_baseline import time_baseline
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: configs
 from configs import common
 from dinolg_jax.data import convert, pipeline
 from dinolg_jax.data import manifest as manifest_lib

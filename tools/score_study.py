@@ -11,12 +11,10 @@ Writes into OUT: ``ct.nii.gz`` (int16 HU) and ``labels.nii.gz`` (uint8, 1 RCA 2 
 UIDs it needs); and one PNG overlay per slice with calcium.
 """
 
-import sys
 from pathlib import Path
 
 from absl import app, flags
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: configs
 from configs import common
 from dinolg_jax.runtime import cli, workdirs
 

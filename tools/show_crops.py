@@ -12,8 +12,6 @@ from (--seed, --index), like but not identical to the training stream's.
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import grain
 import matplotlib
@@ -24,7 +22,6 @@ matplotlib.use("Agg")
 import matplotlib.patches as patches
 import matplotlib.pyplot as plt
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: configs
 from configs import common
 from dinolg_jax.data import manifest as manifest_lib
 from dinolg_jax.data import records, transforms
