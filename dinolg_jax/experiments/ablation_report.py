@@ -217,49 +217,50 @@ def _setup_lines(results: Mapping[str, Any], config: ml_collections.ConfigDict) 
     return out
 
 
-def write(
-    out_dir: str | os.PathLike, results: Mapping[str, Any], config: ml_collections.ConfigDict
-) -> Path:
-    """Writes ``out_dir/report.md`` with fig6_probe_confusion.png, fig8_risk_confusion.png.
-
-    Returns:
-      The report's path.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    arms = list(results["arms"])
+def _probe_table(results: Mapping[str, Any]) -> list[str]:
+    """The slice probe's test metrics per arm (mean ± SD over seeds)."""
     agg = results["aggregate"]
-    lines = ["# DINO vs DINO-LG ablation", ""]
-    if config.get("note"):
-        lines += [str(config.note), ""]
-    lines += [*_setup_lines(results, config), ""]
-
-    lines += ["## Calcified-slice probe (test split)", ""]
+    lines = ["## Calcified-slice probe (test split)", ""]
     keys = ("probe_f1", "probe_precision", "probe_recall", "probe_specificity", "probe_roc_auc",
             "probe_threshold")  # fmt: skip
     lines.append("| Arm | F1 | precision | recall | specificity | ROC-AUC | threshold |")
     lines.append("|---|---|---|---|---|---|---|")
-    for arm in arms:
+    for arm in results["arms"]:
         lines.append(f"| {arm} | " + " | ".join(fmt(agg[arm].get(k)) for k in keys) + " |")
-    trained = [a for a in arms if results["arms"][a].get("pretrained", True)]
-    lines += ["", _paired_difference(results, trained, "f1")]
+    return lines
+
+
+def _probe_comparison_lines(results: Mapping[str, Any], trained: Sequence[str]) -> list[str]:
+    """The paired per-seed differences of the slice probe: last against first pretrained
+    arm, the last against the control, the ceiling against the control."""
+    lines = ["", _paired_difference(results, trained, "f1")]
     lines += [_paired_difference(results, trained, "roc_auc")]
     if results.get("control"):
         lines += [_paired_difference(results, [results["control"], trained[-1]], "roc_auc")]
-    lines += _headroom_lines(results)
+    return lines + _headroom_lines(results)
+
+
+def _hu_yardstick_lines(results: Mapping[str, Any]) -> list[str]:
+    """The encoder-free yardstick (a probe on the HU histogram); none without it."""
     hist = (results.get("baseline") or {}).get("hu_histogram")
-    if hist:
-        val, test = ({"mean": hist.get(f"{k}_roc_auc"), "n": 1} for k in ("val", "test"))
-        edges = ", ".join(map(str, hist["hu_edges"]))
-        lines += [
-            "",
-            "Yardstick (no encoder): the same linear probe on each slice's HU histogram "
-            f"({len(hist['hu_edges']) - 1} bins, edges {edges} HU): ROC-AUC val {fmt(val)}, "
-            f"test {fmt(test)}. An encoder whose probe stays below it reads less calcium "
-            "than a brightness count.",
-        ]
-    lines += ["", *_dense_lines(results, trained), ""]
-    lines += ["## Attention on calcium (Fig. 3 as a number)", ""]
+    if not hist:
+        return []
+    val, test = ({"mean": hist.get(f"{k}_roc_auc"), "n": 1} for k in ("val", "test"))
+    edges = ", ".join(map(str, hist["hu_edges"]))
+    return [
+        "",
+        "Yardstick (no encoder): the same linear probe on each slice's HU histogram "
+        f"({len(hist['hu_edges']) - 1} bins, edges {edges} HU): ROC-AUC val {fmt(val)}, "
+        f"test {fmt(test)}. An encoder whose probe stays below it reads less calcium "
+        "than a brightness count.",
+    ]
+
+
+def _attention_lines(results: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+    """attn_calcium_ratio (over seeds; per head of the first seed) and the online
+    kNN / probe ROC-AUC per arm."""
+    agg = results["aggregate"]
+    lines = ["## Attention on calcium (Fig. 3 as a number)", ""]
     lines.append(
         "attn_calcium_ratio: share of the last block's CLS-to-patch attention (head mean) "
         "on patches that contain calcium, over the share of such patches (chance = 1), "
@@ -271,7 +272,7 @@ def write(
     )
     lines.append("|---|---|---|---|")
     first = sorted(results["runs"], key=int)[0]
-    for arm in arms:
+    for arm in results["arms"]:
         run = results["runs"][first][arm]
         heads = ", ".join(f"{h:.2f}" for h in run.get("attention", {}).get("per_head", []))
         knn, lin = (fmt(agg[arm].get(f"online_{k}_roc_auc")) for k in ("knn", "probe"))
@@ -279,8 +280,14 @@ def write(
         lines.append(
             f"| {arm} | {fmt(agg[arm].get('attn_calcium_ratio'))} | {heads or 'n/a'} | {online} |"
         )
-    lines += [""]
-    lines += ["### Slice-classification confusion matrices (Fig. 6)", ""]
+    lines.append("")
+    return lines
+
+
+def _fig6_lines(results: Mapping[str, Any], out: Path) -> list[str]:
+    """The slice probe's summed confusion matrices per arm; plots out/fig6_probe_confusion.png."""
+    arms, agg = list(results["arms"]), results["aggregate"]
+    lines = ["### Slice-classification confusion matrices (Fig. 6)", ""]
     for arm in arms:
         lines += [f"{arm}:", "", matrix_table(agg[arm]["probe_confusion"], PROBE_CLASSES), ""]
     plot_matrices(
@@ -289,12 +296,21 @@ def write(
         out / "fig6_probe_confusion.png",
     )
     lines += ["![fig6](fig6_probe_confusion.png)", ""]
+    return lines
 
+
+def _scoring_modes(agg: Mapping[str, Any], trained: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(mode, arm, title) of every scoring system with numbers: the U-Net alone (first
+    pretrained arm's run), then each pretrained arm's integrated (gated) scoring."""
     modes = [("unet_only", trained[0], "U-Net only")] + [
         ("gated", arm, f"{arm} integrated") for arm in trained
     ]
-    modes = [m for m in modes if f"{m[0]}_f1_mean" in agg[m[1]]]
-    lines += ["## Calcium presence per artery and patient (Table 6)", ""]
+    return [m for m in modes if f"{m[0]}_f1_mean" in agg[m[1]]]
+
+
+def _presence_lines(agg: Mapping[str, Any], modes: Sequence[tuple[str, str, str]]) -> list[str]:
+    """Table 6: precision / recall / F1 of calcium presence per artery and system."""
+    lines = ["## Calcium presence per artery and patient (Table 6)", ""]
     lines.append(
         "Precision / recall / F1 of 'the artery has calcium' (Agatston > 0) per test patient; "
         "Average = unweighted mean over the arteries."
@@ -311,9 +327,16 @@ def write(
             )
         lines.append(f"| {'Average' if v == 'mean' else v} | " + " | ".join(cells) + " |")
     lines.append("")
+    return lines
 
+
+def _risk_lines(
+    agg: Mapping[str, Any], modes: Sequence[tuple[str, str, str]], out: Path
+) -> list[str]:
+    """Fig. 8: risk-category agreement per system and their summed confusion matrices;
+    plots out/fig8_risk_confusion.png when any system has one."""
     classes = RISK_SCHEMES["paper4"]
-    lines += ["## Risk categories (Fig. 8)", ""]
+    lines = ["## Risk categories (Fig. 8)", ""]
     lines.append(
         "| System | accuracy | linearly weighted kappa | ICC(2,1) of totals | slices segmented "
         "| gate slice recall |"
@@ -336,29 +359,63 @@ def write(
     if panels:
         plot_matrices(panels, classes, out / "fig8_risk_confusion.png")
         lines += ["![fig8](fig8_risk_confusion.png)", ""]
+    return lines
 
-    lines += ["## Per seed", ""]
+
+def _num(x: Any) -> str:
+    """A per-seed number to 3 decimals; ``n/a`` for None."""
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _per_seed_lines(results: Mapping[str, Any]) -> list[str]:
+    """One row per (seed, arm): the unaveraged numbers behind the tables above."""
+    lines = ["## Per seed", ""]
     lines.append(
         "| Seed | Arm | pretrain loss | probe F1 | probe recall | probe ROC-AUC | "
         "dense patch ROC-AUC | attn_calcium_ratio | integrated mean F1 | risk accuracy |"
     )
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for seed in sorted(results["runs"], key=int):
-        for arm in arms:
+        for arm in results["arms"]:
             r = results["runs"][seed][arm]
             g = r.get("gated", {})
-
-            def num(x: Any) -> str:
-                return "n/a" if x is None else f"{x:.3f}"
-
             lines.append(
-                f"| {seed} | {arm} | {num(r['pretrain']['final_loss'])} | "
-                f"{num(r['probe']['test']['f1'])} | {num(r['probe']['test']['recall'])} | "
-                f"{num(r['probe']['test']['roc_auc'])} | {num(_dense(r))} | "
-                f"{num(r.get('attention', {}).get('mean'))} | "
-                f"{num(g.get('presence', {}).get('mean', {}).get('f1'))} | "
-                f"{num(g.get('risk_paper4', {}).get('accuracy'))} |"
+                f"| {seed} | {arm} | {_num(r['pretrain']['final_loss'])} | "
+                f"{_num(r['probe']['test']['f1'])} | {_num(r['probe']['test']['recall'])} | "
+                f"{_num(r['probe']['test']['roc_auc'])} | {_num(_dense(r))} | "
+                f"{_num(r.get('attention', {}).get('mean'))} | "
+                f"{_num(g.get('presence', {}).get('mean', {}).get('f1'))} | "
+                f"{_num(g.get('risk_paper4', {}).get('accuracy'))} |"
             )
+    return lines
+
+
+def write(
+    out_dir: str | os.PathLike, results: Mapping[str, Any], config: ml_collections.ConfigDict
+) -> Path:
+    """Writes ``out_dir/report.md`` with fig6_probe_confusion.png, fig8_risk_confusion.png.
+
+    Returns:
+      The report's path.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    arms = list(results["arms"])
+    lines = ["# DINO vs DINO-LG ablation", ""]
+    if config.get("note"):
+        lines += [str(config.note), ""]
+    lines += [*_setup_lines(results, config), ""]
+    lines += _probe_table(results)
+    trained = [a for a in arms if results["arms"][a].get("pretrained", True)]
+    lines += _probe_comparison_lines(results, trained)
+    lines += _hu_yardstick_lines(results)
+    lines += ["", *_dense_lines(results, trained), ""]
+    lines += _attention_lines(results, config)
+    lines += _fig6_lines(results, out)
+    modes = _scoring_modes(results["aggregate"], trained)
+    lines += _presence_lines(results["aggregate"], modes)
+    lines += _risk_lines(results["aggregate"], modes, out)
+    lines += _per_seed_lines(results)
     path = out / "report.md"
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path
