@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import sparse
@@ -279,6 +279,160 @@ def _components(
     return ids, int(n)
 
 
+def _checked_options(
+    pixel_mm: Sequence[float],
+    slice_thickness_mm: float,
+    threshold_hu: float,
+    min_area_mm2: float,
+    connectivity: int,
+) -> tuple[float, float, float, float, float]:
+    """(row mm, col mm, slice thickness mm, threshold HU, minimum area mm^2) as floats.
+
+    Raises:
+        ValueError: for a pixel_mm that is not (row, col), a non-positive spacing or
+            thickness, a non-finite threshold, a negative or non-finite minimum area, or a
+            connectivity other than 4 / 8 (checked in that order).
+    """
+    pix = np.asarray(pixel_mm, dtype=np.float64).reshape(-1)
+    if pix.shape != (2,):
+        raise ValueError(f"pixel_mm must be (row, col), got {pixel_mm!r}")
+    pr = _check_positive("pixel_mm[0]", pix[0])
+    pc = _check_positive("pixel_mm[1]", pix[1])
+    thick = _check_positive("slice_thickness_mm", slice_thickness_mm)
+    threshold_hu = float(threshold_hu)
+    if not math.isfinite(threshold_hu):
+        raise ValueError(f"threshold_hu must be finite, got {threshold_hu!r}")
+    min_area_mm2 = float(min_area_mm2)
+    if not math.isfinite(min_area_mm2) or min_area_mm2 < 0:
+        raise ValueError(f"min_area_mm2 must be finite and >= 0, got {min_area_mm2!r}")
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity!r}")
+    return pr, pc, thick, threshold_hu, min_area_mm2
+
+
+def _candidates(
+    hu: np.ndarray, labels: np.ndarray, threshold_hu: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The labelled voxels at or above the threshold, in raster order.
+
+    Only the labelled voxels are looked at (vessel masks are sparse): their HU, and the
+    candidates among them.
+
+    Args:
+        hu: [Z, H, W] HU.
+        labels: [Z, H, W] vessel labels 0..4.
+        threshold_hu: candidate threshold, HU (inclusive).
+
+    Returns:
+        (raster indices int64 [k], vessel 0..3 int64 [k], HU float64 [k]).
+    """
+    idx, vessel_vox = _labelled_voxels(labels)
+    if hu.flags.c_contiguous:
+        vals = hu.reshape(-1)[idx]
+    else:
+        vals = hu[np.unravel_index(idx, hu.shape)]
+    cand = vals >= threshold_hu
+    return idx[cand], vessel_vox[cand] - 1, vals[cand].astype(np.float64)
+
+
+class _ComponentStats(NamedTuple):
+    """Per-component statistics, arrays [n] indexed by component id 0..n-1."""
+
+    counts: np.ndarray  # int: voxels (pixels) in the component
+    max_hu: np.ndarray  # float64: HU
+    mean_hu: np.ndarray  # float64: HU
+    row: np.ndarray  # float64: centroid row, pixels
+    col: np.ndarray  # float64: centroid column, pixels
+    first: np.ndarray  # int: candidate index (raster order) of its first voxel
+    vessel: np.ndarray  # int: 0..3, index into VESSELS
+    slice: np.ndarray  # int: z
+
+
+def _component_stats(
+    idx: np.ndarray,
+    vessel_vox: np.ndarray,
+    vals: np.ndarray,
+    shape: tuple[int, int, int],
+    connectivity: int,
+) -> _ComponentStats:
+    """Joins the k candidates (``_candidates``'s arrays) into components and measures them.
+
+    Grouped by component id with a stable sort (raster order within a component); the
+    statistics come from ``np.bincount`` and ``np.maximum.reduceat``.
+    """
+    ids, n_total = _components(idx, vessel_vox, shape, connectivity)
+    plane = shape[1] * shape[2]
+    z, rem = np.divmod(idx, plane)
+    r, c = np.divmod(rem, shape[2])
+
+    order = np.argsort(ids, kind="stable")
+    ids, z, r, c, vals = ids[order], z[order], r[order], c[order], vals[order]
+    counts = np.bincount(ids, minlength=n_total)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    max_hu = np.maximum.reduceat(vals, starts)
+    mean_hu = np.bincount(ids, weights=vals, minlength=n_total) / counts
+    row_c = np.bincount(ids, weights=r, minlength=n_total) / counts
+    col_c = np.bincount(ids, weights=c, minlength=n_total) / counts
+    first = order[starts]  # raster position of each component's first voxel
+    return _ComponentStats(
+        counts, max_hu, mean_hu, row_c, col_c, first, vessel_vox[first], z[starts]
+    )
+
+
+def _lesion_scores(
+    comp: _ComponentStats,
+    pixel_area: float,
+    min_area_mm2: float,
+    factor: float,
+    thick: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Steps 3-6 of the convention for every component.
+
+    Args:
+        comp: the components' statistics.
+        pixel_area: mm^2.
+        min_area_mm2: minimum lesion area, mm^2.
+        factor: thickness factor (slice_thickness_mm / 3, or 1).
+        thick: slice thickness, mm.
+
+    Returns:
+        (area mm^2 [n], weight 1..4 [n], score [n], volume mm^3 [n], sel): sel, the ids of
+        the counted lesions ordered by (slice, vessel, raster order).
+    """
+    area = comp.counts * pixel_area
+    keep = area >= min_area_mm2 * (1.0 - _AREA_RTOL)
+    weight = 1 + np.searchsorted(np.asarray(_WEIGHT_EDGES_HU), comp.max_hu, side="right")
+    score = area * weight * factor
+    vol = area * thick
+    sel = np.flatnonzero(keep)
+    sel = sel[np.lexsort((comp.first[sel], comp.vessel[sel], comp.slice[sel]))]
+    return area, weight, score, vol, sel
+
+
+def _lesion_tuple(
+    comp: _ComponentStats,
+    sel: np.ndarray,
+    area: np.ndarray,
+    weight: np.ndarray,
+    score: np.ndarray,
+) -> tuple[Lesion, ...]:
+    """The counted lesions ``sel`` (component ids, in report order) as `Lesion`s."""
+    return tuple(
+        Lesion(
+            slice=int(comp.slice[i]),
+            vessel=VESSELS[comp.vessel[i]],
+            area_mm2=float(area[i]),
+            max_hu=float(comp.max_hu[i]),
+            mean_hu=float(comp.mean_hu[i]),
+            weight=int(weight[i]),
+            score=float(score[i]),
+            row=float(comp.row[i]),
+            col=float(comp.col[i]),
+        )
+        for i in sel
+    )
+
+
 def agatston(
     hu: Any,
     labels: Any,
@@ -314,20 +468,9 @@ def agatston(
             connectivity other than 4 / 8.
     """
     hu, labels = _validate_volumes(hu, labels)
-    pix = np.asarray(pixel_mm, dtype=np.float64).reshape(-1)
-    if pix.shape != (2,):
-        raise ValueError(f"pixel_mm must be (row, col), got {pixel_mm!r}")
-    pr = _check_positive("pixel_mm[0]", pix[0])
-    pc = _check_positive("pixel_mm[1]", pix[1])
-    thick = _check_positive("slice_thickness_mm", slice_thickness_mm)
-    threshold_hu = float(threshold_hu)
-    if not math.isfinite(threshold_hu):
-        raise ValueError(f"threshold_hu must be finite, got {threshold_hu!r}")
-    min_area_mm2 = float(min_area_mm2)
-    if not math.isfinite(min_area_mm2) or min_area_mm2 < 0:
-        raise ValueError(f"min_area_mm2 must be finite and >= 0, got {min_area_mm2!r}")
-    if connectivity not in (4, 8):
-        raise ValueError(f"connectivity must be 4 or 8, got {connectivity!r}")
+    pr, pc, thick, threshold_hu, min_area_mm2 = _checked_options(
+        pixel_mm, slice_thickness_mm, threshold_hu, min_area_mm2, connectivity
+    )
     c_mass, mass_source = _resolve_mass_factor(mass_factor)
     factor = thick / 3.0 if thickness_normalisation else 1.0
     pixel_area = pr * pc
@@ -345,65 +488,19 @@ def agatston(
         "mass_factor_source": mass_source,
     }
 
-    # Only the labelled voxels are looked at (vessel masks are sparse): their HU, the
-    # candidates among them, and the components of those.
     empty = dict.fromkeys(VESSELS, 0.0)
     no_mass = 0.0 if c_mass is not None else None
-    idx, vessel_vox = _labelled_voxels(labels)
-    if hu.flags.c_contiguous:
-        vals = hu.reshape(-1)[idx]
-    else:
-        vals = hu[np.unravel_index(idx, hu.shape)]
-    cand = vals >= threshold_hu
-    idx, vessel_vox, vals = idx[cand], vessel_vox[cand] - 1, vals[cand].astype(np.float64)
+    idx, vessel_vox, vals = _candidates(hu, labels, threshold_hu)
     if len(idx) == 0:
         return AgatstonResult(0.0, dict(empty), 0.0, dict(empty), no_mass, (), convention)
-    ids, n_total = _components(idx, vessel_vox, labels.shape, int(connectivity))
-    plane = labels.shape[1] * labels.shape[2]
-    z, rem = np.divmod(idx, plane)
-    r, c = np.divmod(rem, labels.shape[2])
+    comp = _component_stats(idx, vessel_vox, vals, labels.shape, int(connectivity))
+    area, weight, score, vol, sel = _lesion_scores(comp, pixel_area, min_area_mm2, factor, thick)
 
-    # Per-component statistics, grouped by id with a stable sort (raster order within).
-    order = np.argsort(ids, kind="stable")
-    ids, z, r, c, vals = ids[order], z[order], r[order], c[order], vals[order]
-    counts = np.bincount(ids, minlength=n_total)
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    max_hu = np.maximum.reduceat(vals, starts)
-    mean_hu = np.bincount(ids, weights=vals, minlength=n_total) / counts
-    row_c = np.bincount(ids, weights=r, minlength=n_total) / counts
-    col_c = np.bincount(ids, weights=c, minlength=n_total) / counts
-    first = order[starts]  # raster position of each component's first voxel
-    vessel_of = vessel_vox[first]
-    slice_of = z[starts]
-
-    area = counts * pixel_area
-    keep = area >= min_area_mm2 * (1.0 - _AREA_RTOL)
-    weight = 1 + np.searchsorted(np.asarray(_WEIGHT_EDGES_HU), max_hu, side="right")
-    score = area * weight * factor
-    vol = area * thick
-
-    sel = np.flatnonzero(keep)
-    sel = sel[np.lexsort((first[sel], vessel_of[sel], slice_of[sel]))]
-    per_vessel = np.bincount(vessel_of[sel], weights=score[sel], minlength=len(VESSELS))
-    vol_vessel = np.bincount(vessel_of[sel], weights=vol[sel], minlength=len(VESSELS))
+    per_vessel = np.bincount(comp.vessel[sel], weights=score[sel], minlength=len(VESSELS))
+    vol_vessel = np.bincount(comp.vessel[sel], weights=vol[sel], minlength=len(VESSELS))
     mass = None
     if c_mass is not None:
-        mass = float(c_mass * np.sum(vol[sel] * mean_hu[sel]) / 1000.0)
-
-    lesions = tuple(
-        Lesion(
-            slice=int(slice_of[i]),
-            vessel=VESSELS[vessel_of[i]],
-            area_mm2=float(area[i]),
-            max_hu=float(max_hu[i]),
-            mean_hu=float(mean_hu[i]),
-            weight=int(weight[i]),
-            score=float(score[i]),
-            row=float(row_c[i]),
-            col=float(col_c[i]),
-        )
-        for i in sel
-    )
+        mass = float(c_mass * np.sum(vol[sel] * comp.mean_hu[sel]) / 1000.0)
     per_vessel_d = {name: float(per_vessel[k]) for k, name in enumerate(VESSELS)}
     vol_d = {name: float(vol_vessel[k]) for k, name in enumerate(VESSELS)}
     return AgatstonResult(
@@ -412,7 +509,7 @@ def agatston(
         volume_mm3=float(sum(vol_d.values())),
         volume_per_vessel=vol_d,
         mass_mg=mass,
-        lesions=lesions,
+        lesions=_lesion_tuple(comp, sel, area, weight, score),
         convention=convention,
     )
 
