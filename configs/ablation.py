@@ -1,14 +1,20 @@
 """DINO vs DINO-LG ablation: same data and seeds, only the guided-crop count differs.
 
-    python tools/ablate.py --config configs/ablation.py --workdir runs/ablation
-    python tools/ablate.py --config configs/ablation.py:tiny --workdir /tmp/abl_tiny
     XLA_FLAGS=--xla_gpu_deterministic_ops=true python tools/ablate.py \
-        --config configs/ablation.py:gpu --workdir runs/ablation_gpu \
+        --config configs/ablation.py --workdir runs/ablation_gpu \
         --config.data_manifest=/data/coca_converted/manifest.json
+    python tools/ablate.py --config configs/ablation.py:runlocal --workdir runs/ablation
+    python tools/ablate.py --config configs/ablation.py:tiny --workdir /tmp/abl_tiny
 
-Variants (``get_config(arg)``):
+Sizes (``get_config(arg)``, ``arg`` as ``common.parse_arg`` reads it):
 
-* default (``cpu``): the CPU size, three arms on the same data and seeds 0 and 1:
+* default: the paper's settings (Table 3 and 4): ViT-B/8, 150 epochs, 2 x 224 px global +
+  16 x 96 px local crops (DINO 16/0, DINO-LG 12/4), global batch 256, bf16 with cuDNN
+  attention; linear probe (10 epochs, threshold for 95 % recall on val); the ceiling
+  fine-tuned 2000 steps of 64 slices at lr 1e-4 (not in the paper: our yardstick); U-Net with 64
+  filters at 512 px, batch 64, lr 1e-4, 100 epochs; seeds 0, 1, 2; on the converted COCA
+  release (``--config.data_manifest``).
+* ``runlocal``: the CPU size, three arms on the same data and seeds 0 and 1:
   ``random_init`` (the seed's untrained encoder: the control every number is read
   against), ``dino`` (8 random local crops) and ``dinolg`` (2 random + 6 guided). A
   300-patient phantom at 64 px (30 test patients); the ``nano/8`` ViT for 600 steps per
@@ -21,14 +27,9 @@ Variants (``get_config(arg)``):
   departure from the paper's recipe has its measured reason beside its line below. See
   the README's table of measured figures for what it printed and how long it took. A
   CPU-size comparison, not the paper's numbers.
-* ``tiny``: the test size (``tests/experiments/ablation_test.py``): 10 patients at 32 px, a
-  few steps of everything, one seed; seconds per stage.
-* ``gpu``: the paper's settings (Table 3 and 4): ViT-B/8, 150 epochs, 2 x 224 px global +
-  16 x 96 px local crops (DINO 16/0, DINO-LG 12/4), global batch 256, bf16 with cuDNN
-  attention; linear probe (10 epochs, threshold for 95 % recall on val); the ceiling
-  fine-tuned 2000 steps of 64 slices at lr 1e-4 (not in the paper: our yardstick); U-Net with 64
-  filters at 512 px, batch 64, lr 1e-4, 100 epochs; seeds 0, 1, 2; on the converted COCA
-  release (``--config.data_manifest``).
+* ``tiny``: the test size (``tests/experiments/ablation_test.py``; a CPU size, so it
+  implies ``runlocal``): 10 patients at 32 px, a few steps of everything, one seed;
+  seconds per stage.
 
 Determinism: the same config and seeds reproduce ``WORKDIR/results.json`` byte for byte
 on CPU, also after an interruption (every stage resumes from its own checkpoint). On GPU
@@ -48,7 +49,7 @@ import ml_collections
 
 from configs import common
 
-# Encoder input window of the CPU variant, centred on the 130 HU calcium threshold (130 HU
+# Encoder input window of the CPU size, centred on the 130 HU calcium threshold (130 HU
 # -> 0, so at init a patch's sign says "above the threshold"; 800 HU -> 1, fat -> -0.34).
 # Measured on the 100-patient phantom (seed 0, 600 steps, probe on the max over patch
 # tokens, test ROC-AUC): with [-200, 800] DINO 0.455, random init 0.608; with this window
@@ -57,9 +58,19 @@ CPU_HU_WINDOW = (-540.0, 800.0)
 CPU_POSITIVE_FRACTION = 0.5  # share of calcified slices in the CPU pretraining stream
 
 
+def get_config(arg=None):
+    a = common.parse_arg(arg, "ablation", flags=("runlocal", "tiny"))
+    c = _paper()
+    if a.tiny:
+        return _tiny(_cpu(c, 32))
+    if a.runlocal:
+        return _runlocal(_cpu(c, 64))
+    return c
+
+
 def _paper():
     """The experiment at the paper's scale (the stage blocks of configs/common.py); the
-    variants below change it line by line."""
+    CPU sizes below change it line by line."""
     c = ml_collections.ConfigDict()
     c.seeds = (0, 1, 2)  # one pretrain -> probe -> U-Net -> scoring chain per seed and arm
     c.n_local = 16  # local crops per image in every arm
@@ -84,6 +95,19 @@ def _paper():
     c.segment = common.segment_config("unet")
     c.infer = common.stage_infer_config()
     c.note = ""  # a line stated at the top of the report
+    c.pretrain.model.variant = "B/8"
+    c.pretrain.model.dtype = "bfloat16"
+    c.pretrain.model.attention_impl = "cudnn"
+    c.pretrain.model.pad_tokens_to = 64
+    c.pretrain.num_epochs = 150.0
+    c.pretrain.data.batch_size = 256
+    c.pretrain.data.global_size = 224
+    c.pretrain.data.local_size = 96
+    c.pretrain.data.worker_count = 8
+    c.probe.data.worker_count = 8
+    c.segment.model.dtype = "bfloat16"
+    c.segment.data.worker_count = 8
+    c.infer.batch_size = 64
     return c
 
 
@@ -91,6 +115,7 @@ def _cpu(c, size):
     """Shared CPU settings: common.cpu_size, the mu/8 ViT, small heads and nets."""
     common.cpu_size(c)  # float32, XLA attention, no Grain workers, 2 checkpoints kept
     c.pretrain.model.variant = "mu/8"
+    c.pretrain.model.pad_tokens_to = 0
     c.pretrain.dino.warmup_teacher_temp_epochs = 1.0
     c.pretrain.optim.lr = 5e-3  # per 256 images
     c.probe.features.n_last_blocks = 2  # mu has 2 blocks
@@ -102,68 +127,48 @@ def _cpu(c, size):
     return c
 
 
-def get_config(arg=None):
-    arg = arg or "cpu"
-    if arg not in ("cpu", "tiny", "gpu"):
-        raise ValueError(f"configs/ablation.py takes 'cpu', 'tiny' or 'gpu', got {arg!r}")
-    c = _paper()
-    if arg == "gpu":
-        c.seeds = (0, 1, 2)
-        c.n_local = 16
-        c.arms = {"dino": 0, "dinolg": 4}
-        c.pretrain.model.variant = "B/8"
-        c.pretrain.model.dtype = "bfloat16"
-        c.pretrain.model.attention_impl = "cudnn"
-        c.pretrain.model.pad_tokens_to = 64
-        c.pretrain.num_epochs = 150.0
-        c.pretrain.data.batch_size = 256
-        c.pretrain.data.global_size = 224
-        c.pretrain.data.local_size = 96
-        c.pretrain.data.worker_count = 8
-        c.probe.data.worker_count = 8
-        c.segment.model.dtype = "bfloat16"
-        c.segment.data.worker_count = 8
-        c.infer.batch_size = 64
-        return c
-    if arg == "tiny":
-        c = _cpu(c, 32)
-        c.seeds = (0,)
-        c.n_local = 2
-        c.arms = {"dino": 0, "dinolg": 1}
-        c.phantom.n_gated = 10
-        c.phantom.slices = (8, 10)
-        c.pretrain.dino.out_dim = 256
-        c.pretrain.dino.hidden_dim = 32
-        c.pretrain.dino.bottleneck_dim = 16
-        c.pretrain.num_epochs = 2.0
-        c.pretrain.num_steps = 4
-        c.pretrain.optim.warmup_epochs = 0.5
-        c.pretrain.data.batch_size = 8
-        c.pretrain.data.global_size = 32
-        c.pretrain.data.local_size = 16
-        c.pretrain.data.guided_offset_px = 2.0
-        c.pretrain.log_every = 1
-        c.pretrain.checkpoint.every_steps = 2
-        c.probe.data.batch_size = 16
-        c.probe.optim.epochs = 3
-        c.probe.optim.batch_size = 32
-        c.supervised.batch_size = 8
-        c.supervised.log_every = 1
-        c.supervised.optim.num_steps = 3
-        c.supervised.optim.warmup_steps = 1
-        c.segment.model.kwargs = {"filters": 8, "depth": 2}
-        c.segment.data.batch_size = 8
-        c.segment.optim.num_steps = 3
-        c.segment.eval.batch_size = 16
-        c.segment.log_every = 1
-        c.segment.checkpoint.every_steps = 3
-        c.infer.batch_size = 16
-        c.note = (
-            "Test-size run (tests/experiments/ablation_test.py): the numbers mean nothing "
-            "clinically."
-        )
-        return c
-    c = _cpu(c, 64)
+def _tiny(c):
+    """The test size: seconds per stage."""
+    c.seeds = (0,)
+    c.n_local = 2
+    c.arms = {"dino": 0, "dinolg": 1}
+    c.phantom.n_gated = 10
+    c.phantom.slices = (8, 10)
+    c.pretrain.dino.out_dim = 256
+    c.pretrain.dino.hidden_dim = 32
+    c.pretrain.dino.bottleneck_dim = 16
+    c.pretrain.num_epochs = 2.0
+    c.pretrain.num_steps = 4
+    c.pretrain.optim.warmup_epochs = 0.5
+    c.pretrain.data.batch_size = 8
+    c.pretrain.data.global_size = 32
+    c.pretrain.data.local_size = 16
+    c.pretrain.data.guided_offset_px = 2.0
+    c.pretrain.log_every = 1
+    c.pretrain.checkpoint.every_steps = 2
+    c.probe.data.batch_size = 16
+    c.probe.optim.epochs = 3
+    c.probe.optim.batch_size = 32
+    c.supervised.batch_size = 8
+    c.supervised.log_every = 1
+    c.supervised.optim.num_steps = 3
+    c.supervised.optim.warmup_steps = 1
+    c.segment.model.kwargs = {"filters": 8, "depth": 2}
+    c.segment.data.batch_size = 8
+    c.segment.optim.num_steps = 3
+    c.segment.eval.batch_size = 16
+    c.segment.log_every = 1
+    c.segment.checkpoint.every_steps = 3
+    c.infer.batch_size = 16
+    c.note = (
+        "Test-size run (tests/experiments/ablation_test.py): the numbers mean nothing clinically."
+    )
+    return c
+
+
+def _runlocal(c):
+    """The CPU size (two cores; the README has the measured time and table): every
+    departure from the paper has its measured reason beside its line."""
     c.seeds = (0, 1)
     c.n_local = 8
     # DINO-LG with 6 guided of 8 local crops (the paper's text: 8 random + 6 guided).
@@ -244,6 +249,6 @@ def get_config(arg=None):
     c.infer.batch_size = 32
     c.note = (
         "CPU-size ablation on the synthetic phantom: a demo-size comparison, not the paper's "
-        "experiment (see configs/ablation.py:gpu)."
+        "experiment (see configs/ablation.py without an argument)."
     )
     return c

@@ -5,14 +5,17 @@ and ``segment_config()`` (the paper's Fig. 5 probe and Table 4 U-Nets),
 ``data_config()`` (the Grain pipeline's ``config.data``, Table 1's augmentations),
 ``infer_config()`` (integrated scoring, ``inference.run.infer_from_config``) and its
 experiment part ``stage_infer_config()``; ``cpu_size(c)`` shrinks a config to what two CPU
-cores run. An experiment file (``configs/<name>.py``) takes one of these and sets what
-its experiment changes, line by line. The library holds none of these values: it reads
-a config.
+cores run; ``parse_arg`` reads a file's ``get_config`` argument. An experiment file
+(``configs/<name>.py``) takes one of these and sets what its experiment changes, line by
+line: the paper's scale by default, the CPU size with ``:runlocal`` (big_vision's
+convention). The library holds none of these values: it reads a config.
 
 ``configs`` is a package of the project (``pyproject.toml``; ``make setup`` installs it
 editable), so ``from configs import common`` works from any folder and from
 ``config_flags``.
 """
+
+from collections.abc import Sequence
 
 import ml_collections
 
@@ -101,13 +104,13 @@ def phantom_config() -> ml_collections.ConfigDict:
 def pretrain_config() -> ml_collections.ConfigDict:
     """The DINO recipe shared by every pretraining config (official ``main_dino.py`` values).
 
-    Experiment files (``configs/dinolg.py``, ``configs/smoke.py``) start from this and set
-    the model, the crops, the batch and the length. Groups: ``online_eval`` and
-    ``monitor`` (``eval.online_eval``, ``eval.health``), ``model`` (the ViT), ``dino``
-    (head, temperatures, momenta), ``optim``, ``data`` (:func:`data_config`;
-    ``data.batch_size`` is the global batch, ``data.seed`` a reference to the one
-    ``seed``), ``mesh``, ``checkpoint``, ``phantom`` (used only when ``data.manifest`` is
-    empty), ``debug``.
+    Experiment files (``configs/dinolg.py``, its ``runlocal`` and ``tiny`` sizes included)
+    start from this and set the model, the crops, the batch and the length. Groups:
+    ``online_eval`` and ``monitor`` (``eval.online_eval``, ``eval.health``), ``model``
+    (the ViT), ``dino`` (head, temperatures, momenta), ``optim``, ``data``
+    (:func:`data_config`; ``data.batch_size`` is the global batch, ``data.seed`` a
+    reference to the one ``seed``), ``mesh``, ``checkpoint``, ``phantom`` (used only when
+    ``data.manifest`` is empty), ``debug``.
     """
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -343,16 +346,44 @@ def cpu_size(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
-def parse_arg(arg: str | None, **defaults: str) -> ml_collections.ConfigDict:
-    """A ``get_config`` argument ``"key=value,key=value"`` over ``defaults`` (big_vision's).
+def parse_arg(
+    arg: str | None, name: str, *, flags: Sequence[str] = (), **options: Sequence[str]
+) -> ml_collections.ConfigDict:
+    """A ``get_config`` argument: comma-separated words (big_vision's convention).
 
-    A key not in ``defaults`` raises ``ValueError``; a bare word (no ``=``) is ``True``
-    for that key.
+    ``key=value`` picks one of ``options[key]`` (its first value is the default); a bare
+    word is a flag (``runlocal``, ``tiny``: True when present) or a value of an option
+    (``configs/probe.py:transformer`` is ``probe=transformer``).
+
+    Args:
+      arg: the text after ``:`` in ``--config configs/<name>.py:<arg>``; None or "" for
+        the defaults.
+      name: the config file's name, for the error message.
+      flags: the bare words the file takes.
+      options: per key, its valid values, the default first.
+
+    Returns:
+      A ConfigDict with every option (str) and every flag (bool).
+
+    Raises:
+      ValueError: a word that is none of these (one line naming the valid choices).
     """
-    out = ml_collections.ConfigDict(dict(defaults))
-    for part in filter(None, (arg or "").split(",")):
-        key, _, value = part.partition("=")
-        if key not in defaults:
-            raise ValueError(f"config argument {key!r} is not one of {sorted(defaults)}")
-        out[key] = value if value else "True"
+    out = ml_collections.ConfigDict({k: str(v[0]) for k, v in options.items()})
+    out.update({f: False for f in flags})
+    by_value = {str(v): k for k, values in options.items() for v in values}
+    for word in filter(None, (w.strip() for w in (arg or "").split(","))):
+        key, eq, value = word.partition("=")
+        if not eq and word in flags:
+            out[word] = True
+        elif not eq and word in by_value:
+            out[by_value[word]] = word
+        elif eq and key in options and value in options[key]:
+            out[key] = value
+        else:
+            valid = [f"{k}={'|'.join(v)}" for k, v in options.items()] + list(flags)
+            where = f" (in {arg!r})" if word != arg else ""
+            raise ValueError(
+                f"configs/{name}.py: bad argument {word!r}{where}; valid, comma-separated: "
+                f"{', '.join(valid)}"
+            )
     return out

@@ -8,17 +8,19 @@ import pytest
 from configs import common
 
 ROOT = Path(__file__).resolve().parents[1]
+SEGMENTERS = ["unet", "attention_unet", "swin_unet", "vit_unet"]
 VARIANTS = {
-    "ablation": [None, "tiny", "gpu"],
+    "ablation": [None, "runlocal", "tiny", "runlocal,tiny"],
     "demo": [None],
-    "dinolg": [None, "arm=dino", "variant=S/8", "variant=S/8,arm=dino", "runlocal"],
+    "dinolg": [None, "arm=dino", "variant=S/8", "variant=S/8,arm=dino", "runlocal",
+               "arm=dino,runlocal", "tiny", "arm=dino,tiny"],
     "infer": [None],
-    "probe": [None, "linear", "transformer"],
-    "probe_smoke": [None, "linear", "transformer"],
-    "segment": [None, "unet", "attention_unet", "swin_unet", "vit_unet"],
-    "segment_smoke": [None, "unet", "attention_unet", "swin_unet", "vit_unet"],
-    "smoke": [None, "tiny"],
-}
+    "probe": [None, "linear", "transformer", "probe=transformer", "runlocal",
+              "linear,runlocal", "transformer,runlocal"],
+    "segment": [None, *SEGMENTERS, "model=swin_unet", "runlocal",
+                *(f"{m},runlocal" for m in SEGMENTERS)],
+}  # fmt: skip
+EXPERIMENTS = ("ablation", "dinolg", "probe", "segment")  # paper scale by default, :runlocal
 
 
 def test_every_config_file_is_listed():
@@ -33,11 +35,30 @@ def test_config_loads(name, arg):
 
 
 @pytest.mark.parametrize(("name", "arg"), [("dinolg", "arm=bad"), ("dinolg", "size=1"),
-                                           ("segment", "unknown"), ("probe", "mlp"),
-                                           ("smoke", "x"), ("ablation", "x")])  # fmt: skip
+                                           ("dinolg", "x"), ("segment", "unknown"),
+                                           ("probe", "mlp"), ("probe", "runlocal,mlp"),
+                                           ("ablation", "x"), ("ablation", "gpu")])  # fmt: skip
 def test_config_rejects_unknown_variants(name, arg):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=rf"^configs/{name}\.py: bad argument .*runlocal") as e:
         importlib.import_module(f"configs.{name}").get_config(arg)
+    assert "\n" not in str(e.value)  # one line, naming the valid choices
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiments_default_to_the_paper_and_run_locally_on_cpu(name):
+    module = importlib.import_module(f"configs.{name}")
+    paper, local = module.get_config(None), module.get_config("runlocal")
+    assert "bfloat16" in str(paper.to_dict())  # GPU compute
+    assert "bfloat16" not in str(local.to_dict())  # float32 on two CPU cores
+    stages = ("pretrain", "probe", "segment") if name == "ablation" else (None,)
+    for stage in stages:
+        assert (local[stage] if stage else local).data.worker_count == 0
+
+
+def test_tiny_is_a_cpu_size():
+    for name in ("ablation", "dinolg"):
+        module = importlib.import_module(f"configs.{name}")
+        assert module.get_config("tiny").to_dict() == module.get_config("runlocal,tiny").to_dict()
 
 
 def test_dinolg_rows():
@@ -59,7 +80,7 @@ def test_stage_infer_config_is_part_of_infer_config():
 
 
 def test_cpu_size_sets_every_stage_of_an_experiment():
-    c = importlib.import_module("configs.ablation").get_config("gpu")
+    c = importlib.import_module("configs.ablation").get_config(None)  # the paper's
     common.cpu_size(c)
     assert (c.pretrain.model.dtype, c.pretrain.model.attention_impl) == ("float32", "xla")
     assert c.segment.model.dtype == "float32"

@@ -1,7 +1,7 @@
 """DINO vs DINO-LG ablation: pretrain -> probe -> U-Net -> integrated scoring, per arm and seed.
 
-    python tools/ablate.py --config configs/ablation.py --workdir runs/ablation
-    python tools/ablate.py --config configs/ablation.py:gpu --workdir W \
+    python tools/ablate.py --config configs/ablation.py:runlocal --workdir runs/ablation
+    python tools/ablate.py --config configs/ablation.py --workdir W \
         --config.data_manifest=/data/coca_converted/manifest.json
 
 Re-running with the same ``--workdir`` skips finished stages and resumes an interrupted

@@ -2,7 +2,7 @@
 
     python tools/bench_step.py --config configs/dinolg.py --config.data.batch_size=32 \
         --peak_tflops=790
-    python tools/bench_step.py --config configs/smoke.py          # CPU sanity run
+    python tools/bench_step.py --config configs/dinolg.py:runlocal   # CPU sanity run
 
 Model FLOPs of one step, per image (as the peer benchmark counts them, not in this repository,
 so the MFUs compare): a ViT forward on ``n`` tokens (CLS included) of width ``D``,

@@ -1,6 +1,6 @@
 """DINO / DINO-LG pretraining entry point.
 
-    python tools/pretrain.py --config configs/smoke.py --workdir /tmp/smoke
+    python tools/pretrain.py --config configs/dinolg.py:runlocal --workdir /tmp/dinolg_local
     python tools/pretrain.py --config configs/dinolg.py:variant=B/8 --workdir W \
         --config.data.manifest=/data/coca_converted/manifest.json
 

@@ -1,7 +1,7 @@
 """Calcified-slice probe entry point: features -> probe -> threshold -> metrics.
 
-    python tools/probe.py --config configs/probe_smoke.py:linear --workdir /tmp/probe \
-        --config.encoder=/tmp/dinolg_smoke
+    python tools/probe.py --config configs/probe.py:linear,runlocal --workdir /tmp/probe \
+        --config.encoder=/tmp/dinolg_local
     python tools/probe.py --config configs/probe.py:linear --workdir W \
         --config.encoder=PRETRAIN_WORKDIR --config.data.manifest=/data/coca/manifest.json
 

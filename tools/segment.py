@@ -1,10 +1,10 @@
 """Segmentation (U-Net family) training and test evaluation entry point.
 
-    python tools/segment.py --config configs/segment_smoke.py:unet --workdir /tmp/seg
+    python tools/segment.py --config configs/segment.py:unet,runlocal --workdir /tmp/seg
     python tools/segment.py --config configs/segment.py:unet --workdir W \
         --config.data.manifest=/data/coca_converted/manifest.json
 
-Models by name (``configs/segment_smoke.py:<name>`` or ``--config.model.name``): unet,
+Models by name (``configs/segment.py:<name>[,runlocal]`` or ``--config.model.name``): unet,
 attention_unet, swin_unet, vit_unet (the last needs ``--config.encoder=PRETRAIN_WORKDIR``).
 Re-running with the same ``--workdir`` resumes (also after a SIGTERM, which checkpoints and
 exits 0). Prints the per-artery Dice on the evaluation split; everything is in

@@ -25,10 +25,10 @@ from dinolg_jax.runtime.cli import UsageError, require_choice, require_dir
 
 KINDS = ("pretrain", "probe", "segment")
 _TRAIN = {
-    "pretrain": "tools/pretrain.py --config configs/smoke.py --workdir {path}",
-    "probe": "tools/probe.py --config configs/probe_smoke.py:linear --workdir {path} "
+    "pretrain": "tools/pretrain.py --config configs/dinolg.py:runlocal --workdir {path}",
+    "probe": "tools/probe.py --config configs/probe.py:linear,runlocal --workdir {path} "
     "--config.encoder=PRETRAIN_WORKDIR",
-    "segment": "tools/segment.py --config configs/segment_smoke.py --workdir {path}",
+    "segment": "tools/segment.py --config configs/segment.py:runlocal --workdir {path}",
 }
 MODES = ("gated", "unet_only", "both")
 SOURCE_KINDS = ("manifest", "release", "dicom")

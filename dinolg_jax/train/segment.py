@@ -270,7 +270,7 @@ def train_segmenter(
     """Trains (or resumes) a segmentation model, then evaluates it on ``config.eval.split``.
 
     Args:
-      config: a ``configs/segment.py`` or ``configs/segment_smoke.py`` config.
+      config: a ``configs/segment.py`` config (any model and size).
       workdir: output folder; a re-run with the same folder resumes from its checkpoint.
 
     Returns:

@@ -109,7 +109,7 @@ def test_infer_checks_mode_and_workdirs_before_loading(fake_workdirs, tmp_path):
 
 
 def test_config_mistakes_are_usage_errors(tmp_path):
-    base = [ROOT / "tools/pretrain.py", f"--config={ROOT / 'configs/smoke.py'}:tiny",
+    base = [ROOT / "tools/pretrain.py", f"--config={ROOT / 'configs/dinolg.py'}:tiny",
             f"--workdir={tmp_path / 'run'}"]  # fmt: skip
     assert _one_error(_tool(*base, "--config.foo=1"), 2) == (
         "error: bad config override: no config key 'foo'"
@@ -121,7 +121,7 @@ def test_config_mistakes_are_usage_errors(tmp_path):
     line = _one_error(_tool(*base[:1], "--config=configs/none.py", f"--workdir={tmp_path}"), 2)
     assert "No such file or directory" in line
     line = _one_error(
-        _tool(ROOT / "tools/probe.py", f"--config={ROOT / 'configs/probe_smoke.py'}:linear",
+        _tool(ROOT / "tools/probe.py", f"--config={ROOT / 'configs/probe.py'}:linear,runlocal",
               f"--workdir={tmp_path / 'p'}", f"--config.encoder={tmp_path / 'run'}"), 2,
     )  # fmt: skip
     assert "train it first (tools/pretrain.py" in line

@@ -31,7 +31,7 @@ FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expe
 
 def _config():
     spec = importlib.util.spec_from_file_location(
-        "smoke_config", HERE.parents[2] / "configs" / "smoke.py"
+        "dinolg_config", HERE.parents[2] / "configs" / "dinolg.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

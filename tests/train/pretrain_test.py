@@ -35,7 +35,7 @@ TOOL = ROOT / "tools" / "pretrain.py"
 
 
 def tiny_config():
-    spec = importlib.util.spec_from_file_location("smoke_config", ROOT / "configs" / "smoke.py")
+    spec = importlib.util.spec_from_file_location("dinolg_config", ROOT / "configs" / "dinolg.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config("tiny")
@@ -59,7 +59,7 @@ def _start(workdir, manifest, cache_dir, *overrides):
         sys.executable,
         str(TOOL),
         "--config",
-        f"{ROOT / 'configs' / 'smoke.py'}:tiny",
+        f"{ROOT / 'configs' / 'dinolg.py'}:tiny",
         "--workdir",
         str(workdir),
         f"--config.data.manifest={manifest}",

@@ -126,11 +126,11 @@ def test_few_steps_lower_the_loss():
 
 
 def _smoke_config(manifest, steps: int):
-    path = Path(__file__).resolve().parents[2] / "configs" / "segment_smoke.py"
-    spec = importlib.util.spec_from_file_location("segment_smoke_config", path)
+    path = Path(__file__).resolve().parents[2] / "configs" / "segment.py"
+    spec = importlib.util.spec_from_file_location("segment_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    c = module.get_config("unet")
+    c = module.get_config("unet,runlocal")
     c.model.kwargs = {"filters": 4, "depth": 2}
     c.data.manifest = str(manifest)
     c.optim.num_steps = steps
