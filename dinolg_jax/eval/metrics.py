@@ -52,6 +52,19 @@ def _same_shape(a: np.ndarray, b: np.ndarray, names: str) -> None:
         raise ValueError(f"{names} shapes differ: {a.shape} vs {b.shape}")
 
 
+def _scores_labels(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Checked scores and labels of a binary problem: (float64 [N], bool [N]).
+
+    Raises:
+        ValueError: for scores that are not 1D, numeric and finite, labels that are not
+            binary, or a shape mismatch (checked in that order).
+    """
+    s = _vector(scores, "scores").astype(np.float64)
+    y = _binary(labels, "labels")
+    _same_shape(s, y, "scores/labels")
+    return s, y
+
+
 def _ratio(num: float, den: float, zero_division: float) -> float:
     return float(num) / float(den) if den else float(zero_division)
 
@@ -148,9 +161,7 @@ def roc_auc(scores: Any, labels: Any) -> float:
         scores: [N] real scores, higher = more likely positive.
         labels: [N] 0/1 or bool.
     """
-    s = _vector(scores, "scores").astype(np.float64)
-    y = _binary(labels, "labels")
-    _same_shape(s, y, "scores/labels")
+    s, y = _scores_labels(scores, labels)
     n_pos = int(y.sum())
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -166,9 +177,7 @@ def roc_curve(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndar
         (fpr [T+1], tpr [T+1], thresholds [T+1]) with thresholds descending, starting at
         +inf (nothing positive, the point (0, 0)).
     """
-    s = _vector(scores, "scores").astype(np.float64)
-    y = _binary(labels, "labels")
-    _same_shape(s, y, "scores/labels")
+    s, y = _scores_labels(scores, labels)
     n_pos = int(y.sum())
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -198,9 +207,7 @@ def threshold_for_recall(scores: Any, labels: Any, target: float = 0.95) -> floa
     Returns:
         The threshold, one of the positive scores.
     """
-    s = _vector(scores, "scores").astype(np.float64)
-    y = _binary(labels, "labels")
-    _same_shape(s, y, "scores/labels")
+    s, y = _scores_labels(scores, labels)
     if not 0.0 < float(target) <= 1.0:
         raise ValueError(f"target recall must be in (0, 1], got {target!r}")
     pos = np.sort(s[y])[::-1]
