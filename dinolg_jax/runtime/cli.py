@@ -159,25 +159,33 @@ def run(main: Callable[[list[str]], Any]) -> None:
     app.run(guarded, flags_parser=_parse_flags)
 
 
-def require_dir(path: str | os.PathLike | None, flag: str, hint: str = "") -> Path:
-    """`path` as a Path if it is a folder, else a `UsageError` naming `flag`."""
+def _given(path: str | os.PathLike | None, flag: str, hint: str) -> Path:
+    """`path` as a Path, or a `UsageError` saying that `flag` is required (and `hint`)."""
     if not path:
         raise UsageError(f"{flag} is required{': ' + hint if hint else ''}")
-    p = Path(path)
+    return Path(path)
+
+
+def _wrong_path(p: Path, flag: str, what: str, hint: str) -> UsageError:
+    """The `UsageError` for a `flag` whose path `p` `what` ("does not exist", ...)."""
+    return UsageError(f"{flag}={p} {what}{'; ' + hint if hint else ''}")
+
+
+def require_dir(path: str | os.PathLike | None, flag: str, hint: str = "") -> Path:
+    """`path` as a Path if it is a folder, else a `UsageError` naming `flag`."""
+    p = _given(path, flag, hint)
     if not p.is_dir():
         what = "is a file, not a folder" if p.exists() else "does not exist"
-        raise UsageError(f"{flag}={p} {what}{'; ' + hint if hint else ''}")
+        raise _wrong_path(p, flag, what, hint)
     return p
 
 
 def require_file(path: str | os.PathLike | None, flag: str, hint: str = "") -> Path:
     """`path` as a Path if it is a file, else a `UsageError` naming `flag`."""
-    if not path:
-        raise UsageError(f"{flag} is required{': ' + hint if hint else ''}")
-    p = Path(path)
+    p = _given(path, flag, hint)
     if not p.is_file():
         what = "is a folder, not a file" if p.is_dir() else "does not exist"
-        raise UsageError(f"{flag}={p} {what}{'; ' + hint if hint else ''}")
+        raise _wrong_path(p, flag, what, hint)
     return p
 
 
