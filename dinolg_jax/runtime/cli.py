@@ -159,34 +159,35 @@ def run(main: Callable[[list[str]], Any]) -> None:
     app.run(guarded, flags_parser=_parse_flags)
 
 
-def _given(path: str | os.PathLike | None, flag: str, hint: str) -> Path:
-    """`path` as a Path, or a `UsageError` saying that `flag` is required (and `hint`)."""
+# kind -> (is a path of that kind, is a path of the other kind (given that it is not of
+# this one), the other kind's name).
+_PATH_KINDS: dict[str, tuple[Callable[[Path], bool], Callable[[Path], bool], str]] = {
+    "folder": (Path.is_dir, Path.exists, "file"),
+    "file": (Path.is_file, Path.is_dir, "folder"),
+}
+
+
+def _require_path(path: str | os.PathLike | None, flag: str, hint: str, kind: str) -> Path:
+    """`path` as a Path if it is a `kind` ("folder" or "file"), else a `UsageError`
+    naming `flag` (and `hint`): not given, of the other kind, or missing."""
     if not path:
         raise UsageError(f"{flag} is required{': ' + hint if hint else ''}")
-    return Path(path)
-
-
-def _wrong_path(p: Path, flag: str, what: str, hint: str) -> UsageError:
-    """The `UsageError` for a `flag` whose path `p` `what` ("does not exist", ...)."""
-    return UsageError(f"{flag}={p} {what}{'; ' + hint if hint else ''}")
+    p = Path(path)
+    is_kind, is_other, other = _PATH_KINDS[kind]
+    if not is_kind(p):
+        what = f"is a {other}, not a {kind}" if is_other(p) else "does not exist"
+        raise UsageError(f"{flag}={p} {what}{'; ' + hint if hint else ''}")
+    return p
 
 
 def require_dir(path: str | os.PathLike | None, flag: str, hint: str = "") -> Path:
     """`path` as a Path if it is a folder, else a `UsageError` naming `flag`."""
-    p = _given(path, flag, hint)
-    if not p.is_dir():
-        what = "is a file, not a folder" if p.exists() else "does not exist"
-        raise _wrong_path(p, flag, what, hint)
-    return p
+    return _require_path(path, flag, hint, "folder")
 
 
 def require_file(path: str | os.PathLike | None, flag: str, hint: str = "") -> Path:
     """`path` as a Path if it is a file, else a `UsageError` naming `flag`."""
-    p = _given(path, flag, hint)
-    if not p.is_file():
-        what = "is a folder, not a file" if p.is_dir() else "does not exist"
-        raise _wrong_path(p, flag, what, hint)
-    return p
+    return _require_path(path, flag, hint, "file")
 
 
 def require_choice(value: Any, choices: Iterable[Any], flag: str) -> Any:
