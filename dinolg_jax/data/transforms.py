@@ -83,14 +83,7 @@ def clip_hu(
 
     Bilinear resampling and blurring commute with the affine rest of the normalisation
     (their weights sum to 1), so crops can be cut from this and scaled afterwards.
-
-    Args:
-      image_hu: any shape, integer or float, Hounsfield units.
-      window: ``(lo, hi)`` in HU, ``lo < hi``.
-      out: optional float32 array of the same shape to write into.
-
-    Returns:
-      float32 array of the same shape (`out` when given, else a new array).
+    Arguments and result as `normalize_hu` (same shape, float32, `out` when given).
     """
     lo, hi = _window(window)
     image_hu = np.asarray(image_hu)
