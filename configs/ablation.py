@@ -24,8 +24,9 @@ Sizes (``get_config(arg)``, ``arg`` as ``common.parse_arg`` reads it):
   val; an 8-filter U-Net (600 steps); the HU-histogram yardstick (``eval.hu_baseline``)
   once; and the ceiling arm ``supervised`` (``train.supervised``: the seed's random init
   trained on the slice labels, 600 steps of 32 slices, read by the same probe). Each
-  departure from the paper's recipe has its measured reason beside its line below. See
-  the README's table of measured figures for what it printed and how long it took. A
+  departure from the paper's recipe has its reason beside its line below and its
+  measurement in ``docs/measurements.md``. See the README's table of measured figures
+  for what it printed and how long it took. A
   CPU-size comparison, not the paper's numbers.
 * ``tiny``: the test size (``tests/experiments/ablation_test.py``; a CPU size, so it
   implies ``runlocal``): 10 patients at 32 px, a few steps of everything, one seed;
@@ -50,10 +51,8 @@ import ml_collections
 from configs import common
 
 # Encoder input window of the CPU size, centred on the 130 HU calcium threshold (130 HU
-# -> 0, so at init a patch's sign says "above the threshold"; 800 HU -> 1, fat -> -0.34).
-# Measured on the 100-patient phantom (seed 0, 600 steps, probe on the max over patch
-# tokens, test ROC-AUC): with [-200, 800] DINO 0.455, random init 0.608; with this window
-# DINO 0.751, random 0.573. On 300 patients that gain does not hold (README's table).
+# -> 0, so at init a patch's sign says "above the threshold"; 800 HU -> 1, fat -> -0.34);
+# see docs/measurements.md#ablation-hu-window.
 CPU_HU_WINDOW = (-540.0, 800.0)
 CPU_POSITIVE_FRACTION = 0.5  # share of calcified slices in the CPU pretraining stream
 
@@ -168,32 +167,25 @@ def _tiny(c):
 
 def _runlocal(c):
     """The CPU size (two cores; the README has the measured time and table): every
-    departure from the paper has its measured reason beside its line."""
+    departure from the paper has its reason beside its line and its measurement in
+    docs/measurements.md."""
     c.seeds = (0, 1)
     c.n_local = 8
-    # DINO-LG with 6 guided of 8 local crops (the paper's text: 8 random + 6 guided).
-    # Measured on the 100-patient phantom, seed 0, probe on the patch max, test ROC-AUC:
-    # 4 guided 0.759, 6 guided 0.772, DINO 0.751; attn_calcium_ratio 1.04, 1.21 and 1.08
-    # (within the noise of a 10-patient test split, see below).
+    # DINO-LG with 6 guided of 8 local crops (the paper's text: 8 random + 6 guided);
+    # see docs/measurements.md#guided-crops.
     c.arms = {"dino": 0, "dinolg": 6}
     c.control = "random_init"
-    # 300 patients (240 train / 30 val / 30 test; 725 test slices, 105 calcified). With
-    # 100 (10 test patients, 38 calcified slices) a probe's test ROC-AUC moved by up to
-    # 0.4 between seeds and the arms' order on seed 0 did not survive 300 patients; the
-    # larger phantom costs ~1 min of phantom and conversion and ~10 s per probe.
+    # 300 patients (30 test): on 100, seeds disagreed by up to 0.4 ROC-AUC (see
+    # docs/measurements.md#phantom-size).
     c.phantom.n_gated = 300
     c.phantom.slices = (20, 30)
-    # nano/8 (width 64, depth 4, 4 heads): mu/8 (32, 2, 2) stays at the uniform output.
+    # nano/8: mu/8 stays at the uniform output (docs/measurements.md#ablation-vit-size).
     c.pretrain.model.variant = "nano/8"
     c.pretrain.dino.out_dim = 128
     c.pretrain.dino.hidden_dim = 128
     c.pretrain.dino.bottleneck_dim = 64
-    # Centring and temperature: at init every slice gets nearly the same teacher logits
-    # (pairwise cosine of the CLS 0.998, logits differ by ~0.004 between slices), so an
-    # EMA-centred teacher at 0.04 (or 0.01) is uniform and the student follows it to
-    # ln K (loss 4.852 = ln 128 for 600 steps; measured, see the issue-10 note).
-    # Sinkhorn-Knopp centring at 0.003 gives sharp, balanced targets from those small
-    # differences: the teacher's KL(p_i || p_bar) grows to ~1 nat within 300 steps.
+    # Sinkhorn-Knopp at 0.003: an EMA-centred teacher is uniform when every slice gets
+    # nearly the same logits at init (docs/measurements.md#centring).
     c.pretrain.dino.centering = "sinkhorn"
     c.pretrain.dino.warmup_teacher_temp = 0.003
     c.pretrain.dino.teacher_temp = 0.003
@@ -204,12 +196,7 @@ def _runlocal(c):
     c.pretrain.data.blur_sigma = (0.1, 0.5)  # sigma 2 px erases a 2 px lesion at 64 px
     # 600 steps at 378 steps per epoch (6056 train slices / 16): the schedules of the
     # recipe tuned on 100 patients, step for step (lr warmup 63 steps, cosine to 605).
-    # 1200 steps (num_epochs 3.2; measured from a clean clone, seeds 0 and 1, 24 min 7 s):
-    # attn_calcium_ratio DINO 1.075, DINO-LG 1.086 (above chance, unlike at 600), dense
-    # probe 0.874 / 0.863, slice probe 0.501 / 0.519; but the DINO-LG gate of seed 1
-    # missed 3 % of the calcified test slices and two patients' risk categories (one
-    # scored 0, true 53.9, U-Net alone 53.9; gated 0.867 vs U-Net alone 0.933), so the
-    # default stays at 600.
+    # 1200 steps cost the DINO-LG gate two patients (docs/measurements.md#pretraining-length).
     c.pretrain.num_epochs = 1.6
     c.pretrain.num_steps = 600
     c.pretrain.optim.lr = 0.016  # per 256 images: 1e-3 at batch 16
@@ -225,11 +212,8 @@ def _runlocal(c):
     c.probe.data.batch_size = 32
     c.probe.optim.epochs = 20
     c.probe.optim.batch_size = 64
-    # The probe reads the max over the final patch tokens: a 2 px lesion is 1 of 64
-    # patches, which the CLS and the patch mean dilute (100 patients, seed 0: test
-    # ROC-AUC 0.50-0.53 on [CLS, mean] against 0.75 on the max). On 300 patients every
-    # readout (CLS+mean, max, both, CLS-attention pooling, a transformer probe) is at
-    # 0.45-0.62 for every encoder, and the HU-histogram yardstick at 0.73 / 0.88.
+    # The max over the final patch tokens: a 2 px lesion is 1 of 64 patches, which the
+    # CLS and the patch mean dilute (docs/measurements.md#probe-read-out).
     c.probe.features.pooling = "max"
     # The gate: recall 1.0 on val (the lowest-scored calcified val slice still passes):
     # at this scale a missed slice costs a patient's score, a spare slice only U-Net time.

@@ -211,8 +211,7 @@ def probe_config(probe: str = "linear") -> ml_collections.ConfigDict:
     c.patch_probe = ml_collections.ConfigDict()
     c.patch_probe.enabled = True
     c.patch_probe.max_rows = 262144  # train tokens fitted (calcium ones kept, others drawn)
-    # lr 1e-2 x 20 epochs: on the CPU ablation's cached tokens (seed 0, test patch ROC-AUC)
-    # 1e-3 x 5 epochs underfits (random init 0.667, DINO 0.766; 1e-2 x 20: 0.700, 0.819).
+    # lr 1e-2 x 20 epochs: 1e-3 x 5 underfits (docs/measurements.md#dense-probe-learning-rate).
     c.patch_probe.lr = 1e-2
     c.patch_probe.epochs = 20
     c.patch_probe.batch_size = 1024

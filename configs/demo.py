@@ -26,7 +26,7 @@ HONEST_NOTE = (
 )
 
 # HU window of the demo's pretraining and probe inputs (mapped to [-1, 1]): centred on the
-# 130 HU calcium threshold, as configs/ablation.py's CPU variant (measured there).
+# 130 HU calcium threshold, as configs/ablation.py:runlocal (docs/measurements.md).
 CALCIUM_HU_WINDOW = (-540.0, 800.0)
 
 
@@ -44,7 +44,7 @@ def get_config(arg=None):
     )
 
     # CPU size (float32, XLA attention, no Grain workers, 2 checkpoints kept) and the
-    # lessons of the CPU ablation (configs/ablation.py, measured there): nano/8,
+    # lessons of the CPU ablation (configs/ablation.py:runlocal, docs/measurements.md): nano/8,
     # Sinkhorn-Knopp centring at a sharp teacher (an EMA-centred teacher stays uniform at
     # this size), a threshold-centred HU window, calcified slices oversampled to half the
     # stream, light blur; 300 steps to fit the demo's budget.

@@ -8,7 +8,7 @@
 * ``arm=dinolg`` (the default: a quarter of the local crops label-guided, centred on a
   calcified lesion when the slice has one) or ``arm=dino`` (every local crop random: the
   baseline row);
-* ``runlocal``: the CPU size (two cores, a few minutes; the demo and the tests run it);
+* ``runlocal``: the CPU size (two cores, about a minute);
 * ``tiny``: the test size (implies ``runlocal``).
 
 Paper scale (the default): 150 epochs, 2 global crops (224 px) + 16 local crops (96 px;
@@ -33,18 +33,12 @@ workdir and converts it (``WORKDIR/phantom``); later runs reuse it.
 
     python tools/pretrain.py --config configs/dinolg.py:runlocal --workdir /tmp/dinolg_local
 
-About 650 steps (22 per epoch on the phantom's ~350 pretraining slices, 30 epochs).
-Expect ``metrics.jsonl`` to show the loss falling for the first ~50 steps (window means
-2.1 -> 1.0 nats in one run here) while the centre catches up with the sharp teacher
-(temperature 0.01, see the comment in ``_runlocal``), then rising to a plateau of
-~3.0-3.3 nats (3.02 at step 660), well below ln 1024 = 6.93 (the uniform output, where
-the DINO 0.04 -> 0.07 recipe ends at this size), with the teacher's KL to its batch mean
-~0.85 nats (not collapsed) and the online eval beside the random init's (kNN 0.67 vs
-0.72, probe 0.63 vs 0.56 ROC-AUC at step 660); ``summary.json`` with ``status: done``
-and no health warning, and ``encoder/`` with the teacher backbone. 73 s wall here
-(machine otherwise idle, phantom and online eval included), measured with the
-official-DINO fixes of issue 10 (per-parameter clipping, torch-default last layer).
-Re-running the same command resumes (and returns at once when finished).
+About 650 steps (30 epochs; 73 s on two idle cores). Expect ``metrics.jsonl`` to show
+the loss falling for the first ~50 steps, then a plateau well below ln 1024 (the uniform
+output), the teacher not collapsed, ``summary.json`` with ``status: done`` and no health
+warning, and ``encoder/`` with the teacher backbone; one run's figures are in
+``docs/measurements.md#the-runlocal-pretraining-run``. Re-running the same command
+resumes (and returns at once when finished).
 
 ``tiny`` is the test size (batch 8, 32/16 px crops, 2 epochs, a checkpoint every 2
 steps) that ``tests/train/pretrain_test.py`` runs on synthetic records.
@@ -96,17 +90,9 @@ def _runlocal(c, arm):
     c.dino.out_dim = 1024
     c.dino.hidden_dim = 128
     c.dino.bottleneck_dim = 64
-    # Short run: a much sharper teacher than DINO's 0.04 -> 0.07. At init this model's
-    # teacher logits differ between images by ~0.01 (a tenth of their spread over the
-    # prototypes), so at 0.04 the centred teacher is ~uniform and the student follows it
-    # to ln K. Measured on a
-    # 40-patient 64 px phantom (mu/8, batch 16, 150 / 600 steps): teacher temp 0.04 ->
-    # loss 6.93 / 6.92, teacher entropy 6.92 (ln K = 6.93); 0.02 -> 6.64, entropy 6.52;
-    # 0.01 -> loss 3.31 / 6.30, entropy 3.26 / 5.97, entropy of the batch-mean output
-    # 3.77 / 6.51 (outputs differ between images); 0.005 -> one prototype (entropy 0.8).
-    # This config for 650 steps on that phantom: loss 6.00, teacher entropy 5.90, of the
-    # batch mean 6.46; with teacher momentum 0.99 instead of DINO's 0.996: 6.77 / 6.53 /
-    # 6.78 (closer to uniform), with 0.95: every image gets the same output.
+    # A much sharper teacher than DINO's 0.04 -> 0.07, which stays uniform at this size
+    # (see docs/measurements.md#teacher-temperature; DINO's momentum 0.996 is kept:
+    # #teacher-momentum there).
     c.dino.warmup_teacher_temp = 0.01
     c.dino.teacher_temp = 0.01
     c.num_epochs = 30.0
