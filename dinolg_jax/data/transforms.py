@@ -28,7 +28,8 @@ from typing import Any
 import grain
 import numpy as np
 
-from dinolg_jax.data.resample import gaussian_blur, resized_crops
+from dinolg_jax.data.resample import gaussian_blur as gaussian_blur  # re-exported
+from dinolg_jax.data.resample import resized_crops as resized_crops  # re-exported
 
 DEFAULT_HU_WINDOW = (-1000.0, 1000.0)
 NOISE_TABLE_SIZE = 1 << 20  # standard normal values in the noise table (4 MiB float32)
@@ -205,49 +206,8 @@ def sample_boxes(
 
 
 # ----------------------------------------------------------------------------- Grain ops
-# Each op maps an element dict holding "image" (float32 [H, W] after `NormalizeHU`);
-# ops that move pixels also move "labels" [H, W] when present (nearest: pure slicing).
-
-
-class NormalizeHU(grain.transforms.Map):
-    """``element["image"]`` int16 HU [H, W] -> float32 in [-1, 1] (see `normalize_hu`)."""
-
-    def __init__(self, window: Sequence[float] = DEFAULT_HU_WINDOW):
-        self.window = (float(window[0]), float(window[1]))
-
-    def map(self, element: dict[str, Any]) -> dict[str, Any]:
-        return {**element, "image": normalize_hu(element["image"], self.window)}
-
-
-class RandomCrop(grain.transforms.RandomMap):
-    """A `size` x `size` window at a uniform position (image and labels alike)."""
-
-    def __init__(self, size: int):
-        self.size = int(size)
-
-    def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        height, width = element["image"].shape
-        if self.size > min(height, width):
-            raise ValueError(f"crop {self.size} larger than image {height}x{width}")
-        top = int(rng.integers(0, height - self.size + 1))
-        left = int(rng.integers(0, width - self.size + 1))
-        win = (slice(top, top + self.size), slice(left, left + self.size))
-        out = {**element, "image": element["image"][win].copy()}
-        if "labels" in element:
-            out["labels"] = element["labels"][win].copy()
-        return out
-
-
-class RandomResizedCrop(grain.transforms.RandomMap):
-    """`sample_boxes` then bilinear `resized_crops` to `size` (image only)."""
-
-    def __init__(self, size: int, scale: Sequence[float], ratio: Sequence[float] = (3 / 4, 4 / 3)):
-        self.size, self.scale, self.ratio = int(size), tuple(scale), tuple(ratio)
-
-    def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        image = element["image"]
-        box = sample_boxes(rng, 1, *image.shape, self.scale, self.ratio)
-        return {**element, "image": resized_crops(image, box, self.size)[0]}
+# The labelled pipeline's augmentations (``data.pipeline``). Each op maps an element dict
+# holding "image" (float32 [H, W], normalised HU); a flip also moves "labels" [H, W].
 
 
 class RandomFlip(grain.transforms.RandomMap):
@@ -265,20 +225,6 @@ class RandomFlip(grain.transforms.RandomMap):
             if key in element and axes:
                 out[key] = np.flip(element[key], axes).copy()
         return out
-
-
-class GaussianBlur(grain.transforms.RandomMap):
-    """With probability `prob`, `gaussian_blur` with sigma uniform in `sigma` (pixels)."""
-
-    def __init__(self, prob: float, sigma: Sequence[float] = (0.1, 2.0), truncate: float = 3.0):
-        self.prob, self.sigma, self.truncate = float(prob), tuple(sigma), float(truncate)
-
-    def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        u, s = rng.random(), rng.uniform(*self.sigma)
-        if u >= self.prob:
-            return element
-        image = gaussian_blur(element["image"][None], np.array([s]), self.truncate)[0]
-        return {**element, "image": image}
 
 
 class RandomBrightness(grain.transforms.RandomMap):

