@@ -3,7 +3,7 @@
 ``pretrain_config()`` (the DINO recipe of the official ``main_dino.py``), ``probe_config()``
 and ``segment_config()`` (the paper's Fig. 5 probe and Table 4 U-Nets),
 ``data_config()`` (the Grain pipeline's ``config.data``, Table 1's augmentations),
-``infer_config()`` (integrated scoring, ``inference.run.infer_from_config``) and its
+``infer_config()`` (integrated scoring, ``inference.batch.infer_from_config``) and its
 experiment part ``stage_infer_config()``; ``cpu_size(c)`` shrinks a config to what two CPU
 cores run; ``parse_arg`` reads a file's ``get_config`` argument. An experiment file
 (``configs/<name>.py``) takes one of these and sets what its experiment changes, line by
@@ -279,7 +279,7 @@ def segment_config(model: str = "unet") -> ml_collections.ConfigDict:
 
 
 def infer_config() -> ml_collections.ConfigDict:
-    """Integrated scoring (``inference.run.infer_from_config``): the one inference shape.
+    """Integrated scoring (``inference.batch.infer_from_config``): the one inference shape.
 
     ``tools/infer.py`` fills the workdirs, ``source`` and ``out_dir``; the experiments'
     infer stage fills them from its own stages (:func:`stage_infer_config`).

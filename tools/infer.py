@@ -33,9 +33,9 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     workdirs.check_infer_config(_CONFIG.value)  # paths and modes, before any model loads
     _INIT_DISTRIBUTED()
-    from dinolg_jax.inference import run  # after distributed init: it touches devices
+    from dinolg_jax.inference import batch  # after distributed init: it touches devices
 
-    summary = run.infer_from_config(
+    summary = batch.infer_from_config(
         _CONFIG.value, progress=lambda tasks: tqdm.tqdm(tasks, desc="studies", unit="study")
     )
     for mode, m in summary["modes"].items():

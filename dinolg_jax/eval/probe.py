@@ -42,10 +42,10 @@ from dinolg_jax.data import manifest as manifest_lib
 from dinolg_jax.eval import features as features_lib
 from dinolg_jax.eval import metrics as metrics_lib
 from dinolg_jax.models.probes import PROBE_INPUTS, build_probe
-from dinolg_jax.phantom import training_data
+from dinolg_jax.data import run_manifest
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
-from dinolg_jax.runtime.loop import write_json
+from dinolg_jax.runtime.json_file import write_json
 
 matplotlib.use("Agg")
 
@@ -281,7 +281,7 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
     write_json(workdir / "config.json", config.to_dict())
     if not config.encoder:
         raise ValueError("config.encoder must point at a pretraining workdir or encoder export")
-    manifest = training_data.prepare_manifest(config, workdir)
+    manifest = run_manifest.prepare_manifest(config, workdir)
     enc_params, enc_cfg = ckpt_lib.load_encoder(config.encoder)
     enc_sum = ckpt_lib.params_checksum(enc_params)
     f = config.features

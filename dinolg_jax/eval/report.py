@@ -2,7 +2,7 @@
 
 Input: per-patient reference scores and, per mode ("unet_only", "gated" = the integrated
 system), per-patient predicted scores, each ``{"RCA", "LAD", "LCA", "LCX", "total"}``
-(Agatston, same convention on both sides). ``inference.run.scores_from_results`` gives
+(Agatston, same convention on both sides). ``inference.batch.scores_from_results`` gives
 them from an inference run's results. Only patients scored without error in a mode
 and having a reference enter that mode's numbers; the others are listed.
 

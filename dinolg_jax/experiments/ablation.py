@@ -49,7 +49,7 @@ import ml_collections
 import numpy as np
 
 from dinolg_jax.experiments import stages
-from dinolg_jax.runtime.loop import write_json
+from dinolg_jax.runtime.json_file import write_json
 from dinolg_jax.scoring.agatston import VESSELS
 
 RESULTS = "results.json"
@@ -99,6 +99,9 @@ def arm_supervised_config(
     c.optim = ml_collections.ConfigDict(sup.optim.copy_and_resolve_references().to_dict())
     c.mesh = config.probe.mesh.copy_and_resolve_references()
     c.log_every = int(sup.log_every)
+    c.tensorboard = False
+    # checkpoints as the pretraining arms' (runtime.run: resume after an interruption)
+    c.checkpoint = config.pretrain.checkpoint.copy_and_resolve_references()
     return c
 
 

@@ -10,7 +10,7 @@
     measure_attention -> eval.attention (attn_calcium_ratio)         summary: the ratios
     train_probe       -> eval.probe.run_probe (probe/, threshold)   summary: its summary
     train_segmenter   -> train.segment.train_segmenter (checkpoints) summary: its summary
-    infer             -> <dir>/out (inference.run) + <dir>/out/report summary: key numbers
+    infer             -> <dir>/out (inference.batch) + <dir>/out/report summary: key numbers
 
 Contract of every stage function ``stage(workdir, ...) -> summary``:
 
@@ -40,7 +40,7 @@ from typing import Any
 
 import ml_collections
 
-from dinolg_jax.runtime.loop import write_json
+from dinolg_jax.runtime.json_file import write_json
 
 SUMMARY = "summary.json"
 CONFIG = "config.json"
@@ -66,8 +66,9 @@ def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in IGNORED_CONFIG_KEYS}
 
 
-def finished_summary(workdir: str | os.PathLike) -> dict[str, Any] | None:
-    """The workdir's summary.json when the stage finished there, else None."""
+def done_summary(workdir: str | os.PathLike) -> dict[str, Any] | None:
+    """The workdir's summary.json when the stage finished there (status "done"), else
+    None; a training run's own check is ``runtime.run.finished_run``."""
     path = Path(workdir) / SUMMARY
     if not path.is_file():
         return None
@@ -98,7 +99,7 @@ def _begin(workdir: str | os.PathLike, config: Any, *, write: bool) -> dict[str,
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     check_config(workdir, config)
-    done = finished_summary(workdir)
+    done = done_summary(workdir)
     if done is not None:
         return done
     if write:  # the training libraries write their own config.json
@@ -198,7 +199,7 @@ def pretrain_encoder(
 
     Raises:
       StageInterrupted: the run was preempted (its checkpoint is written).
-      runtime.loop.NonFiniteLossError: the loss became NaN/inf (last good checkpoint kept).
+      runtime.metrics_log.NonFiniteLossError: the loss became NaN/inf (last good checkpoint kept).
     """
     from dinolg_jax.train import pretrain
 
@@ -352,7 +353,7 @@ def infer(
     probe_workdir: str | os.PathLike | None,
     segmenter_workdir: str | os.PathLike,
 ) -> dict[str, Any]:
-    """Integrated scoring of one manifest split (``inference.run.infer_from_config``).
+    """Integrated scoring of one manifest split (``inference.batch.infer_from_config``).
 
     Writes ``workdir/out`` (results.csv, per-study JSON, throughput summary) and
     ``workdir/out/report/report.md``; the stage's own ``summary.json`` holds the
@@ -370,7 +371,7 @@ def infer(
       ``{"report", "patients" [{study, mode, true/pred total and paper4 category,
       flagged}], "evals" {mode: eval.report.evaluate_mode}, "timings"}``.
     """
-    from dinolg_jax.inference import run as run_lib
+    from dinolg_jax.inference import batch as batch_lib
 
     request = {
         **_plain(config),
@@ -393,7 +394,7 @@ def infer(
     c.out_dir = str(Path(workdir).absolute() / "out")
     if not probe_workdir:
         c.mode = "unet_only"
-    out = run_lib.infer_from_config(c)
+    out = batch_lib.infer_from_config(c)
     summary = {
         "report": out["report"],
         "results_csv": str(Path(c.out_dir) / "results.csv"),
@@ -416,7 +417,7 @@ def patient_rows(results: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
 
     Args:
       results: ``{mode: [inference.system.StudyResult]}``, one result per study in
-        every mode (``inference.run.run_inference``).
+        every mode (``inference.batch.run_inference``).
 
     Error rows keep their error type in ``error`` and no prediction.
     """

@@ -97,7 +97,7 @@ def gate_input_size(
 
 def training_manifest(workdir: str | os.PathLike, run_config: Any) -> Path:
     """Path of the manifest a training workdir read (``data.manifest``, or the phantom
-    that ``phantom.training_data.prepare_manifest`` makes under the workdir when it is
+    that ``phantom.run_manifest.prepare_manifest`` makes under the workdir when it is
     empty); it may no longer exist."""
     data = run_config.get("data", {}) or {}
     manifest = Path(data.get("manifest") or Path(workdir) / "phantom" / "data")

@@ -30,7 +30,6 @@ Nothing wrong taken as right:
 - :func:`save_encoder` writes the export beside the old one and swaps it in, so an
   existing export is replaced whole or not at all; :func:`load_encoder` checks the
   params against ``export.json``.
-- :func:`finished_summary` is how a re-run of a finished run returns at once.
 """
 
 from __future__ import annotations
@@ -409,33 +408,14 @@ def restore_or_init(
     return init_fn(), None
 
 
-def finished_summary(workdir: str | os.PathLike, total_steps: int) -> dict[str, Any] | None:
-    """The summary of a run that already finished `total_steps`, or None.
-
-    A run is finished when ``summary.json`` says ``status: done`` at ``step ==
-    total_steps``, its checkpoint of that step exists, and its encoder export (when the
-    run has one) is of that step: a re-run then returns this at once. An extended run
-    (more steps) or one whose last checkpoint is gone gets None (it resumes).
-    """
-    workdir = Path(workdir)
+def export_step(directory: str | os.PathLike) -> int | None:
+    """The training step recorded in an encoder export's ``export.json`` (None when
+    unreadable or absent)."""
     try:
-        summary = json.loads((workdir / "summary.json").read_text())
+        step = json.loads((Path(directory) / _EXPORT).read_text()).get("step")
     except (OSError, json.JSONDecodeError):
         return None
-    if summary.get("status") != "done" or summary.get("step") != total_steps:
-        return None
-    if summary.get("total_steps") != total_steps:
-        return None
-    if not (workdir / CHECKPOINT_DIR / str(total_steps)).is_dir():
-        return None
-    export = workdir / ENCODER_DIR / _EXPORT
-    if (workdir / ENCODER_DIR).exists():
-        try:
-            if json.loads(export.read_text()).get("step") != total_steps:
-                return None
-        except (OSError, json.JSONDecodeError):
-            return None
-    return summary
+    return step
 
 
 def save_encoder(

@@ -1,7 +1,8 @@
 """A minimal TensorBoard event-file writer for scalars, so metrics need no TensorFlow.
 
 Event files are TFRecord-framed (length, masked CRC-32C, payload, masked CRC-32C) with
-hand-encoded ``Event`` protos. Used by ``runtime.loop.MetricsLog`` when ``config.tensorboard``.
+hand-encoded ``Event`` protos. Used by ``runtime.metrics_log.MetricsLog`` when
+``config.tensorboard``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 What it writes under ``workdir`` (process 0 for the text files)::
 
     config.json          the resolved config
-    metrics.jsonl        one JSON line per logged step (``runtime.loop.MetricsLog``): step,
+    metrics.jsonl        one JSON line per logged step (``runtime.metrics_log.MetricsLog``): step,
                          epoch, loss, loss_window_mean (mean since the last line), lr,
                          wd, momentum (teacher EMA), teacher_temp, grad_norm (before
                          clipping), param_norm, update_norm, steps_per_s, eta_s; the
@@ -22,14 +22,11 @@ What it writes under ``workdir`` (process 0 for the text files)::
     phantom/             only when ``config.data.manifest`` is empty: a small phantom
                          release and its conversion, made on the first run
 
-Re-running with the same workdir resumes from the latest checkpoint: the train state
-and the data iterator continue exactly (``fold_in(key, step)`` inside the step), so a
-resumed run ends with the same bytes as an uninterrupted one. SIGTERM: the current step
-finishes, a checkpoint is written, the run returns with status ``"preempted"``. A
-non-finite loss raises ``runtime.loop.NonFiniteLossError`` before anything from that state
-is saved; the last good checkpoint stays as it was. The check runs on every step, one step
-behind the dispatch (step k's loss is read once step k + 1 is queued, so the device never
-waits for the host): the run stops at the first non-finite step, not at the next log line.
+Resume, checkpoints, SIGTERM and the non-finite stop are ``runtime.run.TrainingRun``'s:
+re-running with the same workdir resumes from the latest checkpoint, the train state and
+the data iterator continue exactly (``fold_in(key, step)`` inside the step), so a resumed
+run ends with the same bytes as an uninterrupted one; a non-finite loss stops the run at
+that step, before anything from that state is saved.
 
 Health: every ``eval_every`` steps (and at step 0 and the last step) the teacher backbone
 is scored by ``eval.online_eval`` on a cached subset of the val split, beside the same
@@ -42,7 +39,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +51,11 @@ from absl import logging
 from dinolg_jax.dino import step as step_lib
 from dinolg_jax.eval import health as health_lib
 from dinolg_jax.eval import online_eval as online_eval_lib
-from dinolg_jax.phantom import training_data
+from dinolg_jax.data import run_manifest
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
-from dinolg_jax.runtime.loop import MetricsLog, Preemption, write_json
+from dinolg_jax.runtime.json_file import write_json
+from dinolg_jax.runtime.run import PeriodicEval, TrainingRun
 
 
 def _online_evaluator(
@@ -126,30 +123,50 @@ def _crops_only(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _setup(
-    config: ml_collections.ConfigDict, workdir: Path
-) -> tuple[Path, Any, step_lib.Trainer, int]:
-    """Workdir, config.json, data (phantom when none) and the trainer of a run.
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike
+) -> tuple[TrainingRun, Path, Any, step_lib.Trainer, int]:
+    """The run (workdir, config.json), data (phantom when none) and trainer of a run.
 
     Returns:
-      ``(manifest path, mesh, trainer, steps_per_epoch)``; an epoch is the pretraining
-      split's records over the global batch.
+      ``(run, manifest path, mesh, trainer, steps_per_epoch)``; an epoch is the
+      pretraining split's records over the global batch.
     """
     from dinolg_jax.data import manifest as manifest_lib
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_json(workdir / "config.json", config.to_dict())
-    manifest = training_data.prepare_manifest(config, workdir)
+    run = TrainingRun(workdir, config)
+    manifest = run_manifest.prepare_manifest(config, run.workdir)
     mesh = mesh_lib.mesh_from_config(config.mesh)
     n_records = manifest_lib.load(manifest).num_records("pretrain")
     steps_per_epoch = max(1, n_records // int(config.data.batch_size))
-    return manifest, mesh, step_lib.make_trainer(config, mesh, steps_per_epoch), steps_per_epoch
+    trainer = step_lib.make_trainer(config, mesh, steps_per_epoch)
+    return run, manifest, mesh, trainer, steps_per_epoch
+
+
+def _evaluation(
+    config: ml_collections.ConfigDict,
+    evaluator: online_eval_lib.OnlineEvaluator | None,
+    init_eval: dict[str, float],
+) -> PeriodicEval | None:
+    """The online eval inside the loop, its health warnings after each of its lines."""
+    if evaluator is None:
+        return None
+
+    def warn(step: int, last: dict[str, float]) -> None:
+        for line in _health(config, last, init_eval)["warnings"]:
+            logging.warning("step %d: %s", step, line)
+
+    return PeriodicEval(
+        every=int(config.eval_every),
+        fn=lambda state: _online_line(evaluator, state.teacher["backbone"], init_eval),
+        after=warn,
+    )
 
 
 def pretrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
     """Runs (or resumes) DINO pretraining; see the module docstring.
 
     Args:
-      config: a pretraining config (``configs/dinolg.py``, ``configs/smoke.py``).
+      config: a pretraining config (``configs/dinolg.py``).
       workdir: output folder; an existing one is resumed.
 
     Returns:
@@ -159,121 +176,78 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
       teacher}``), ``wall_s``.
 
     Raises:
-      runtime.loop.NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is
-        kept).
+      runtime.metrics_log.NonFiniteLossError: the loss became NaN/inf (the last good
+        checkpoint is kept).
     """
     from dinolg_jax.data import manifest as manifest_lib
     from dinolg_jax.data import pipeline
 
-    t_start = time.perf_counter()
-    workdir = Path(workdir)
-    config_dict = config.to_dict()
-    manifest, mesh, trainer, steps_per_epoch = _setup(config, workdir)
+    run, manifest, mesh, trainer, steps_per_epoch = _setup(config, workdir)
+    workdir = run.workdir
     data_config = ml_collections.ConfigDict(config.data.to_dict())
     data_config.manifest = str(manifest)
     total_steps = trainer.schedules.total_steps
     if int(config.num_steps) > 0:
         total_steps = min(total_steps, int(config.num_steps))
-    finished = ckpt_lib.finished_summary(workdir, total_steps)
+    finished = run.finished(total_steps)
     if finished is not None:  # a re-run of a finished run: nothing to do
-        logging.info("%s finished at step %d already", workdir, total_steps)
         return finished
-    dataset = pipeline.pretrain_dataset(manifest, data_config)
-    data_iter = iter(dataset)
-
-    ckpt = ckpt_lib.Checkpointer(
-        workdir / ckpt_lib.CHECKPOINT_DIR,
-        max_to_keep=int(config.checkpoint.keep),
-        async_save=bool(config.checkpoint.async_save),
-    )
-    state, data_state = ckpt_lib.restore_or_init(
-        ckpt, trainer.abstract_state, trainer.init_state, workdir
-    )
-    if data_state is not None:
-        data_iter.set_state(data_state)
+    data_iter = iter(pipeline.pretrain_dataset(manifest, data_config))
+    state, data_iter = run.restore_or_init(trainer.abstract_state, trainer.init_state, data_iter)
     nan_at_step = jax.device_put(
         jnp.asarray(int(config.debug.nan_at_step), jnp.int32), mesh_lib.replicated(mesh)
     )
-
-    log = MetricsLog(
-        workdir, total_steps, steps_per_epoch=steps_per_epoch, tensorboard=config.tensorboard
-    )
-    step = int(state.step)
     evaluator, init_eval = None, {}
-    if step < total_steps:
+    if int(state.step) < total_steps:
         evaluator, init_eval = _online_evaluator(
             config, trainer, manifest_lib.load(manifest), data_config, workdir, state
         )
-    status = "done"
-    log_every, ckpt_every = int(config.log_every), int(config.checkpoint.every_steps)
-    eval_every = int(config.get("eval_every", 0))
-    try:
-        with Preemption() as preempt:
-            while step < total_steps:
-                batch = pipeline.device_put_batch(
-                    _crops_only(next(data_iter)), mesh, data_axis=mesh_lib.BATCH_AXES
-                )
-                state, metrics = trainer.step(state, batch, trainer.step_key, nan_at_step)
-                step += 1
-                log.add(step, metrics)  # checks the previous step's loss
-                if config.debug.step_sleep_s > 0:
-                    time.sleep(float(config.debug.step_sleep_s))
-                stop = preempt.should_stop(step)
-                last = step == total_steps
-                evaluate = evaluator is not None and (step % eval_every == 0 or last)
-                if evaluate:
-                    log.check_previous()
-                    log.extra.update(_online_line(evaluator, state.teacher["backbone"], init_eval))
-                if step % log_every == 0 or last or stop or evaluate:
-                    log.flush(write=True)
-                if evaluate:
-                    for line in _health(config, log.last, init_eval)["warnings"]:
-                        logging.warning("step %d: %s", step, line)
-                if step % ckpt_every == 0 or last or stop:
-                    log.flush(write=False)
-                    ckpt.save(step, state, data_iter.get_state(), config_dict)
-                if stop and not last:
-                    status = "preempted"
-                    logging.warning("SIGTERM: checkpoint written at step %d, exiting", step)
-                    break
-    finally:
-        ckpt.close()
-        log.close()
 
-    if status == "done":
+    def step_fn(state: step_lib.TrainState, batch: dict[str, np.ndarray]):
+        crops = pipeline.device_put_batch(_crops_only(batch), mesh, data_axis=mesh_lib.BATCH_AXES)
+        return trainer.step(state, crops, trainer.step_key, nan_at_step)
+
+    result = run.train(
+        state,
+        data_iter,
+        step_fn,
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+        evaluation=_evaluation(config, evaluator, init_eval),
+        step_sleep_s=float(config.debug.step_sleep_s),
+    )
+    state, step = result.state, result.step
+    if result.status == "done":
         ckpt_lib.save_encoder(
             workdir / ckpt_lib.ENCODER_DIR,
             state.teacher["backbone"],
             config.model.to_dict(),
             step=step,
         )
-    metrics = log.last
-    previous = {}
-    if (workdir / "summary.json").is_file():
-        previous = json.loads((workdir / "summary.json").read_text())
+    metrics = result.log.last
+    previous = run.previous_summary()
     if not metrics:  # re-run of a finished run
         metrics = previous.get("metrics", {})
     if not init_eval and (workdir / "online_eval_init.json").is_file():
         init_eval = json.loads((workdir / "online_eval_init.json").read_text())
     health = _health(config, metrics, init_eval)
-    if not log.last and previous.get("health"):
+    if not result.log.last and previous.get("health"):
         health = previous["health"]
     for line in health["warnings"]:
         logging.warning("%s", line)
-    summary = {
-        "step": step,
-        "total_steps": total_steps,
-        "steps_per_epoch": steps_per_epoch,
-        "status": status,
-        "metrics": metrics,
-        "params_checksum": ckpt_lib.params_checksum(
-            {"params": state.params, "teacher": state.teacher}
-        ),
-        "health": health,
-        "wall_s": time.perf_counter() - t_start,
-    }
-    write_json(workdir / "summary.json", summary)
-    return summary
+    return run.write_summary(
+        {
+            "step": step,
+            "total_steps": total_steps,
+            "steps_per_epoch": steps_per_epoch,
+            "status": result.status,
+            "metrics": metrics,
+            "params_checksum": ckpt_lib.params_checksum(
+                {"params": state.params, "teacher": state.teacher}
+            ),
+            "health": health,
+        }
+    )
 
 
 def initial_encoder(
@@ -288,8 +262,8 @@ def initial_encoder(
     Returns:
       The summary: ``step`` 0, ``status`` "done", ``metrics`` {}, ``params_checksum``.
     """
-    workdir = Path(workdir)
-    _, _, trainer, _ = _setup(config, workdir)
+    run, _, _, trainer, _ = _setup(config, workdir)
+    workdir = run.workdir
     state = trainer.init_state()
     ckpt_lib.save_encoder(
         workdir / ckpt_lib.ENCODER_DIR, state.teacher["backbone"], config.model.to_dict()

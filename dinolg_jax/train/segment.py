@@ -38,9 +38,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import flax
@@ -49,16 +47,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from absl import logging
 
 from dinolg_jax.data import manifest as manifest_lib
 from dinolg_jax.data import pipeline
 from dinolg_jax.eval.segment_eval import evaluate
 from dinolg_jax.models.segmenters import build_segmenter
-from dinolg_jax.phantom import training_data
+from dinolg_jax.data import run_manifest
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
-from dinolg_jax.runtime.loop import MetricsLog, Preemption, write_json
+from dinolg_jax.runtime import run as run_lib
 
 
 @flax.struct.dataclass
@@ -106,7 +103,7 @@ def segmentation_loss(
     return loss, {"ce": ce, "dice_loss": dice_loss, "dice_per_class": dice}
 
 
-def build_optimizer(
+def segment_optimizer(
     optim: ml_collections.ConfigDict, total_steps: int
 ) -> optax.GradientTransformation:
     """AdamW at ``optim.lr`` (Table 4: 1e-4), optional linear warmup or warmup + cosine.
@@ -193,16 +190,12 @@ def _init_program(model: nn.Module, tx: Any, image_shape: tuple[int, ...], mesh:
 
 
 def make_train_step(
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    mesh: jax.sharding.Mesh,
-    shardings: Any,
-    loss_config: ml_collections.ConfigDict,
+    model: nn.Module, loss_config: ml_collections.ConfigDict, tx: optax.GradientTransformation
 ) -> Callable[[SegState, dict[str, jax.Array]], tuple[SegState, dict[str, jax.Array]]]:
-    """The jitted, state-donating step: ``(state, {"image", "labels"}) -> (state, metrics)``.
+    """The pure step: ``(state, {"image", "labels"}) -> (state, metrics)``.
 
-    ``image`` [B, H, W, 1] float32 and ``labels`` [B, H, W] uint8/int are split over the batch
-    axis of the mesh; metrics (``loss``, ``ce``, ``dice_loss``, ``grad_norm``) replicated.
+    ``image`` [B, H, W, 1] float32 and ``labels`` [B, H, W] uint8/int; metrics ``loss``,
+    ``ce``, ``dice_loss``, ``grad_norm`` (scalars). Jitted by ``runtime.run.jit_step``.
     """
     class_weights = jnp.asarray(tuple(loss_config.class_weights), jnp.float32)
 
@@ -229,19 +222,16 @@ def make_train_step(
         }
         return SegState(state.step + 1, params, opt_state), metrics
 
-    batch_sh = mesh_lib.batch_sharding(mesh)
-    return jax.jit(
-        step,
-        in_shardings=(shardings, {"image": batch_sh, "labels": batch_sh}),
-        out_shardings=(shardings, mesh_lib.replicated(mesh)),
-        donate_argnums=0,
-    )
+    return step
 
 
 @functools.lru_cache(maxsize=16)
 def _step_program(model: nn.Module, tx: Any, image_shape: tuple[int, ...], mesh: Any, loss: str):
+    """The jitted, state-donating step; cached per model, optimiser, shape, mesh and loss."""
     shardings = _init_program(model, tx, image_shape, mesh)[2]
-    return make_train_step(model, tx, mesh, shardings, ml_collections.ConfigDict(json.loads(loss)))
+    step = make_train_step(model, ml_collections.ConfigDict(json.loads(loss)), tx)
+    batch = mesh_lib.batch_sharding(mesh)
+    return run_lib.jit_step(step, mesh, shardings, {"image": batch, "labels": batch})
 
 
 def build_model(config: ml_collections.ConfigDict) -> tuple[nn.Module, Any]:
@@ -282,17 +272,13 @@ def train_segmenter(
       summary at once; a re-run of a preempted one resumes.
 
     Raises:
-      runtime.loop.NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is
+      runtime.metrics_log.NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is
         kept).
       ValueError: a batch that does not split over the devices.
       ManifestError: the train or evaluation split has no records (before training).
     """
-    t_start = time.perf_counter()
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_dict = config.to_dict()
-    write_json(workdir / "config.json", config_dict)
-    manifest = training_data.prepare_manifest(config, workdir)
+    run = run_lib.TrainingRun(workdir, config)
+    manifest = run_manifest.prepare_manifest(config, run.workdir)
     for split in (config.data.train_split, config.eval.split):  # an empty split fails now,
         manifest_lib.load(manifest).shard_paths(split)  # not after training
     mesh = mesh_lib.mesh_from_config(config.mesh)
@@ -303,82 +289,49 @@ def train_segmenter(
         pipeline.labelled_indices(manifest, data.train_split, data.positive_fraction, data.seed)
     )
     steps_per_epoch = max(1, n_train // data.batch_size)
-    total_steps = (
-        int(config.optim.get("num_steps", 0)) or int(config.optim.epochs) * steps_per_epoch
-    )
-    finished = ckpt_lib.finished_summary(workdir, total_steps)
+    total_steps = int(config.optim.num_steps) or int(config.optim.epochs) * steps_per_epoch
+    finished = run.finished(total_steps)
     if finished is not None:  # a re-run of a finished run: nothing to do
         return finished
 
     model, encoder_params = build_model(config)
-    tx = build_optimizer(config.optim, total_steps)
+    tx = segment_optimizer(config.optim, total_steps)
     first = next(iter(pipeline.eval_dataset(manifest, data.train_split, data)))
     image_shape = tuple(first["image"].shape[1:3])
     state, abstract, _ = create_state(
         model, tx, init_key(config.seed), image_shape, mesh, encoder_params
     )
     train_data = pipeline.labelled_dataset(
-        manifest, data.train_split, data, augment=bool(data.get("augment", False))
+        manifest, data.train_split, data, augment=bool(data.augment)
     )
-    iterator = iter(train_data)
-    ckpt = ckpt_lib.Checkpointer(
-        workdir / ckpt_lib.CHECKPOINT_DIR, max_to_keep=int(config.checkpoint.keep)
-    )
-    state, data_state = ckpt_lib.restore_or_init(ckpt, abstract, lambda: state, workdir)
-    if data_state is not None:
-        iterator.set_state(data_state)
+    state, iterator = run.restore_or_init(abstract, lambda: state, iter(train_data))
     loss_json = json.dumps(config.loss.to_dict(), sort_keys=True)
-    step_fn = _step_program(model, tx, image_shape, mesh, loss_json)
+    jitted = _step_program(model, tx, image_shape, mesh, loss_json)
 
-    step = int(state.step)
-    log_every, ckpt_every = int(config.log_every), int(config.checkpoint.every_steps)
-    log = MetricsLog(
-        workdir,
-        total_steps,
-        steps_per_epoch=steps_per_epoch,
-        tensorboard=bool(config.get("tensorboard", False)),
+    def step_fn(state: SegState, batch: dict[str, Any]):
+        return jitted(state, mesh_lib.put_batch({k: batch[k] for k in ("image", "labels")}, mesh))
+
+    result = run.train(
+        state, iterator, step_fn, total_steps=total_steps, steps_per_epoch=steps_per_epoch
     )
-    status = "done"
-    try:
-        with Preemption() as preempt:
-            while step < total_steps:
-                batch = next(iterator)
-                batch = mesh_lib.put_batch({k: batch[k] for k in ("image", "labels")}, mesh)
-                state, metrics = step_fn(state, batch)
-                step += 1
-                log.add(step, metrics)  # checks the previous step's loss
-                done = step == total_steps
-                stop = preempt.should_stop(step)
-                if step % log_every == 0 or step % ckpt_every == 0 or done or stop:
-                    log.flush(write=True)
-                if step % ckpt_every == 0 or done or stop:
-                    ckpt.save(step, state, iterator.get_state(), config_dict)
-                if stop and not done:
-                    status = "preempted"
-                    logging.warning("SIGTERM: checkpoint written at step %d, exiting", step)
-                    break
-    finally:
-        ckpt.close()
-        log.close()
-
-    result = None
-    if status == "done":
+    state = result.state
+    evaluation = None
+    if result.status == "done":
         eval_data = config.data.copy_and_resolve_references()
         eval_data.batch_size = int(config.eval.batch_size)
-        result = evaluate(model, state.params, manifest, config.eval.split, eval_data, mesh)
-    summary = {
-        "step": step,
-        "total_steps": total_steps,
-        "steps_per_epoch": steps_per_epoch,
-        "model": str(config.model.name),
-        "input_shape": [int(v) for v in image_shape],  # the slice size it learnt at
-        "status": status,
-        "metrics": log.last,
-        "first_loss": log.first_loss,
-        "eval_split": str(config.eval.split),
-        "eval": result,
-        "params_checksum": ckpt_lib.params_checksum(state.params),
-        "wall_s": time.perf_counter() - t_start,
-    }
-    write_json(workdir / "summary.json", summary)
-    return summary
+        evaluation = evaluate(model, state.params, manifest, config.eval.split, eval_data, mesh)
+    return run.write_summary(
+        {
+            "step": result.step,
+            "total_steps": total_steps,
+            "steps_per_epoch": steps_per_epoch,
+            "model": str(config.model.name),
+            "input_shape": [int(v) for v in image_shape],  # the slice size it learnt at
+            "status": result.status,
+            "metrics": result.log.last,
+            "first_loss": result.log.first_loss,
+            "eval_split": str(config.eval.split),
+            "eval": evaluation,
+            "params_checksum": ckpt_lib.params_checksum(state.params),
+        }
+    )

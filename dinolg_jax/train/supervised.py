@@ -22,23 +22,25 @@ Training (deterministic for a config and seed):
   ``optim.warmup_steps`` of linear warmup then cosine decay to 0 over ``optim.num_steps``,
   gradients clipped to global norm ``optim.clip_norm``.
 
-Not checkpointed mid-run (minutes at the CPU size): a run killed before its summary
-restarts from step 0 and, being deterministic, ends at the same bytes.
+Checkpoints, resume, SIGTERM and the non-finite stop are ``runtime.run.TrainingRun``'s
+(``checkpoint``, ``log_every``, ``tensorboard``): a run killed mid-way resumes from its
+last checkpoint, the data stream included, and ends at the same bytes.
 
 Outputs under the workdir: ``encoder/`` (``runtime.checkpoint.save_encoder``: the
 trained backbone, the init's model config), ``config.json``, ``metrics.jsonl``
-(``runtime.loop.MetricsLog``) and ``summary.json`` (``step``, ``status``, ``metrics``,
-``first_loss``, ``val_roc_auc`` of the encoder with its own head on ``data.val_split``,
-``params_checksum``, ``wall_s``).
+(``runtime.metrics_log.MetricsLog``), ``checkpoints/`` and ``summary.json`` (``step``,
+``status``, ``metrics``, ``first_loss``, ``val_roc_auc`` of the encoder with its own head
+on ``data.val_split``, ``params_checksum``, ``wall_s``).
 """
 
 from __future__ import annotations
 
 import functools
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -51,7 +53,7 @@ from dinolg_jax.eval import metrics as metrics_lib
 from dinolg_jax.models.vit import ViT
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
-from dinolg_jax.runtime.loop import MetricsLog, write_json
+from dinolg_jax.runtime import run as run_lib
 
 
 def slice_logits(vit: ViT, params: Any, images: jax.Array, pooling: str) -> jax.Array:
@@ -75,7 +77,17 @@ def bce_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32)))
 
 
-def build_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
+@flax.struct.dataclass
+class CeilingState:
+    """The ceiling's train state: ``step`` int32 [], ``params`` ``{"encoder", "head"}``
+    (see :func:`slice_logits`), ``opt_state`` (optax)."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def ceiling_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """Global-norm clipping, then AdamW on a warmup + cosine schedule (module docstring)."""
     steps, warmup = int(optim.num_steps), int(optim.warmup_steps)
     if steps < 1 or not 0 <= warmup < steps:
@@ -89,27 +101,36 @@ def build_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransform
     )
 
 
+def make_train_step(
+    vit: ViT, tx: optax.GradientTransformation, pooling: str
+) -> Callable[[CeilingState, dict[str, jax.Array]], tuple[CeilingState, dict[str, jax.Array]]]:
+    """The pure step: ``(state, {"image" [B, H, W, 1], "labels" [B] bool}) -> (state,
+    metrics)``; metrics ``loss`` (BCE), ``accuracy``, ``grad_norm``."""
+
+    def step(state: CeilingState, batch: dict[str, jax.Array]):
+        def loss_fn(p):
+            logits = slice_logits(vit, p, batch["image"], pooling)
+            return bce_loss(logits, batch["labels"]), logits
+
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        accuracy = jnp.mean((logits > 0) == batch["labels"])
+        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
+        params = optax.apply_updates(state.params, updates)
+        return CeilingState(state.step + 1, params, opt_state), metrics
+
+    return step
+
+
 @functools.lru_cache(maxsize=4)
 def _step_program(vit: ViT, tx: Any, mesh: jax.sharding.Mesh, pooling: str):
-    """Jitted ``(params, opt_state, images, labels) -> (params, opt_state, metrics)``."""
-
-    def step(params, opt_state, images, labels):
-        def loss_fn(p):
-            logits = slice_logits(vit, p, images, pooling)
-            return bce_loss(logits, labels), logits
-
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        accuracy = jnp.mean((logits > 0) == labels)
-        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
-        return optax.apply_updates(params, updates), opt_state, metrics
-
-    rep, batch = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
-    return jax.jit(
-        step,
-        in_shardings=(rep, rep, batch, batch),
-        out_shardings=(rep, rep, rep),
-        donate_argnums=(0, 1),
+    """The jitted step, state replicated and donated, the batch split over the mesh."""
+    batch = mesh_lib.batch_sharding(mesh)
+    return run_lib.jit_step(
+        make_train_step(vit, tx, pooling),
+        mesh,
+        mesh_lib.replicated(mesh),
+        {"image": batch, "labels": batch},
     )
 
 
@@ -153,79 +174,90 @@ def train_supervised(config: ml_collections.ConfigDict, workdir: str | Path) -> 
         ``*_delta`` / ``noise_std``, ``seed``, ``shuffle``, loader settings;
         ``global_size``: the size ``attn_calcium_ratio`` is measured at), ``features``
         (``pooling``, ``n_last_blocks``), ``optim`` (``num_steps``, ``warmup_steps``,
-        ``lr``, ``weight_decay``, ``clip_norm``), ``mesh``, ``log_every``.
-      workdir: output folder (created).
+        ``lr``, ``weight_decay``, ``clip_norm``), ``mesh``, ``log_every``, ``tensorboard``,
+        ``checkpoint`` (``every_steps``, ``keep``, ``async_save``).
+      workdir: output folder (created); an existing run there is resumed.
 
     Returns:
-      The summary also written to ``workdir/summary.json``.
+      The summary also written to ``workdir/summary.json``; ``status`` "preempted" (no
+      export, no ``val_roc_auc``) after a SIGTERM.
 
     Raises:
       ValueError: a batch that does not split over the devices, a bad schedule, or a split
         without calcified slices.
-      runtime.loop.NonFiniteLossError: the loss became NaN/inf.
+      runtime.metrics_log.NonFiniteLossError: the loss became NaN/inf.
     """
-    t0 = time.perf_counter()
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_json(workdir / "config.json", config.to_dict())
+    run = run_lib.TrainingRun(workdir, config)
     mesh = mesh_lib.mesh_from_config(config.mesh)
     data = config.data
     if int(data.batch_size) % mesh.devices.size:
         raise ValueError(f"batch {data.batch_size} does not split over {mesh.devices.size} devices")
+    total = int(config.optim.num_steps)
+    finished = run.finished(total)
+    if finished is not None:  # a re-run of a finished run: nothing to do
+        return finished
     encoder, model_config = ckpt_lib.load_encoder(config.init_encoder)
     vit = features_lib.encoder_model(model_config, int(config.features.n_last_blocks))
     pooling = str(config.features.pooling)
-    tx = build_optimizer(config.optim)
-    total = int(config.optim.num_steps)
+    tx = ceiling_optimizer(config.optim)
     train = pipeline.labelled_dataset(
         data.manifest, data.train_split, data, augment=bool(data.augment)
     )
-    iterator = iter(train)
-    first = next(iterator)
+    first = next(iter(train))
     width = features_lib.pooled_and_tokens(
         vit, encoder, jnp.asarray(first["image"][:1]), 1, pooling
     )[0].shape[-1]
-    params = {
-        "encoder": encoder,
-        "head": {"kernel": np.zeros((width,), np.float32), "bias": np.zeros((), np.float32)},
-    }
-    params = jax.device_put(params, mesh_lib.replicated(mesh))
-    opt_state = jax.jit(tx.init, out_shardings=mesh_lib.replicated(mesh))(params)
-    step_fn = _step_program(vit, tx, mesh, pooling)
+    rep = mesh_lib.replicated(mesh)
+
+    def init_state() -> CeilingState:
+        params = {
+            "encoder": encoder,
+            "head": {"kernel": np.zeros((width,), np.float32), "bias": np.zeros((), np.float32)},
+        }
+        params = jax.device_put(params, rep)
+        opt_state = jax.jit(tx.init, out_shardings=rep)(params)
+        return CeilingState(jax.device_put(jnp.zeros((), jnp.int32), rep), params, opt_state)
+
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
+        jax.eval_shape(init_state),
+    )
+    state, iterator = run.restore_or_init(abstract, init_state, iter(train))
+    jitted = _step_program(vit, tx, mesh, pooling)
+
+    def step_fn(state: CeilingState, batch: dict[str, Any]):
+        on_device = mesh_lib.put_batch(
+            {"image": batch["image"], "labels": batch["has_calcium"]}, mesh
+        )
+        return jitted(state, on_device)
+
     chosen = pipeline.labelled_indices(
         data.manifest, data.train_split, data.positive_fraction, data.seed
     )
-    (workdir / "metrics.jsonl").unlink(missing_ok=True)  # a restarted run starts at step 1
-    log = MetricsLog(workdir, total, steps_per_epoch=max(1, len(chosen) // int(data.batch_size)))
-    batch = first
-    try:
-        for step in range(1, total + 1):
-            on_device = mesh_lib.put_batch(
-                {"image": batch["image"], "labels": batch["has_calcium"]}, mesh
-            )
-            params, opt_state, metrics = step_fn(
-                params, opt_state, on_device["image"], on_device["labels"]
-            )
-            log.add(step, metrics)
-            if step % int(config.log_every) == 0 or step == total:
-                log.flush(write=True)
-            if step < total:
-                batch = next(iterator)
-    finally:
-        log.close()
-    val_split = str(data.get("val_split", "val"))
-    val_auc = head_roc_auc(vit, params, data.manifest, val_split, data, mesh, pooling)
-    ckpt_lib.save_encoder(workdir / ckpt_lib.ENCODER_DIR, params["encoder"], model_config)
-    summary = {
-        "step": total,
-        "total_steps": total,
-        "status": "done",
-        "metrics": log.last,
-        "first_loss": log.first_loss,
-        "val_split": val_split,
-        "val_roc_auc": val_auc,
-        "params_checksum": ckpt_lib.params_checksum(params),
-        "wall_s": time.perf_counter() - t0,
-    }
-    write_json(workdir / "summary.json", summary)
-    return summary
+    result = run.train(
+        state,
+        iterator,
+        step_fn,
+        total_steps=total,
+        steps_per_epoch=max(1, len(chosen) // int(data.batch_size)),
+    )
+    params = result.state.params
+    val_split = str(data.val_split)
+    val_auc = None
+    if result.status == "done":
+        val_auc = head_roc_auc(vit, params, data.manifest, val_split, data, mesh, pooling)
+        ckpt_lib.save_encoder(
+            run.workdir / ckpt_lib.ENCODER_DIR, params["encoder"], model_config, step=total
+        )
+    return run.write_summary(
+        {
+            "step": result.step,
+            "total_steps": total,
+            "status": result.status,
+            "metrics": result.log.last,
+            "first_loss": result.log.first_loss,
+            "val_split": val_split,
+            "val_roc_auc": val_auc,
+            "params_checksum": ckpt_lib.params_checksum(params),
+        }
+    )

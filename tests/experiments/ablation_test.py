@@ -22,7 +22,7 @@ import ml_collections
 import pytest
 
 from dinolg_jax.experiments import ablation, stages
-from dinolg_jax.runtime.loop import write_json
+from dinolg_jax.runtime.json_file import write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "ablate.py"
@@ -200,11 +200,11 @@ def test_stage_refuses_a_workdir_of_another_config_and_skips_a_finished_one(tmp_
     stages.check_config(tmp_path, ml_collections.ConfigDict({"n": 1, "debug": {"x": 9}}))
     with pytest.raises(stages.StageConfigError, match=r"differs in \['n'\]"):
         stages.check_config(tmp_path, ml_collections.ConfigDict({"n": 2, "debug": {"x": 0}}))
-    assert stages.finished_summary(tmp_path) is None
+    assert stages.done_summary(tmp_path) is None
     write_json(tmp_path / "summary.json", {"status": "preempted", "step": 3})
-    assert stages.finished_summary(tmp_path) is None
+    assert stages.done_summary(tmp_path) is None
     write_json(tmp_path / "summary.json", {"status": "done", "step": 4})
-    assert stages.finished_summary(tmp_path) == {"status": "done", "step": 4}
+    assert stages.done_summary(tmp_path) == {"status": "done", "step": 4}
 
 
 def test_headroom_is_the_mean_paired_ceiling_minus_floor_and_warns_below_0_05():

@@ -15,6 +15,7 @@ from dinolg_jax.eval import segment_eval
 from dinolg_jax.models.unet import UNet
 from dinolg_jax.phantom.synthetic_records import write_dataset
 from dinolg_jax.runtime import mesh as mesh_lib
+from dinolg_jax.runtime.run import jit_step
 from dinolg_jax.train import segment
 
 
@@ -99,9 +100,15 @@ def test_few_steps_lower_the_loss():
         {"class_weights": (1.0, 10.0, 10.0, 10.0, 10.0), "ce_weight": 1.0, "dice_weight": 1.0,
          "smooth": 1.0}
     )  # fmt: skip
-    tx = segment.build_optimizer(ml_collections.ConfigDict({"lr": 3e-2}), total_steps=12)
+    tx = segment.segment_optimizer(ml_collections.ConfigDict({"lr": 3e-2}), total_steps=12)
     state, _, shardings = segment.create_state(model, tx, segment.init_key(0), (16, 16), mesh)
-    step_fn = segment.make_train_step(model, tx, mesh, shardings, loss_cfg)
+    batch_sh = mesh_lib.batch_sharding(mesh)
+    step_fn = jit_step(
+        segment.make_train_step(model, loss_cfg, tx),
+        mesh,
+        shardings,
+        {"image": batch_sh, "labels": batch_sh},
+    )
     images, labels = _phantom_batch(8, 16, seed=1)
     batch = {
         "image": mesh_lib.global_batch_from_numpy(images, mesh),
@@ -167,14 +174,14 @@ def test_train_segmenter_resumes_exactly_and_evaluates(tmp_path):
 
 
 def test_sigterm_checkpoints_and_stops_then_the_rerun_resumes(tmp_path, monkeypatch):
-    from dinolg_jax.runtime import loop
+    from dinolg_jax.runtime import run as run_lib
 
     manifest = write_dataset(tmp_path / "data", size=32, studies=2, slices_per_study=6)
     work = tmp_path / "run"
     config = _smoke_config(manifest, 4)
     config.checkpoint.every_steps = 100
     with monkeypatch.context() as m:
-        m.setattr(loop.Preemption, "should_stop", lambda self, step: step == 3)
+        m.setattr(run_lib.Preemption, "should_stop", lambda self, step: step == 3)
         stopped = segment.train_segmenter(config, work)
     assert (stopped["status"], stopped["step"], stopped["eval"]) == ("preempted", 3, None)
     assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["3"]
@@ -188,7 +195,7 @@ def test_smoke_config_phantom_has_val_and_test(tmp_path):
     # Without a manifest the smoke run makes its own phantom; it must have a test split
     # to evaluate on (the 6-patient phantom had none and failed after ~95 s of training).
     from dinolg_jax.data import manifest as manifest_lib
-    from dinolg_jax.phantom.training_data import prepare_manifest
+    from dinolg_jax.data.run_manifest import prepare_manifest
 
     c = _smoke_config("", 1)
     c.data.manifest = ""

@@ -37,12 +37,13 @@ def test_a_schedule_without_steps_after_warmup_is_refused():
         {"num_steps": 10, "warmup_steps": 10, "lr": 1e-3, "weight_decay": 0.0, "clip_norm": 1}
     )
     with pytest.raises(ValueError, match="warmup_steps < num_steps"):
-        supervised.build_optimizer(optim)
+        supervised.ceiling_optimizer(optim)
 
 
 def _config(manifest, init):
     data = ml_collections.ConfigDict(
-        {"manifest": str(manifest), "train_split": "train", "hu_window": (-1000.0, 1000.0),
+        {"manifest": str(manifest), "train_split": "train", "val_split": "val",
+         "hu_window": (-1000.0, 1000.0),
          "eval_size": 0, "batch_size": 8, "positive_fraction": 0.5, "augment": True,
          "hflip_prob": 0.5, "vflip_prob": 0.5, "brightness_prob": 0.5,
          "brightness_delta": 0.05, "noise_prob": 0.5, "noise_std": 0.01, "seed": 0,
@@ -54,7 +55,8 @@ def _config(manifest, init):
          "features": {"pooling": "max", "n_last_blocks": 1},
          "optim": {"num_steps": 40, "warmup_steps": 4, "lr": 3e-3, "weight_decay": 0.0,
                    "clip_norm": 1.0},
-         "mesh": {"data": -1, "fsdp": 1}, "log_every": 10}
+         "mesh": {"data": -1, "fsdp": 1}, "log_every": 10, "tensorboard": False,
+         "checkpoint": {"every_steps": 20, "keep": 2, "async_save": False}}
     )  # fmt: skip
 
 
@@ -97,3 +99,31 @@ def test_the_ceiling_learns_separable_slices_and_is_deterministic(tmp_path):
     again = supervised.train_supervised(_config(manifest, tmp_path / "init"), tmp_path / "b")
     assert again["params_checksum"] == out["params_checksum"]
     assert again["metrics"]["loss"] == out["metrics"]["loss"]
+
+
+def test_a_preempted_ceiling_resumes_to_the_bytes_of_an_uninterrupted_run(tmp_path, monkeypatch):
+    from dinolg_jax.runtime import run as run_lib
+
+    manifest = synthetic_records.write_dataset(tmp_path / "records", size=32, studies=4)
+    vit = ViT(variant="mu/8")
+    init = vit.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 1), np.float32))["params"]
+    ckpt_lib.save_encoder(tmp_path / "init", init, {"variant": "mu/8", "dtype": "float32"})
+    config = _config(manifest, tmp_path / "init")
+    config.optim.num_steps = 12
+    config.checkpoint.every_steps = 100
+    whole = supervised.train_supervised(config, tmp_path / "whole")
+    with monkeypatch.context() as m:
+        m.setattr(run_lib.Preemption, "should_stop", lambda self, step: step == 5)
+        stopped = supervised.train_supervised(config, tmp_path / "cut")
+    assert (stopped["status"], stopped["step"], stopped["val_roc_auc"]) == ("preempted", 5, None)
+    assert not (tmp_path / "cut" / "encoder").exists()
+    assert sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir()) == ["5"]
+    done = supervised.train_supervised(config, tmp_path / "cut")
+    assert (done["status"], done["step"]) == ("done", 12)
+    assert done["params_checksum"] == whole["params_checksum"]
+    assert done["val_roc_auc"] == whole["val_roc_auc"]
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [5, 10, 12]
+    # a finished run returns its summary at once, without a step or a new line
+    assert supervised.train_supervised(config, tmp_path / "cut") == done
+    assert (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines() == lines

@@ -37,7 +37,7 @@ from dinolg_jax.inference import nifti, prefetch
 from dinolg_jax.inference import seg as seg_lib
 from dinolg_jax.inference.sources import StudyTask
 from dinolg_jax.inference.system import MODES, CacPipeline, StudyResult
-from dinolg_jax.runtime.loop import write_json
+from dinolg_jax.runtime.json_file import write_json
 from dinolg_jax.scoring.agatston import CONVENTION_OPTIONS, VESSELS
 
 _TRUTH = [f"true_{k}" for k in (*VESSELS, "total", "paper4", "standard5", "cac_drs")]

@@ -14,7 +14,7 @@ from fake_ct import make_ct
 
 from configs import common
 from dinolg_jax.data.volume import CTVolume, Geometry
-from dinolg_jax.inference import nifti, run, sources, system
+from dinolg_jax.inference import batch, nifti, sources, system
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.scoring.agatston import agatston
 
@@ -178,7 +178,7 @@ def test_corrupt_study_gets_error_row_and_others_complete(tmp_path: Path, mesh8)
     tasks = sources.dicom_tasks(root)
     assert [t.study_id for t in tasks] == ["a", "b", "c"]
     out = tmp_path / "out"
-    summary = run.run_inference(
+    summary = batch.run_inference(
         build(mesh8),
         tasks,
         out,
@@ -270,7 +270,7 @@ def seg_workdir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("seg")
     (workdir / "config.json").write_text(json.dumps(config.to_dict(), default=str))
     model, _ = segment.build_model(config)
-    tx = segment.build_optimizer(config.optim, 10)
+    tx = segment.segment_optimizer(config.optim, 10)
 
     # Host arrays from the init's shapes (nothing compiled): a quick, realistic save.
     rng = np.random.default_rng(0)
@@ -372,7 +372,7 @@ def test_manifest_source_and_infer_from_config(tmp_path: Path, seg_workdir) -> N
     config.out_dir = str(tmp_path / "out")
     config.mode = "unet_only"
     config.note = "Demo-size run."
-    summary = run.infer_from_config(config)
+    summary = batch.infer_from_config(config)
     m = summary["modes"]["unet_only"]
     assert (m["studies"], m["ok"], m["slices"], m["segmented_slices"]) == (3, 3, 15, 15)
     text = Path(summary["report"]).read_text()
@@ -619,7 +619,7 @@ def test_release_source_truth_matches_phantom_and_no_phi(tmp_path: Path, mesh8) 
     tasks = sources.release_tasks(rel, "gated")
     assert [t.study_id for t in tasks] == ["gated-0000", "gated-0001"]  # pid 2: XML only
     out = tmp_path / "out"
-    run.run_inference(build(mesh8), tasks, out, modes=("unet_only",), source_roots=[rel])
+    batch.run_inference(build(mesh8), tasks, out, modes=("unet_only",), source_roots=[rel])
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     for row, pid in zip(rows, ("0", "1"), strict=True):
@@ -630,7 +630,7 @@ def test_release_source_truth_matches_phantom_and_no_phi(tmp_path: Path, mesh8) 
     ng_tasks = sources.release_tasks(rel, "nongated")
     assert [t.study_id for t in ng_tasks] == ["nongated-0"]
     out_ng = tmp_path / "out_ng"
-    summary = run.run_inference(build(mesh8), ng_tasks, out_ng, modes=("unet_only",))
+    summary = batch.run_inference(build(mesh8), ng_tasks, out_ng, modes=("unet_only",))
     pred = {r.study_id: {**r.summary["per_vessel"], "total": r.summary["total"]}
             for r in summary["results"]["unet_only"]}  # fmt: skip
     ev = report.evaluate_nongated(pred, coca.load_nongated_scores(rel))
@@ -652,24 +652,24 @@ def test_scores_and_patient_rows_from_results_equal_results_csv(tmp_path: Path, 
         sources.StudyTask("b", fail),
         sources.StudyTask("c", lambda: make_study("c")),
     ]
-    summary = run.run_inference(build(mesh8), tasks, tmp_path, modes=("gated", "unet_only"))
+    summary = batch.run_inference(build(mesh8), tasks, tmp_path, modes=("gated", "unet_only"))
     results = summary["results"]
     with (tmp_path / "results.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     keys = (*VESSELS, "total")
-    truth, preds = run.scores_from_results(results)
+    truth, preds = batch.scores_from_results(results)
     ok = [r for r in rows if r["status"] == "ok"]
     assert truth == {r["study"]: {k: float(r[f"true_{k}"]) for k in keys} for r in ok}
     for mode in ("gated", "unet_only"):
         expected = {r["study"]: {k: float(r[k]) for k in keys} for r in ok if r["mode"] == mode}
         assert preds[mode] == expected and set(expected) == {"a", "c"}
-    assert run.convention(results) == {
+    assert batch.convention(results) == {
         "threshold_hu": 130.0,
         "connectivity": 4,
         "min_area_mm2": 1.0,
         "thickness_normalisation": True,
     }
-    assert run.convention({"gated": [system.StudyResult("b", "gated")]}) is None
+    assert batch.convention({"gated": [system.StudyResult("b", "gated")]}) is None
     patients = stages.patient_rows(results)
     assert [(p["study"], p["mode"]) for p in patients] == [(r["study"], r["mode"]) for r in rows]
     for p, r in zip(patients, rows, strict=True):

@@ -1,22 +1,15 @@
-"""What every training loop does around its step, and the one atomic JSON writer.
+"""A training run's metrics: ``metrics.jsonl``, TensorBoard scalars, the non-finite stop.
 
-The three trainers (``train/pretrain.py``, ``train/segment.py``, ``eval/probe.py``) and
-the stages (``experiments/stages.py``, ``inference/run.py``) share these:
+:class:`MetricsLog` buffers each step's device metrics, checks every step's loss one
+step behind the dispatch (step k's loss is read once step k + 1 is queued, so the device
+never waits for the host), and writes one JSON line per logged step to ``metrics.jsonl``
+(and TensorBoard scalars when asked) from process 0::
 
-- :class:`MetricsLog`: buffers each step's device metrics, checks every step's loss one
-  step behind the dispatch (step k's loss is read once step k + 1 is queued, so the
-  device never waits for the host), and writes one JSON line per logged step to
-  ``metrics.jsonl`` (and TensorBoard scalars when asked) from process 0::
+    {"step", "epoch", <the step's metrics>, "loss_window_mean" (mean loss since the
+     last line), <extra fields, e.g. the online eval>, "steps_per_s", "eta_s"}
 
-      {"step", "epoch", <the step's metrics>, "loss_window_mean" (mean loss since the
-       last line), <extra fields, e.g. the online eval>, "steps_per_s", "eta_s"}
-
-- :class:`NonFiniteLossError`: a NaN or infinite loss stops the run before anything
-  from that state is saved (the last good checkpoint stays as it was).
-- :class:`Preemption`: SIGTERM becomes a flag checked between steps (agreed across
-  processes through JAX's preemption sync point).
-- :func:`write_json`: JSON written atomically (a temp file in the same folder, then a
-  rename) by process 0; summaries, configs and per-study results all go through it.
+:class:`NonFiniteLossError`: a NaN or infinite loss stops the run before anything from
+that state is saved (the last good checkpoint stays as it was). ``runtime.run`` drives it.
 """
 
 from __future__ import annotations
@@ -24,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +24,6 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 
 from dinolg_jax.runtime.tensorboard import TensorBoardWriter
 
@@ -48,51 +39,6 @@ def raise_if_nonfinite(step: int, loss: Any) -> None:
         raise NonFiniteLossError(
             f"non-finite loss ({value}) at step {step}: stopping; this state is not saved"
         )
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Writes ``obj`` as JSON atomically from process 0 (temp file, then rename).
-
-    Sorted keys, one-space indent, a final newline; values JSON does not know (paths,
-    numpy scalars) are written as ``str``. Other processes write nothing.
-    """
-    if jax.process_index() != 0:
-        return
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
-
-
-class Preemption:
-    """Turns SIGTERM into a flag checked between steps (agreed across processes).
-
-    Use as a context manager around the loop; :meth:`should_stop` after each step.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self) -> Preemption:
-        if jax.process_count() == 1:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        del signum, frame
-        self.requested = True
-
-    def should_stop(self, step: int) -> bool:
-        """True when this run should checkpoint and stop after ``step``."""
-        if jax.process_count() > 1:
-            # JAX's preemption notifier (installed by jax.distributed) syncs all processes.
-            return multihost_utils.reached_preemption_sync_point(step)
-        return self.requested
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 class MetricsLog:
