@@ -39,6 +39,7 @@ from dinolg_jax.dino.schedules import DinoSchedules
 from dinolg_jax.models.heads import DINOHead
 from dinolg_jax.models.vit import ViT
 from dinolg_jax.runtime import mesh as mesh_lib
+from dinolg_jax.runtime.run import jit_step
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -289,19 +290,11 @@ def _jit_train_step(
     mesh: Mesh,
     state_shardings: TrainState,
 ) -> Callable[..., tuple[TrainState, Metrics]]:
-    """Jits the step with explicit shardings; the input state is donated.
-
-    Batch arrays are crops-major with the batch on dimension 1, split over every device.
-    The key, ``nan_at_step`` and the metrics are replicated.
-    """
+    """Jits the step (``runtime.run.jit_step``): the state donated, crops-major batch
+    arrays split over every device on dimension 1, the key and ``nan_at_step``
+    replicated."""
     crops = mesh_lib.batch_sharding(mesh, batch_dim=1)
-    rep = mesh_lib.replicated(mesh)
-    return jax.jit(
-        step_fn,
-        in_shardings=(state_shardings, {"global": crops, "local": crops}, rep, rep),
-        out_shardings=(state_shardings, rep),
-        donate_argnums=(0,),
-    )
+    return jit_step(step_fn, mesh, state_shardings, {"global": crops, "local": crops}, 2)
 
 
 def _build_models(config: ml_collections.ConfigDict) -> tuple[ViT, DINOHead]:
