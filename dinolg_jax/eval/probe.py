@@ -39,10 +39,10 @@ import optax
 import orbax.checkpoint as ocp
 
 from dinolg_jax.data import manifest as manifest_lib
+from dinolg_jax.data import run_manifest
 from dinolg_jax.eval import features as features_lib
 from dinolg_jax.eval import metrics as metrics_lib
 from dinolg_jax.models.probes import PROBE_INPUTS, build_probe
-from dinolg_jax.data import run_manifest
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.runtime.json_file import write_json

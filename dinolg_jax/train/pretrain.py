@@ -48,10 +48,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from dinolg_jax.data import run_manifest
 from dinolg_jax.dino import step as step_lib
 from dinolg_jax.eval import health as health_lib
 from dinolg_jax.eval import online_eval as online_eval_lib
-from dinolg_jax.data import run_manifest
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.runtime.json_file import write_json

@@ -49,10 +49,9 @@ import ml_collections
 import optax
 
 from dinolg_jax.data import manifest as manifest_lib
-from dinolg_jax.data import pipeline
+from dinolg_jax.data import pipeline, run_manifest
 from dinolg_jax.eval.segment_eval import evaluate
 from dinolg_jax.models.segmenters import build_segmenter
-from dinolg_jax.data import run_manifest
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.runtime import run as run_lib
