@@ -70,9 +70,8 @@ SPLITS = manifest.SPLITS
 CATEGORIES = convert_report.CATEGORIES
 VAL_FRACTION = 0.1
 TEST_FRACTION = 0.1
-# One record per chunk (O(1) random access), stored uncompressed: a 512x512 slice record
-# reads in ~0.7 ms uncompressed vs ~1.7 ms with zstd:1 and ~3.2 ms with the default codec
-# (measured here), and reading is the pretraining pipeline's hot path; disk costs 2x.
+# One record per chunk (O(1) random access), stored uncompressed: reading is the
+# pretraining pipeline's hot path (docs/measurements.md#record-codec); disk costs 2x.
 WRITER_OPTIONS = "group_size:1,uncompressed"
 _LEN = struct.Struct("<I")
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)

@@ -18,8 +18,8 @@ name            input feature                    model
 Both return one logit per slice, float32 [B]; ``sigmoid(logit)`` is the score thresholded
 for the gate. Both first standardise their input per feature (:class:`Standardize`): frozen
 DINO features vary between slices by a few per cent of their size, and an unscaled probe
-trained with Adam for a few hundred steps barely moves from chance (measured on the
-phantom ablation's cached features: test ROC-AUC 0.47-0.56 raw vs 0.87 standardised).
+trained with Adam for a few hundred steps barely moves from chance
+(docs/measurements.md#probe-input-standardisation).
 The statistics are set from the training split by ``eval/probe.py`` and live in the
 param tree (``standardize/mean``, ``standardize/inv_std``), never trained, so a saved
 probe carries them to inference. ``PROBE_INPUTS`` names the feature each probe consumes (see

@@ -14,8 +14,8 @@ predicted where there is none. Averaging over present classes only matters: with
 smoothing, an absent class scores Dice ~1 by predicting nothing, and averaging it in
 rewards an all-background net with a Dice loss of ~0.5 on typical batches. Focal loss is
 not used. The models' heads start at p(background) = ``background_prior`` (0.999), and
-the arteries' CE weight defaults to 100 (background 1): on the smoke phantom, weights of
-10 left the argmax all-background after 200 steps (Dice 0), 100 gave LAD Dice ~0.45.
+the arteries' CE weight defaults to 100 (background 1): 10 leaves the argmax
+all-background (docs/measurements.md#segmentation-class-weights).
 
 Training data: ``data.pipeline.labelled_dataset`` over the train split, i.e. every slice
 with calcium plus slices without so that ``config.data.positive_fraction`` of the set has
@@ -24,8 +24,8 @@ label-preserving augmentation. The global batch is split over every device of th
 (data parallel); the state is replicated (or FSDP-sharded by the mesh rule) and donated.
 Checkpoints (:class:`dinolg_jax.runtime.checkpoint.Checkpointer`): the state, the Grain
 iterator state and the config, by step; a re-run in the same workdir resumes exactly.
-The loop's metrics log, lagged non-finite check and SIGTERM handling are
-``runtime.loop``'s, as in pretraining.
+The loop, its metrics log, lagged non-finite check and SIGTERM handling are
+``runtime.run.TrainingRun``'s, as in pretraining.
 
 Evaluation (:func:`evaluate`): per-artery IoU and Dice from pixel counts pooled over the
 whole test split (``data.pipeline.eval_dataset``, every slice in order), once over all
