@@ -23,8 +23,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.no_arguments(argv)
     from dinolg_jax.experiments import ablation, stages  # after flags: they touch devices
 
     try:

@@ -59,8 +59,7 @@ def _slices(manifest: Path, split: str, n: int) -> list[dict]:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.no_arguments(argv)
     workdir = workdirs.require(_WORKDIR.value, "pretrain", "--workdir")
     params, model_config = load_encoder(workdir)
     config = json.loads((workdir / "config.json").read_text())

@@ -30,6 +30,7 @@ from ml_collections import config_flags
 from dinolg_jax.dino import step as step_lib
 from dinolg_jax.models.vit import decode_variant
 from dinolg_jax.phantom.synthetic_crops import synthetic_batch
+from dinolg_jax.runtime import cli
 from dinolg_jax.runtime import mesh as mesh_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Pretraining config file.")
@@ -61,8 +62,7 @@ def step_flops_per_image(config) -> tuple[float, float]:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.no_arguments(argv)
     config = _CONFIG.value
     mesh = mesh_lib.mesh_from_config(config.mesh)
     trainer = step_lib.make_trainer(config, mesh, steps_per_epoch=1000)

@@ -32,8 +32,7 @@ _UNRELIABLE = flags.DEFINE_enum(
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.no_arguments(argv)
     cli.require_dir(_RELEASE.value, "--release", "the COCA release root (Gated_release_final/ ...)")
     from dinolg_jax.data import convert, convert_report
 

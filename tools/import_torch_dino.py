@@ -45,8 +45,7 @@ def load_state_dict(path: Path, allow_pickle: bool) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.no_arguments(argv)
     cli.require_file(_PTH.value, "--pth", "an official DINO checkpoint (.pth) or a .npz of it")
     sd = torch_import.backbone_state_dict(
         load_state_dict(Path(_PTH.value), _PICKLE.value), _WHICH.value

@@ -17,7 +17,7 @@ error count is printed.
 import json
 
 import tqdm
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from dinolg_jax.runtime import cli, workdirs
@@ -29,8 +29,7 @@ flags.mark_flags_as_required(["config"])
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.no_arguments(argv)
     workdirs.check_infer_config(_CONFIG.value)  # paths and modes, before any model loads
     _INIT_DISTRIBUTED()
     from dinolg_jax.inference import batch  # after distributed init: it touches devices

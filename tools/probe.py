@@ -13,25 +13,17 @@ retrains the probe. Prints the test confusion counts and scores; everything is i
 
 import json
 
-from absl import flags
-from ml_collections import config_flags
-
 from dinolg_jax.runtime import cli, workdirs
-from dinolg_jax.runtime import mesh as mesh_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Probe config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
-_INIT_DISTRIBUTED = mesh_lib.define_distributed_flags()
-flags.mark_flags_as_required(["config", "workdir"])
+_CONFIG, _WORKDIR, _INIT_DISTRIBUTED = cli.training_flags("Probe")
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.no_arguments(argv)
     workdirs.require(_CONFIG.value.encoder, "pretrain", "--config.encoder")
     workdirs.require_manifest(_CONFIG.value.data.manifest, "--config.data.manifest")
     _INIT_DISTRIBUTED()
-    from dinolg_jax.train import probe  # after distributed init: it touches devices
+    from dinolg_jax.eval import probe  # after distributed init: it touches devices
 
     summary = probe.run_probe(_CONFIG.value, _WORKDIR.value)
     keys = ("tp", "tn", "fp", "fn", "precision", "recall", "specificity", "f1", "roc_auc")

@@ -14,21 +14,13 @@ usage error (one ``error:`` line each).
 
 import json
 
-from absl import flags
-from ml_collections import config_flags
-
 from dinolg_jax.runtime import cli, workdirs
-from dinolg_jax.runtime import mesh as mesh_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Segmentation config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output (and resume) directory.")
-_INIT_DISTRIBUTED = mesh_lib.define_distributed_flags()
-flags.mark_flags_as_required(["config", "workdir"])
+_CONFIG, _WORKDIR, _INIT_DISTRIBUTED = cli.training_flags("Segmentation")
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise cli.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.no_arguments(argv)
     config = _CONFIG.value
     if config.model.name == "vit_unet":
         workdirs.require(config.encoder, "pretrain", "--config.encoder")

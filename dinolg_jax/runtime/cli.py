@@ -17,7 +17,8 @@
   also shows its traceback.
 
 Helpers for the checks a tool makes up front: `require_dir`, `require_file`,
-`require_choice`.
+`require_choice`, `no_arguments`; `training_flags` defines a training tool's
+``--config`` / ``--workdir`` (and the multi-process flags).
 """
 
 from __future__ import annotations
@@ -196,3 +197,29 @@ def require_choice(value: Any, choices: Iterable[Any], flag: str) -> Any:
     if value not in choices:
         raise UsageError(f"{flag}={value!r} is not one of {choices}")
     return value
+
+
+def no_arguments(argv: Sequence[str]) -> None:
+    """Raises `UsageError` when the command line has positional arguments after flags."""
+    if len(argv) > 1:
+        raise UsageError(f"unexpected arguments: {list(argv[1:])}")
+
+
+def training_flags(what: str) -> tuple[Any, Any, Callable[[], bool]]:
+    """Defines ``--config`` (an ml_collections config file, "<what> config file") and
+    ``--workdir`` (output and resume directory), both required, and the multi-process
+    flags (``runtime.mesh.define_distributed_flags``).
+
+    Returns:
+      ``(config flag, workdir flag, init_distributed)``: read ``.value`` of the flags in
+      ``main``; call ``init_distributed()`` before anything touches the devices.
+    """
+    from ml_collections import config_flags
+
+    from dinolg_jax.runtime import mesh as mesh_lib
+
+    config = config_flags.DEFINE_config_file("config", None, f"{what} config file.")
+    workdir = flags.DEFINE_string("workdir", None, "Output (and resume) directory.")
+    init_distributed = mesh_lib.define_distributed_flags()
+    flags.mark_flags_as_required(["config", "workdir"])
+    return config, workdir, init_distributed
