@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -204,13 +204,23 @@ def pretrain_encoder(
     from dinolg_jax.train import pretrain
 
     config = _with_manifest(config, manifest)
+    return _training_stage(workdir, config, pretrain.pretrain, "pretraining")
+
+
+def _training_stage(
+    workdir: str | os.PathLike,
+    config: ml_collections.ConfigDict,
+    train: Callable[[ml_collections.ConfigDict, str | os.PathLike], dict[str, Any]],
+    what: str,
+) -> dict[str, Any]:
+    """A training stage: the finished summary, or ``train(config, workdir)``'s.
+
+    Raises:
+      StageInterrupted: the run was preempted (its checkpoint is written).
+    """
     if (done := _begin(workdir, config, write=False)) is not None:
         return done
-    return _finished(pretrain.pretrain(config, workdir), "pretraining", workdir)
-
-
-def _finished(summary: dict[str, Any], what: str, workdir: Any) -> dict[str, Any]:
-    """A training stage's summary; raises StageInterrupted when the run was preempted."""
+    summary = train(config, workdir)
     if summary.get("status", "done") != "done":
         raise StageInterrupted(
             f"{what} in {workdir} stopped at step {summary['step']} "
@@ -238,14 +248,16 @@ def supervised_encoder(
     init_encoder: str | os.PathLike,
 ) -> dict[str, Any]:
     """The supervised ceiling (``train.supervised``): ``init_encoder`` trained on the slice
-    labels of the train split, exported to ``workdir/encoder`` like a pretrained encoder."""
+    labels of the train split, exported to ``workdir/encoder`` like a pretrained encoder.
+
+    Raises:
+      StageInterrupted: the run was preempted (its checkpoint is written).
+    """
     from dinolg_jax.train import supervised
 
     config = _with_manifest(config, manifest)
     config.init_encoder = str(Path(init_encoder).absolute())
-    if (done := _begin(workdir, config, write=False)) is not None:
-        return done
-    return supervised.train_supervised(config, workdir)
+    return _training_stage(workdir, config, supervised.train_supervised, "the ceiling")
 
 
 def measure_attention(
@@ -326,9 +338,7 @@ def train_segmenter(
     config = _with_manifest(config, manifest)
     if encoder is not None and str(config.model.name) == "vit_unet":
         config.encoder = str(Path(encoder).absolute())
-    if (done := _begin(workdir, config, write=False)) is not None:
-        return done
-    return _finished(segment.train_segmenter(config, workdir), "segmentation", workdir)
+    return _training_stage(workdir, config, segment.train_segmenter, "segmentation")
 
 
 def seeded(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
