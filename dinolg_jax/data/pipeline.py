@@ -240,7 +240,7 @@ def pretrain_dataset(
     index, count = _process(process_index, process_count)
     local = _local_batch(data.batch_size, count)
     op = MultiCrop.from_config(data, debug=debug)
-    chosen = pretrain_indices(m, split, float(data.get("pretrain_positive_fraction", 0.0)))
+    chosen = pretrain_indices(m, split, float(data.pretrain_positive_fraction))
     if chosen is None:
         ds = grain.MapDataset.source(_SOURCE(m.shard_paths(split))).seed(data.seed)
     else:
@@ -251,7 +251,7 @@ def pretrain_dataset(
     if chosen is not None:
         ds = ds.map(_ReadRecord(m.shard_paths(split)))
     ds = ds.map(DecodeRecord(MultiCrop.RECORD_FIELDS)).random_map(PlanCrops(op))
-    batch_fn = CropsMajorBatch(op, data.get("batch_dtype", "float32"))
+    batch_fn = CropsMajorBatch(op, data.batch_dtype)
     ds = ds.batch(local, drop_remainder=True, batch_fn=batch_fn)
     return _finish(ds[index::count], data)
 

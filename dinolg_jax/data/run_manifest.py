@@ -27,7 +27,7 @@ def prepare_manifest(config: ml_collections.ConfigDict, workdir: str | os.PathLi
     Raises:
       FileNotFoundError: the configured manifest does not exist.
     """
-    if config.data.get("manifest"):
+    if config.data.manifest:
         path = Path(config.data.manifest)
         if path.is_dir():
             path = path / "manifest.json"

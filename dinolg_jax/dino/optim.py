@@ -210,9 +210,9 @@ def build_optimizer(config: Any, schedules: DinoSchedules) -> optax.GradientTran
     Returns:
       The optimiser of :func:`optimizer_from_schedules`.
     """
-    clip = config.optim.get("clip_grad", 3.0)
+    clip = config.optim.clip_grad
     return optimizer_from_schedules(
         schedules,
         clip_norm=float(clip) if clip else None,
-        clip_mode=str(config.optim.get("clip_mode", "per_param")),
+        clip_mode=str(config.optim.clip_mode),
     )

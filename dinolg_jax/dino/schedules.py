@@ -195,19 +195,19 @@ class DinoSchedules:
     def from_config(cls, config: Any, steps_per_epoch: int) -> DinoSchedules:
         """Builds the schedules from a config.
 
-        Keys read (``ml_collections`` or any attribute tree): ``num_epochs``,
-        ``data.batch_size`` (the global batch, as in every pretraining config); optional,
-        official-DINO defaults otherwise:
-        ``optim.lr`` (per 256 images), ``optim.min_lr``, ``optim.warmup_epochs``,
-        ``optim.weight_decay``, ``optim.weight_decay_end``, ``optim.freeze_last_layer``,
-        ``dino.momentum_teacher``, ``dino.warmup_teacher_temp``, ``dino.teacher_temp``,
-        ``dino.warmup_teacher_temp_epochs``.
+        Keys read, every one required (``ml_collections`` or any attribute tree; the values
+        of ``configs/common.py:pretrain_config``): ``num_epochs``, ``data.batch_size`` (the
+        global batch), ``optim.lr`` (per 256 images), ``optim.min_lr``,
+        ``optim.warmup_epochs``, ``optim.weight_decay``, ``optim.weight_decay_end``,
+        ``optim.freeze_last_layer``, ``dino.momentum_teacher``, ``dino.warmup_teacher_temp``,
+        ``dino.teacher_temp``, ``dino.warmup_teacher_temp_epochs``.
+
+        Raises:
+          KeyError: a key is missing (naming it).
         """
-        kwargs = {
-            "epochs": _get(config, "num_epochs"),
-            "global_batch": _get(config, "data.batch_size"),
-        }
-        optional = {
+        keys = {
+            "epochs": "num_epochs",
+            "global_batch": "data.batch_size",
             "base_lr": "optim.lr",
             "min_lr": "optim.min_lr",
             "warmup_epochs": "optim.warmup_epochs",
@@ -219,10 +219,7 @@ class DinoSchedules:
             "teacher_temp": "dino.teacher_temp",
             "warmup_teacher_temp_epochs": "dino.warmup_teacher_temp_epochs",
         }
-        for arg, key in optional.items():
-            value = _get(config, key, required=False)
-            if value is not None:
-                kwargs[arg] = value
+        kwargs = {arg: _get(config, key) for arg, key in keys.items()}
         return cls.create(steps_per_epoch=steps_per_epoch, **kwargs)
 
     def values(self, step: int) -> dict[str, float]:
@@ -235,13 +232,11 @@ class DinoSchedules:
         }
 
 
-def _get(config: Any, dotted: str, required: bool = True) -> Any:
+def _get(config: Any, dotted: str) -> Any:
     node = config
     for part in dotted.split("."):
         try:
             node = node[part] if isinstance(node, dict) else getattr(node, part)
         except (AttributeError, KeyError):
-            if required:
-                raise KeyError(f"config has no {dotted!r} (needed by DinoSchedules)") from None
-            return None
+            raise KeyError(f"config has no {dotted!r} (needed by DinoSchedules)") from None
     return node

@@ -47,7 +47,12 @@ FIELDS = ("pooled", "tokens", "has_calcium", "index")
 
 
 def encoder_model(model_config: dict[str, Any], n_last_blocks: int, dtype: Any = None) -> ViT:
-    """The ViT of an encoder export (``load_encoder``'s config) returning the last n CLS."""
+    """The ViT of an encoder export (``load_encoder``'s config) returning the last n CLS.
+
+    ``model_config`` is an export's model_config.json, whose keys differ by writer (a
+    pretraining export has no ``ref_image_size``, an imported one no ``attention_impl`` or
+    ``pad_tokens_to``): a missing key takes the ViT's own default.
+    """
     return ViT(
         variant=model_config["variant"],
         dtype=jnp.dtype(dtype or model_config.get("dtype", "float32")),

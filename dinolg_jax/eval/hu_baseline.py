@@ -96,7 +96,7 @@ def hu_histogram_baseline(
         model, x_tr, y_tr,
         lr=float(optim.lr), epochs=int(optim.epochs), batch_size=int(optim.batch_size),
         pos_weight=probe_lib.resolve_pos_weight("balanced", y_tr), seed=int(seed),
-        weight_decay=float(optim.get("weight_decay", 0.0)),
+        weight_decay=float(optim.weight_decay),
     )  # fmt: skip
     out: dict[str, Any] = {"hu_edges": list(HU_EDGES)}
     for split in splits[1:]:

@@ -71,7 +71,7 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
 
 def mesh_from_config(mesh_config: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """Builds the mesh from ``config.mesh`` (fields ``data`` and ``fsdp``)."""
-    return make_mesh(int(mesh_config.get("data", -1)), int(mesh_config.get("fsdp", 1)), devices)
+    return make_mesh(int(mesh_config.data), int(mesh_config.fsdp), devices)
 
 
 def param_partition_spec(shape: Sequence[int], fsdp_size: int, min_size: int) -> PartitionSpec:

@@ -67,7 +67,7 @@ def _online_evaluator(
     state: step_lib.TrainState,
 ) -> tuple[online_eval_lib.OnlineEvaluator | None, dict[str, float]]:
     """The run's evaluator and its random init's scores (computed once, then read back)."""
-    if int(config.get("eval_every", 0)) <= 0:
+    if int(config.eval_every) <= 0:
         return None, {}
     try:
         evaluator = online_eval_lib.OnlineEvaluator(

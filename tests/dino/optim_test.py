@@ -172,9 +172,13 @@ def test_build_optimizer_from_config():
         {
             "num_epochs": 2.0,
             "data": {"batch_size": 128},
-            "optim": {"lr": 1e-3, "warmup_epochs": 0.0, "clip_grad": 0.0, "freeze_last_layer": 0.5},
+            "optim": {"lr": 1e-3, "warmup_epochs": 0.0, "clip_grad": 0.0, "freeze_last_layer": 0.5,
+                      "min_lr": 1e-6, "weight_decay": 0.04, "weight_decay_end": 0.4,
+                      "clip_mode": "per_param"},
+            "dino": {"momentum_teacher": 0.996, "warmup_teacher_temp": 0.04, "teacher_temp": 0.07,
+                     "warmup_teacher_temp_epochs": 30.0},
         }
-    )
+    )  # fmt: skip
     sched = DinoSchedules.from_config(config, steps_per_epoch=4)
     assert sched.freeze_last_layer_steps == 2 and sched.total_steps == 8
     tx = optim.build_optimizer(config, sched)

@@ -57,9 +57,13 @@ def test_dino_schedules_from_config():
     config.num_epochs = 4
     config.data = ml_collections.ConfigDict({"batch_size": 512})
     config.optim = ml_collections.ConfigDict(
-        {"lr": 5e-4, "min_lr": 1e-6, "warmup_epochs": 1, "freeze_last_layer": 1}
-    )
-    config.dino = ml_collections.ConfigDict({"warmup_teacher_temp_epochs": 2})
+        {"lr": 5e-4, "min_lr": 1e-6, "warmup_epochs": 1, "freeze_last_layer": 1,
+         "weight_decay": 0.04, "weight_decay_end": 0.4}
+    )  # fmt: skip
+    config.dino = ml_collections.ConfigDict(
+        {"warmup_teacher_temp_epochs": 2, "momentum_teacher": 0.996, "warmup_teacher_temp": 0.04,
+         "teacher_temp": 0.07}
+    )  # fmt: skip
     sched = DinoSchedules.from_config(config, steps_per_epoch=10)
     assert sched.total_steps == 40 and sched.freeze_last_layer_steps == 10
     first, warm, last = sched.values(0), sched.values(10), sched.values(39)

@@ -27,7 +27,9 @@ def test_baseline_separates_slices_whose_lesions_are_brighter_than_all_tissue(tm
     bright = (images >= 400).reshape(len(images), -1).any(1)
     np.testing.assert_array_equal(bright, y)
     np.testing.assert_allclose(x, hu_baseline.hu_histogram(images))
-    optim = ml_collections.ConfigDict({"lr": 0.05, "epochs": 20, "batch_size": 8})
+    optim = ml_collections.ConfigDict(
+        {"lr": 0.05, "epochs": 20, "batch_size": 8, "weight_decay": 0.0}
+    )
     out = hu_baseline.hu_histogram_baseline(manifest, optim, seed=0)
     assert out["test_roc_auc"] == 1.0 and out["val_roc_auc"] == 1.0
     assert (out["test_slices"], out["test_calcified"]) == (24, 8)
