@@ -101,6 +101,13 @@ def phantom_config() -> ml_collections.ConfigDict:
     return c
 
 
+def splits_config() -> ml_collections.ConfigDict:
+    """``config.splits``: the manifest split of each role, one layout for every trainer
+    (``eval.probe``, ``train.segment``, ``train.supervised``), which reads the roles it has:
+    ``train`` (fitted), ``val`` (threshold, model choice), ``test`` (reported)."""
+    return ml_collections.ConfigDict({"train": "train", "val": "val", "test": "test"})
+
+
 def pretrain_config() -> ml_collections.ConfigDict:
     """The DINO recipe shared by every pretraining config (official ``main_dino.py`` values).
 
@@ -217,9 +224,7 @@ def probe_config(probe: str = "linear") -> ml_collections.ConfigDict:
     c.patch_probe.batch_size = 1024
     c.eval = ml_collections.ConfigDict()
     c.eval.target_recall = 0.95  # the threshold: the largest with this recall on val
-    c.eval.train_split = "train"
-    c.eval.val_split = "val"
-    c.eval.test_split = "test"
+    c.splits = splits_config()  # features of all three; threshold on val, metrics on test
     c.mesh = mesh_config()
     c.phantom = phantom_config()
     return c
@@ -244,7 +249,6 @@ def segment_config(model: str = "unet") -> ml_collections.ConfigDict:
     c.data.seed = c.get_ref("seed")
     c.data.batch_size = 64  # global batch (Table 4)
     c.data.eval_size = 0  # keep the record size (512 for COCA)
-    c.data.train_split = "train"
     c.data.positive_fraction = 0.5  # share of training slices with calcium
     c.data.augment = False  # flips would swap left/right anatomy; off by default
     c.data.hflip_prob = 0.0
@@ -268,8 +272,8 @@ def segment_config(model: str = "unet") -> ml_collections.ConfigDict:
     c.optim.weight_decay = 0.0
     c.optim.grad_clip = 0.0  # 0: no clipping
     c.eval = ml_collections.ConfigDict()
-    c.eval.split = "test"
     c.eval.batch_size = 64
+    c.splits = splits_config()  # trained on train, evaluated on test (val unused)
     c.mesh = mesh_config()
     c.checkpoint = checkpoint_config(every_steps=500)
     c.phantom = phantom_config()

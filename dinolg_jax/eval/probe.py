@@ -290,7 +290,7 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
     cache = Path(f.cache_dir) if f.cache_dir else workdir / "features"
     feats = {
         s: features_lib.extract_features(
-            vit, enc_params, manifest, config.eval[f"{s}_split"], config.data, mesh,
+            vit, enc_params, manifest, config.splits[s], config.data, mesh,
             token_pool=int(f.token_pool), pooling=str(f.get("pooling", "cls_mean")),
             cache_dir=cache, encoder_checksum=enc_sum,
         )
@@ -327,7 +327,7 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
         "eval_size": int(config.data.eval_size),
         # The slice side features were extracted at: inference resizes every slice to it.
         "input_size": int(config.data.eval_size)
-        or manifest_lib.load(manifest).slice_shape(config.eval.train_split)[0],
+        or manifest_lib.load(manifest).slice_shape(config.splits.train)[0],
         "threshold": threshold,
         "target_recall": target,
         "encoder_checksum": enc_sum,
@@ -371,7 +371,5 @@ def _dense_probe(
         manifest = manifest_lib.load(manifest)
     side = decode_variant(enc_cfg["variant"]).patch * int(config.features.token_pool)
     grid = (int(input_size) // side, int(input_size) // side)
-    cells = {
-        s: patch_probe.split_calcium_cells(manifest, config.eval[f"{s}_split"], grid) for s in feats
-    }
+    cells = {s: patch_probe.split_calcium_cells(manifest, config.splits[s], grid) for s in feats}
     return patch_probe.run_patch_probe(feats, cells, config.patch_probe, int(config.seed))

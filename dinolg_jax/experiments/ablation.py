@@ -86,8 +86,7 @@ def arm_supervised_config(
     c.init_encoder = ""  # set by stages.supervised_encoder
     c.data = ml_collections.ConfigDict(config.probe.data.copy_and_resolve_references().to_dict())
     c.data.seed = int(seed)
-    c.data.train_split = str(config.probe.eval.train_split)
-    c.data.val_split = str(config.probe.eval.val_split)
+    c.splits = config.probe.splits.copy_and_resolve_references()  # the probe's splits
     c.data.batch_size = int(sup.batch_size)
     c.data.positive_fraction = float(sup.positive_fraction)
     c.data.augment = bool(sup.augment)

@@ -82,7 +82,7 @@ def gate_input_size(
     for key in ("input_size", "eval_size"):
         if int(probe_config.get(key, 0) or 0) > 0:
             return int(probe_config[key])
-    split = str((run_config.get("eval", {}) or {}).get("train_split", "train"))
+    split = train_split(run_config)
     manifest = training_manifest(probe_workdir, run_config)
     if not manifest.is_file():
         raise WorkdirError(
@@ -123,7 +123,21 @@ def segmenter_input_shape(
     manifest = training_manifest(workdir, config)
     if not manifest.is_file():
         return None
-    return manifest_lib.load(manifest).slice_shape(str(config.data.get("train_split", "train")))
+    return manifest_lib.load(manifest).slice_shape(train_split(config))
+
+
+def train_split(run_config: Any) -> str:
+    """The split a training workdir's model was fitted on, from its ``config.json``:
+    ``splits.train``. Workdirs written before the one ``splits`` block kept it as
+    ``eval.train_split`` (probe) or ``data.train_split`` (segmenter), hence the ``.get``s."""
+    splits = run_config.get("splits") or {}
+    if "train" in splits:
+        return str(splits["train"])
+    for section in ("eval", "data"):
+        old = (run_config.get(section) or {}).get("train_split")
+        if old:
+            return str(old)
+    return "train"
 
 
 def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:

@@ -256,7 +256,7 @@ def build_model(config: ml_collections.ConfigDict) -> tuple[nn.Module, Any]:
 def train_segmenter(
     config: ml_collections.ConfigDict, workdir: str | os.PathLike
 ) -> dict[str, Any]:
-    """Trains (or resumes) a segmentation model, then evaluates it on ``config.eval.split``.
+    """Trains (or resumes) a segmentation model, then evaluates it on ``config.splits.test``.
 
     Args:
       config: a ``configs/segment.py`` config (any model and size).
@@ -278,14 +278,14 @@ def train_segmenter(
     """
     run = run_lib.TrainingRun(workdir, config)
     manifest = run_manifest.prepare_manifest(config, run.workdir)
-    for split in (config.data.train_split, config.eval.split):  # an empty split fails now,
+    for split in (config.splits.train, config.splits.test):  # an empty split fails now,
         manifest_lib.load(manifest).shard_paths(split)  # not after training
     mesh = mesh_lib.mesh_from_config(config.mesh)
     data = config.data
     if data.batch_size % mesh.devices.size:
         raise ValueError(f"batch {data.batch_size} does not split over {mesh.devices.size} devices")
     n_train = len(
-        pipeline.labelled_indices(manifest, data.train_split, data.positive_fraction, data.seed)
+        pipeline.labelled_indices(manifest, config.splits.train, data.positive_fraction, data.seed)
     )
     steps_per_epoch = max(1, n_train // data.batch_size)
     total_steps = int(config.optim.num_steps) or int(config.optim.epochs) * steps_per_epoch
@@ -295,13 +295,13 @@ def train_segmenter(
 
     model, encoder_params = build_model(config)
     tx = segment_optimizer(config.optim, total_steps)
-    first = next(iter(pipeline.eval_dataset(manifest, data.train_split, data)))
+    first = next(iter(pipeline.eval_dataset(manifest, config.splits.train, data)))
     image_shape = tuple(first["image"].shape[1:3])
     state, abstract, _ = create_state(
         model, tx, init_key(config.seed), image_shape, mesh, encoder_params
     )
     train_data = pipeline.labelled_dataset(
-        manifest, data.train_split, data, augment=bool(data.augment)
+        manifest, config.splits.train, data, augment=bool(data.augment)
     )
     state, iterator = run.restore_or_init(abstract, lambda: state, iter(train_data))
     loss_json = json.dumps(config.loss.to_dict(), sort_keys=True)
@@ -318,7 +318,7 @@ def train_segmenter(
     if result.status == "done":
         eval_data = config.data.copy_and_resolve_references()
         eval_data.batch_size = int(config.eval.batch_size)
-        evaluation = evaluate(model, state.params, manifest, config.eval.split, eval_data, mesh)
+        evaluation = evaluate(model, state.params, manifest, config.splits.test, eval_data, mesh)
     return run.write_summary(
         {
             "step": result.step,
@@ -329,7 +329,7 @@ def train_segmenter(
             "status": result.status,
             "metrics": result.log.last,
             "first_loss": result.log.first_loss,
-            "eval_split": str(config.eval.split),
+            "eval_split": str(config.splits.test),
             "eval": evaluation,
             "params_checksum": ckpt_lib.params_checksum(state.params),
         }

@@ -10,7 +10,7 @@ scale: the experiment is too small, not the method wrong.
 
 Training (deterministic for a config and seed):
 
-* data: ``data.pipeline.labelled_dataset`` over ``data.train_split``: whole slices at
+* data: ``data.pipeline.labelled_dataset`` over ``splits.train``: whole slices at
   ``data.eval_size`` (0: the record size) in ``data.hu_window``, calcified slices at
   ``data.positive_fraction`` of the stream, flips / brightness / noise when
   ``data.augment``; global batch ``data.batch_size`` split over the mesh;
@@ -30,7 +30,7 @@ Outputs under the workdir: ``encoder/`` (``runtime.checkpoint.save_encoder``: th
 trained backbone, the init's model config), ``config.json``, ``metrics.jsonl``
 (``runtime.metrics_log.MetricsLog``), ``checkpoints/`` and ``summary.json`` (``step``,
 ``status``, ``metrics``, ``first_loss``, ``val_roc_auc`` of the encoder with its own head
-on ``data.val_split``, ``params_checksum``, ``wall_s``).
+on ``splits.val``, ``params_checksum``, ``wall_s``).
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def train_supervised(config: ml_collections.ConfigDict, workdir: str | Path) -> 
 
     Args:
       config: ``seed``, ``init_encoder`` (an encoder export or a pretraining workdir),
-        ``data`` (``manifest``, ``train_split``, ``val_split``, ``hu_window``, ``eval_size``,
+        ``splits`` (``train``, ``val``), ``data`` (``manifest``, ``hu_window``, ``eval_size``,
         ``batch_size``, ``positive_fraction``, ``augment`` and its ``*_prob`` /
         ``*_delta`` / ``noise_std``, ``seed``, ``shuffle``, loader settings;
         ``global_size``: the size ``attn_calcium_ratio`` is measured at), ``features``
@@ -201,7 +201,7 @@ def train_supervised(config: ml_collections.ConfigDict, workdir: str | Path) -> 
     pooling = str(config.features.pooling)
     tx = ceiling_optimizer(config.optim)
     train = pipeline.labelled_dataset(
-        data.manifest, data.train_split, data, augment=bool(data.augment)
+        data.manifest, config.splits.train, data, augment=bool(data.augment)
     )
     first = next(iter(train))
     width = features_lib.pooled_and_tokens(
@@ -232,7 +232,7 @@ def train_supervised(config: ml_collections.ConfigDict, workdir: str | Path) -> 
         return jitted(state, on_device)
 
     chosen = pipeline.labelled_indices(
-        data.manifest, data.train_split, data.positive_fraction, data.seed
+        data.manifest, config.splits.train, data.positive_fraction, data.seed
     )
     result = run.train(
         state,
@@ -242,7 +242,7 @@ def train_supervised(config: ml_collections.ConfigDict, workdir: str | Path) -> 
         steps_per_epoch=max(1, len(chosen) // int(data.batch_size)),
     )
     params = result.state.params
-    val_split = str(data.val_split)
+    val_split = str(config.splits.val)
     val_auc = None
     if result.status == "done":
         val_auc = head_roc_auc(vit, params, data.manifest, val_split, data, mesh, pooling)

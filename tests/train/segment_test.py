@@ -200,7 +200,7 @@ def test_smoke_config_phantom_has_val_and_test(tmp_path):
     c = _smoke_config("", 1)
     c.data.manifest = ""
     m = manifest_lib.load(prepare_manifest(c, tmp_path))
-    assert m.num_records("val") > 0 and m.num_records(c.eval.split) > 0
+    assert m.num_records("val") > 0 and m.num_records(c.splits.test) > 0
 
 
 def test_empty_eval_split_fails_before_training(tmp_path):

@@ -42,8 +42,7 @@ def test_a_schedule_without_steps_after_warmup_is_refused():
 
 def _config(manifest, init):
     data = ml_collections.ConfigDict(
-        {"manifest": str(manifest), "train_split": "train", "val_split": "val",
-         "hu_window": (-1000.0, 1000.0),
+        {"manifest": str(manifest), "hu_window": (-1000.0, 1000.0),
          "eval_size": 0, "batch_size": 8, "positive_fraction": 0.5, "augment": True,
          "hflip_prob": 0.5, "vflip_prob": 0.5, "brightness_prob": 0.5,
          "brightness_delta": 0.05, "noise_prob": 0.5, "noise_std": 0.01, "seed": 0,
@@ -52,6 +51,7 @@ def _config(manifest, init):
     )  # fmt: skip
     return ml_collections.ConfigDict(
         {"seed": 0, "init_encoder": str(init), "data": data,
+         "splits": {"train": "train", "val": "val"},
          "features": {"pooling": "max", "n_last_blocks": 1},
          "optim": {"num_steps": 40, "warmup_steps": 4, "lr": 3e-3, "weight_decay": 0.0,
                    "clip_norm": 1.0},
