@@ -181,7 +181,7 @@ def _headroom_lines(results: Mapping[str, Any]) -> list[str]:
 
 def _setup_lines(results: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
     arms = list(results["arms"])
-    if config.get("data_manifest"):
+    if config.data_manifest:
         data = f"converted dataset `{config.data_manifest}`"
     else:
         ph = config.phantom
@@ -264,7 +264,7 @@ def _attention_lines(results: Mapping[str, Any], config: ml_collections.ConfigDi
     lines.append(
         "attn_calcium_ratio: share of the last block's CLS-to-patch attention (head mean) "
         "on patches that contain calcium, over the share of such patches (chance = 1), "
-        f"mean over the calcified slices of the {config.get('attention_split', 'test')} split."
+        f"mean over the calcified slices of the {config.attention_split} split."
     )
     lines.append("")
     lines.append(
@@ -402,7 +402,7 @@ def write(
     out.mkdir(parents=True, exist_ok=True)
     arms = list(results["arms"])
     lines = ["# DINO vs DINO-LG ablation", ""]
-    if config.get("note"):
+    if config.note:
         lines += [str(config.note), ""]
     lines += [*_setup_lines(results, config), ""]
     lines += _probe_table(results)

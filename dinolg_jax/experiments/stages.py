@@ -131,7 +131,7 @@ def make_phantom(workdir: str | os.PathLike, config: ml_collections.ConfigDict) 
         seed=int(config.seed),
         size=int(config.size),
         slices=tuple(int(s) for s in config.slices),
-        workers=int(config.get("workers", 1)),
+        workers=int(config.workers),
     )
     summary = {
         "release": str(release),
@@ -170,7 +170,7 @@ def convert_release(
         release,
         out,
         seed=int(config.seed),
-        workers=int(config.get("workers", 1)),
+        workers=int(config.workers),
         shards_per_split=int(config.shards_per_split),
         keep_cache=False,
         progress=False,
@@ -393,11 +393,16 @@ def infer(
         return done
     # The inference config (configs/common.py:infer_config): the experiment's settings
     # (mode, threshold, batch sizes, note, scoring, mesh) with this stage's workdirs,
-    # source (the manifest split) and out_dir; the rest take infer_from_config's defaults.
+    # source (the manifest split) and out_dir; the encoder the probe names, no NIfTI or
+    # DICOM SEG files, the report.
     c = ml_collections.ConfigDict(config.to_dict())  # an unlocked, resolved copy
     del c["split"]
     c.probe_workdir = request["probe_workdir"]
+    c.encoder_workdir = ""
     c.segmenter_workdir = request["segmenter_workdir"]
+    c.write_nifti = False
+    c.write_seg = False
+    c.report = True
     c.source = ml_collections.ConfigDict(
         {"kind": "manifest", "path": request["manifest"], "split": str(config.split)}
     )

@@ -354,19 +354,19 @@ def infer_from_config(config: Any, *, progress: Callable | None = None) -> dict[
         tasks,
         config.out_dir,
         modes=modes,
-        write_nifti=bool(config.get("write_nifti", False)),
-        write_seg=bool(config.get("write_seg", False)),
+        write_nifti=bool(config.write_nifti),
+        write_seg=bool(config.write_seg),
         source_roots=roots,
         progress=progress,
     )
     summary["report"] = summary["evals"] = None
-    if not config.get("report", True):
+    if not config.report:
         return summary
     results = summary["results"]
     truth, preds = scores_from_results(results)
-    notes = [config.note] if config.get("note") else []
+    notes = [config.note] if config.note else []
     source = config.source
-    if source.kind == "release" and source.get("release_kind", "gated") == "nongated":
+    if source.kind == "release" and source.release_kind == "nongated":
         sheet = coca.load_nongated_scores(source.path)
         evals = {m: report_lib.evaluate_nongated(p, sheet) for m, p in preds.items()}
         notes.append(

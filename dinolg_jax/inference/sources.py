@@ -174,7 +174,8 @@ def tasks_from_source(source: Any) -> tuple[list[StudyTask], list[str]]:
     """Tasks from ``config.source`` (``kind``: manifest | release | dicom, ``path``, ...).
 
     Fields: ``kind``; ``path`` (manifest.json or its folder, release root, or DICOM root);
-    ``split`` (manifest, default "test"); ``release_kind`` ("gated" or "nongated").
+    ``split`` (read for a manifest); ``release_kind`` ("gated" or "nongated", read for a
+    release).
 
     Returns:
       (tasks, roots to strip from error messages).
@@ -184,9 +185,9 @@ def tasks_from_source(source: Any) -> tuple[list[StudyTask], list[str]]:
     if not path:
         raise ValueError("config.source.path is empty")
     if kind == "manifest":
-        return manifest_tasks(path, str(source.get("split", "test"))), [path]
+        return manifest_tasks(path, str(source.split)), [path]
     if kind == "release":
-        return release_tasks(path, str(source.get("release_kind", "gated"))), [path]
+        return release_tasks(path, str(source.release_kind)), [path]
     if kind == "dicom":
         return dicom_tasks(path), [path]
     raise ValueError(f"source.kind must be manifest, release or dicom, got {kind!r}")

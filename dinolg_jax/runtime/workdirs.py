@@ -52,7 +52,7 @@ def kinds_of(path: str | os.PathLike) -> list[str]:
         found.append("pretrain")
     if (p / "probe" / "probe_config.json").is_file() or (p / "probe_config.json").is_file():
         found.append("probe")
-    config = _config(p)
+    config = _config(p)  # any run's config.json (or {}): probed for a segmentation run's keys
     model = config.get("model")
     if isinstance(model, dict) and "name" in model and "loss" in config:
         if (p / "checkpoints").is_dir():
@@ -113,7 +113,7 @@ def check_infer_config(config: Any) -> None:
     require(config.segmenter_workdir, "segment", "--config.segmenter_workdir")
     if config.mode != "unet_only":
         require(config.probe_workdir, "probe", "--config.probe_workdir")
-        if config.get("encoder_workdir"):
+        if config.encoder_workdir:
             require(config.encoder_workdir, "pretrain", "--config.encoder_workdir")
 
 
