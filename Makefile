@@ -15,7 +15,7 @@ LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-m
 export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: setup test demo lint lock clean
+.PHONY: setup test test-fast demo lint lock clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,11 @@ $(STAMP): $(LOCK) pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# All but the end-to-end tests (marked slow: training runs, the ablation, probe runs,
+# multi-process and CLI-subprocess tests): under 3 minutes on 2 cores. CI runs `make test`.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -175,6 +175,7 @@ def test_lesion_centers_four_connected():
     assert empty_c.shape == (0, 2) and empty_v.shape == (0,)
 
 
+@pytest.mark.slow
 def test_rerun_workers_seed_and_no_phi(converted, tmp_path):
     release, truth, out, _ = converted
     first = _files(out)
@@ -256,6 +257,7 @@ def _wait_for_lock(out: Path, pid: int, proc: subprocess.Popen, timeout: float =
     raise AssertionError("the first conversion never took the lock")
 
 
+@pytest.mark.slow
 def test_two_conversions_into_one_folder(converted, tmp_path):
     """Seeds 0 and 1 into one folder at once: the second stops, the first is untouched."""
     release = converted[0]

@@ -70,6 +70,7 @@ def _config(dtype):
     return c
 
 
+@pytest.mark.slow
 def test_pretraining_step_takes_uint16_crops():
     # float32 compute (the cheaper compile on CPU): the difference is the code's alone.
     config = _config("float32")

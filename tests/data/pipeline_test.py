@@ -40,6 +40,7 @@ def _assert_same(a, b):
             np.testing.assert_array_equal(x[key], y[key], err_msg=key)
 
 
+@pytest.mark.slow
 def test_same_batches_for_0_1_4_workers(dataset):
     runs = []
     for workers in (0, 1, 4):

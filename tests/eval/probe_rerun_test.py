@@ -11,6 +11,7 @@ import json
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from configs import common
 from dinolg_jax.eval import probe
@@ -19,6 +20,7 @@ from dinolg_jax.phantom.synthetic_records import write_dataset
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 
 
+@pytest.mark.slow
 def test_probe_rerun_on_a_finished_workdir(tmp_path):
     manifest = write_dataset(tmp_path / "data", size=32, studies=2, slices_per_study=6)
     vit = ViT(variant="mu/8", ref_image_size=32, n_last_blocks=2)

@@ -164,6 +164,7 @@ def test_sharded_features_equal_single_device_and_cache(tiny_encoder, tmp_path):
     assert features.feature_key("a", "val", {}) != features.feature_key("a", "test", {})
 
 
+@pytest.mark.slow
 def test_run_probe_end_to_end(tiny_encoder, tmp_path):
     manifest, _, _, enc_dir = tiny_encoder
     c = common.probe_config("linear")

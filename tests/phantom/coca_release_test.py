@@ -267,6 +267,7 @@ def test_category_mix_and_calcified_fraction():
     assert min(areas_px) < 10 and max(areas_px) > 250  # a few to a few hundred pixels
 
 
+@pytest.mark.slow
 def test_deterministic_and_independent_of_workers(release, tmp_path):
     out, truth = release
     again = coca_release.make_release(

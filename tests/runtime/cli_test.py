@@ -61,6 +61,7 @@ def test_workdir_kinds(fake_workdirs, tmp_path):
         workdirs.require(tmp_path, "pretrain", "--x")
 
 
+@pytest.mark.slow
 def test_wrong_paths_are_usage_errors(tmp_path):
     line = _one_error(
         _tool(ROOT / "tools/convert_coca.py", "--release=/no/such/release", f"--out={tmp_path}"), 2
@@ -70,6 +71,7 @@ def test_wrong_paths_are_usage_errors(tmp_path):
     assert "--release" in line and "--helpshort" in line
 
 
+@pytest.mark.slow
 def test_score_study_checks_folder_and_workdirs_first(tmp_path, fake_workdirs):
     probe, seg = fake_workdirs
     empty = tmp_path / "no_dicom"
@@ -90,6 +92,7 @@ def test_score_study_checks_folder_and_workdirs_first(tmp_path, fake_workdirs):
     assert f"={probe} is a probe workdir, not a segment workdir" in line
 
 
+@pytest.mark.slow
 def test_infer_checks_mode_and_workdirs_before_loading(fake_workdirs, tmp_path):
     probe, seg = fake_workdirs
     manifest = tmp_path / "manifest.json"
@@ -108,6 +111,7 @@ def test_infer_checks_mode_and_workdirs_before_loading(fake_workdirs, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_config_mistakes_are_usage_errors(tmp_path):
     base = [ROOT / "tools/pretrain.py", f"--config={ROOT / 'configs/dinolg.py'}:tiny",
             f"--workdir={tmp_path / 'run'}"]  # fmt: skip
@@ -148,6 +152,7 @@ cli.run(main)
 """
 
 
+@pytest.mark.slow
 def test_library_logs_stay_out_unless_verbosity_asks(tmp_path):
     script = tmp_path / "tool.py"
     script.write_text(_LOGGING_SCRIPT)
@@ -160,6 +165,7 @@ def test_library_logs_stay_out_unless_verbosity_asks(tmp_path):
     assert "orbax" in loud.stderr.lower() and "resumed from step 1" in loud.stderr
 
 
+@pytest.mark.slow
 def test_data_errors_exit_1_and_verbosity_shows_the_traceback(tmp_path):
     (tmp_path / "manifest.json").write_text('{"version": 1, "spl')
     line = _one_error(_tool(ROOT / "tools/verify_dataset.py", tmp_path), 1)
@@ -198,6 +204,7 @@ cli.run(main)
 """
 
 
+@pytest.mark.slow
 def test_fallback_to_an_older_checkpoint_is_one_warning_line(tmp_path):
     script = tmp_path / "tool.py"
     script.write_text(_FALLBACK_SCRIPT)

@@ -22,6 +22,9 @@ import numpy as np
 import portpicker
 import pytest
 
+# The module fixture runs both distributions (two processes, ~1 min): both tests are slow.
+pytestmark = pytest.mark.slow
+
 HERE = Path(__file__).resolve()
 N_STEPS = 2
 # Cheap XLA:CPU code generation: compiles 2-3x faster; every compared run uses it.

@@ -233,6 +233,7 @@ def test_tensorboard_writer_event_file(tmp_path):
     assert scalars == [(7, "loss", 2.5), (8, "lr", np.float32(1e-3))]
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_at_that_step_not_at_the_next_log_line(tmp_path, monkeypatch):
     """With log and checkpoint lines far apart, a NaN at step 4 stops the run by step 5."""
     from dinolg_jax.runtime.metrics_log import NonFiniteLossError

@@ -147,6 +147,7 @@ def _smoke_config(manifest, steps: int):
     return c
 
 
+@pytest.mark.slow
 def test_train_segmenter_resumes_exactly_and_evaluates(tmp_path):
     manifest = write_dataset(tmp_path / "data", size=32, studies=2, slices_per_study=6)
     work = tmp_path / "run"
@@ -173,6 +174,7 @@ def test_train_segmenter_resumes_exactly_and_evaluates(tmp_path):
     assert (work / "metrics.jsonl").read_text() == lines
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_stops_then_the_rerun_resumes(tmp_path, monkeypatch):
     from dinolg_jax.runtime import run as run_lib
 

@@ -74,6 +74,7 @@ def _scores(encoder_dir, manifest):
     return feats["pooled"], feats["has_calcium"]
 
 
+@pytest.mark.slow
 def test_the_ceiling_learns_separable_slices_and_is_deterministic(tmp_path):
     manifest = synthetic_records.write_dataset(tmp_path / "records", size=32, studies=4)
     vit = ViT(variant="mu/8")
@@ -101,6 +102,7 @@ def test_the_ceiling_learns_separable_slices_and_is_deterministic(tmp_path):
     assert again["metrics"]["loss"] == out["metrics"]["loss"]
 
 
+@pytest.mark.slow
 def test_a_preempted_ceiling_resumes_to_the_bytes_of_an_uninterrupted_run(tmp_path, monkeypatch):
     from dinolg_jax.runtime import run as run_lib
 
