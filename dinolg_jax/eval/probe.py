@@ -254,6 +254,7 @@ def make_score_fn(
       mesh: the (data, fsdp) mesh.
     """
     kind, pool = probe_config["input"], int(probe_config["token_pool"])
+    # A saved probe_config.json: exports written before the pooling option lack it.
     pooling = str(probe_config.get("pooling", "cls_mean"))
 
     def scores(enc_params, probe_params, images):
@@ -291,7 +292,7 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
     feats = {
         s: features_lib.extract_features(
             vit, enc_params, manifest, config.splits[s], config.data, mesh,
-            token_pool=int(f.token_pool), pooling=str(f.get("pooling", "cls_mean")),
+            token_pool=int(f.token_pool), pooling=str(f.pooling),
             cache_dir=cache, encoder_checksum=enc_sum,
         )
         for s in ("train", "val", "test")
@@ -322,7 +323,7 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
         "input": kind,
         "n_last_blocks": int(f.n_last_blocks),
         "token_pool": int(f.token_pool),
-        "pooling": str(f.get("pooling", "cls_mean")),
+        "pooling": str(f.pooling),
         "hu_window": list(config.data.hu_window),
         "eval_size": int(config.data.eval_size),
         # The slice side features were extracted at: inference resizes every slice to it.
@@ -334,7 +335,7 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
     }
     save_probe(workdir / PROBE_DIR, params, probe_config)
     patch = None
-    if config.get("patch_probe") is not None and config.patch_probe.enabled:
+    if config.patch_probe.enabled:
         patch = _dense_probe(config, feats, manifest, enc_cfg, probe_config["input_size"])
     summary = {
         "probe": name,

@@ -106,7 +106,7 @@ def arm_supervised_config(
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
     """The shared dataset's manifest: ``config.data_manifest`` or phantom -> convert."""
-    if config.get("data_manifest"):
+    if config.data_manifest:
         path = Path(config.data_manifest)
         return path / "manifest.json" if path.is_dir() else path
     data = Path(workdir) / "data"
@@ -314,10 +314,10 @@ def _extra_arms(config: ml_collections.ConfigDict) -> tuple[str, str]:
     Raises:
       ValueError: when either names a pretraining arm or both name the same arm.
     """
-    control = str(config.get("control", "") or "")
+    control = str(config.control or "")
     if control and control in config.arms:
         raise ValueError(f"control arm {control!r} also names a pretraining arm")
-    ceiling = str(config.get("ceiling", "") or "")
+    ceiling = str(config.ceiling or "")
     if ceiling and (ceiling in config.arms or ceiling == control):
         raise ValueError(f"ceiling arm {ceiling!r} also names another arm")
     return control, ceiling
@@ -327,7 +327,7 @@ def _hu_baseline(
     config: ml_collections.ConfigDict, manifest: Path, timed: _Clock
 ) -> dict[str, Any] | None:
     """The encoder-free yardstick (``eval.hu_baseline`` on the first seed) when configured."""
-    if not config.get("hu_baseline", False):
+    if not config.hu_baseline:
         return None
     from dinolg_jax.eval import hu_baseline
 
@@ -499,7 +499,7 @@ def run_ablation(
     manifest = prepare_data(config, workdir)
     per_arm_unet = str(config.segment.model.name) == "vit_unet"
     control, ceiling = _extra_arms(config)
-    split = str(config.get("attention_split", "test"))
+    split = str(config.attention_split)
     plan = _Plan(config, workdir, manifest, arms, control, ceiling, split, per_arm_unet, timed)
     baseline = _hu_baseline(config, manifest, timed)
     runs = {str(seed): _seed_runs(plan, seed) for seed in (int(s) for s in config.seeds)}

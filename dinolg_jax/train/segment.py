@@ -116,8 +116,8 @@ def segment_optimizer(
 def _optimizer(optim_json: str, total_steps: int) -> optax.GradientTransformation:
     optim = json.loads(optim_json)
     lr = float(optim["lr"])
-    warmup = int(optim.get("warmup_steps", 0))
-    if optim.get("schedule", "constant") == "cosine":
+    warmup = int(optim["warmup_steps"])
+    if optim["schedule"] == "cosine":
         sched = optax.warmup_cosine_decay_schedule(
             0.0, lr, max(warmup, 1), max(total_steps, warmup + 1)
         )
@@ -127,8 +127,8 @@ def _optimizer(optim_json: str, total_steps: int) -> optax.GradientTransformatio
         )
     else:
         sched = optax.constant_schedule(lr)
-    tx = optax.adamw(sched, weight_decay=float(optim.get("weight_decay", 0.0)))
-    clip = float(optim.get("grad_clip", 0.0))
+    tx = optax.adamw(sched, weight_decay=float(optim["weight_decay"]))
+    clip = float(optim["grad_clip"])
     return optax.chain(optax.clip_by_global_norm(clip), tx) if clip > 0 else tx
 
 
@@ -241,14 +241,16 @@ def build_model(config: ml_collections.ConfigDict) -> tuple[nn.Module, Any]:
     takes the ViT variant from the export.
     """
     name = str(config.model.name)
-    kwargs = dict(config.model.get("kwargs", {}))
-    kwargs.setdefault("dtype", jnp.dtype(config.model.get("dtype", "float32")))
+    kwargs = dict(config.model.kwargs)
+    kwargs.setdefault("dtype", jnp.dtype(config.model.dtype))
     encoder_params = None
     if name == "vit_unet":
-        if not config.get("encoder"):
+        if not config.encoder:
             raise ValueError("vit_unet needs config.encoder: a pretraining workdir or encoder dir")
         encoder_params, enc_cfg = ckpt_lib.load_encoder(config.encoder)
         kwargs["variant"] = enc_cfg["variant"]
+        # An export's model_config.json, not a config: a pretraining export holds no
+        # ref_image_size (its ViT kept the default 224); an imported one does.
         kwargs.setdefault("ref_image_size", int(enc_cfg.get("ref_image_size", 224)))
     return build_segmenter(name, **kwargs), encoder_params
 

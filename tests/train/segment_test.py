@@ -100,7 +100,11 @@ def test_few_steps_lower_the_loss():
         {"class_weights": (1.0, 10.0, 10.0, 10.0, 10.0), "ce_weight": 1.0, "dice_weight": 1.0,
          "smooth": 1.0}
     )  # fmt: skip
-    tx = segment.segment_optimizer(ml_collections.ConfigDict({"lr": 3e-2}), total_steps=12)
+    optim = ml_collections.ConfigDict(
+        {"lr": 3e-2, "warmup_steps": 0, "schedule": "constant", "weight_decay": 0.0,
+         "grad_clip": 0.0}
+    )  # fmt: skip
+    tx = segment.segment_optimizer(optim, total_steps=12)
     state, _, shardings = segment.create_state(model, tx, segment.init_key(0), (16, 16), mesh)
     batch_sh = mesh_lib.batch_sharding(mesh)
     step_fn = jit_step(
