@@ -21,6 +21,11 @@ grid), so a segmenter workdir with an ``eval_size`` other than 0 or the slice si
 refused, and a study whose slices are not the size the segmenter was trained on
 (:func:`segmenter_input_shape`) gets an error instead of scores: a U-Net trained on 64 px
 slices scored a 512 px study 0.0 (true 65.0), finding nothing at a scale it never saw.
+
+What a workdir holds (``config.json``, ``probe_config.json``, the encoder's
+``model_config.json``, ``summary.json``) is read with ``.get`` and a fallback, each one
+commented: workdirs written by older versions (or by hand) may lack a key. The inference
+config itself (``configs/infer.py``) is read directly.
 """
 
 from __future__ import annotations
@@ -79,7 +84,7 @@ def gate_input_size(
     Raises:
       WorkdirError: none of these is available.
     """
-    for key in ("input_size", "eval_size"):
+    for key in ("input_size", "eval_size"):  # old exports' probe_config.json lack input_size
         if int(probe_config.get(key, 0) or 0) > 0:
             return int(probe_config[key])
     split = train_split(run_config)
@@ -99,7 +104,7 @@ def training_manifest(workdir: str | os.PathLike, run_config: Any) -> Path:
     """Path of the manifest a training workdir read (``data.manifest``, or the phantom
     that ``phantom.run_manifest.prepare_manifest`` makes under the workdir when it is
     empty); it may no longer exist."""
-    data = run_config.get("data", {}) or {}
+    data = run_config.get("data", {}) or {}  # old workdirs' config.json may lack it
     manifest = Path(data.get("manifest") or Path(workdir) / "phantom" / "data")
     return manifest / "manifest.json" if manifest.is_dir() else manifest
 
@@ -114,10 +119,10 @@ def segmenter_input_shape(
     """
     summary = Path(workdir) / "summary.json"
     if summary.is_file():
-        shape = json.loads(summary.read_text()).get("input_shape")
+        shape = json.loads(summary.read_text()).get("input_shape")  # old summaries lack it
         if shape:
             return int(shape[0]), int(shape[1])
-    size = int(config.data.get("eval_size", 0) or 0)
+    size = int(config.data.get("eval_size", 0) or 0)  # old workdirs' config.json may lack it
     if size:
         return size, size
     manifest = training_manifest(workdir, config)
@@ -205,7 +210,7 @@ def load_segmenter(workdir: str | os.PathLike, slice_size: int | None = None) ->
     from dinolg_jax.train import segment
 
     config = read_config(workdir)
-    size = int(config.data.get("eval_size", 0) or 0)
+    size = int(config.data.get("eval_size", 0) or 0)  # old workdirs' config.json may lack it
     if size and (slice_size is None or size != int(slice_size)):
         raise ValueError(
             f"segmenter in {workdir} was trained on slices resized to {size}; inference "
@@ -241,6 +246,8 @@ def load_gate(
     """
     from dinolg_jax.eval import probe as probe_lib
 
+    # probe_config.json, config.json and model_config.json as an older run wrote them:
+    # the keys read with .get below may be missing there.
     _, probe_params, pcfg = probe_lib.load_probe(probe_workdir)
     run_config = read_config(probe_workdir)
     encoder = encoder or run_config.get("encoder", "")
@@ -288,8 +295,8 @@ def build_pipeline(config: ml_collections.ConfigDict, mesh, *, need_gate: bool =
     if need_gate:
         if not config.probe_workdir:
             raise ValueError("the gated mode needs config.probe_workdir")
-        gate, threshold = load_gate(config.probe_workdir, config.get("encoder_workdir") or None)
-    if float(config.get("threshold", -1.0)) >= 0.0:
+        gate, threshold = load_gate(config.probe_workdir, config.encoder_workdir or None)
+    if float(config.threshold) >= 0.0:
         threshold = float(config.threshold)
     return CacPipeline(
         segmenter,
@@ -297,7 +304,7 @@ def build_pipeline(config: ml_collections.ConfigDict, mesh, *, need_gate: bool =
         gate=gate,
         threshold=threshold,
         batch_size=int(config.batch_size),
-        seg_batch_size=int(config.get("seg_batch_size", 0)) or None,
+        seg_batch_size=int(config.seg_batch_size) or None,
         scoring=dict(config.scoring),
     )
 
