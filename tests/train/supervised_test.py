@@ -22,14 +22,14 @@ from dinolg_jax.models.vit import ViT
 from dinolg_jax.phantom import synthetic_records
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
-from dinolg_jax.train import supervised
+from dinolg_jax.train import slice_classifier, supervised
 
 
 def test_bce_is_the_mean_of_hand_computed_cross_entropies():
     logits = np.array([0.0, 2.0, -1.0], np.float32)
     labels = np.array([True, False, True])
     want = (math.log(2) + math.log1p(math.exp(2.0)) + math.log1p(math.exp(1.0))) / 3
-    assert float(supervised.bce_loss(logits, labels)) == pytest.approx(want, rel=1e-6)
+    assert float(slice_classifier.bce_loss(logits, labels)) == pytest.approx(want, rel=1e-6)
 
 
 def test_a_schedule_without_steps_after_warmup_is_refused():
@@ -37,7 +37,7 @@ def test_a_schedule_without_steps_after_warmup_is_refused():
         {"num_steps": 10, "warmup_steps": 10, "lr": 1e-3, "weight_decay": 0.0, "clip_norm": 1}
     )
     with pytest.raises(ValueError, match="warmup_steps < num_steps"):
-        supervised.ceiling_optimizer(optim)
+        slice_classifier.classifier_optimizer(optim)
 
 
 def _config(manifest, init):

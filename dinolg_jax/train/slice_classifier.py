@@ -1,0 +1,188 @@
+"""Training a whole-slice calcium classifier: the shared part of the ceiling and the CNN.
+
+A slice classifier is a function ``logits(params, images [B, H, W, 1]) -> [B]`` (one
+calcium logit per slice) with its initial params. :func:`train_classifier` trains it
+with binary cross-entropy on ``data.pipeline.labelled_dataset`` (calcified slices at
+``data.positive_fraction`` of the stream, negatives drawn afresh each epoch) inside a
+``runtime.run.TrainingRun`` (checkpoints, resume, SIGTERM, the non-finite stop);
+:func:`slice_roc_auc` reads it out on every slice of a split. Optimiser
+(:func:`classifier_optimizer`): global-norm clipping, then AdamW on a linear warmup +
+cosine decay to 0 over ``optim.num_steps``.
+
+The users: ``train.supervised`` (the frozen-probe encoder trained on the labels: the
+ablation's ceiling) and ``train.cnn_baseline`` (a small CNN: the signal in the data).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from dinolg_jax.data import pipeline
+from dinolg_jax.eval import features as features_lib
+from dinolg_jax.eval import metrics as metrics_lib
+from dinolg_jax.runtime import mesh as mesh_lib
+from dinolg_jax.runtime import run as run_lib
+
+Logits = Callable[[Any, jax.Array], jax.Array]
+
+
+@flax.struct.dataclass
+class ClassifierState:
+    """A slice classifier's train state: ``step`` int32 [], ``params``, ``opt_state``."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def bce_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean binary cross-entropy; logits float [B], labels bool/0-1 [B] -> scalar."""
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32)))
+
+
+def classifier_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Global-norm clipping (``optim.clip_norm``), then AdamW (``optim.lr``,
+    ``optim.weight_decay``) on ``optim.warmup_steps`` of linear warmup and a cosine decay
+    to 0 at ``optim.num_steps``."""
+    steps, warmup = int(optim.num_steps), int(optim.warmup_steps)
+    if steps < 1 or not 0 <= warmup < steps:
+        raise ValueError(
+            f"need num_steps >= 1 and 0 <= warmup_steps < num_steps, got {steps}, {warmup}"
+        )
+    schedule = optax.warmup_cosine_decay_schedule(0.0, float(optim.lr), warmup, steps, 0.0)
+    return optax.chain(
+        optax.clip_by_global_norm(float(optim.clip_norm)),
+        optax.adamw(schedule, weight_decay=float(optim.weight_decay)),
+    )
+
+
+def make_train_step(
+    logits: Logits, tx: optax.GradientTransformation
+) -> Callable[[ClassifierState, dict[str, jax.Array]], tuple[ClassifierState, dict[str, Any]]]:
+    """The pure step: ``(state, {"image" [B, H, W, 1], "labels" [B] bool}) -> (state,
+    metrics)``; metrics ``loss`` (BCE), ``accuracy``, ``grad_norm``."""
+
+    def step(state: ClassifierState, batch: dict[str, jax.Array]):
+        def loss_fn(p):
+            out = logits(p, batch["image"])
+            return bce_loss(out, batch["labels"]), out
+
+        (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        accuracy = jnp.mean((out > 0) == batch["labels"])
+        metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
+        params = optax.apply_updates(state.params, updates)
+        return ClassifierState(state.step + 1, params, opt_state), metrics
+
+    return step
+
+
+@functools.lru_cache(maxsize=4)
+def _step_program(logits: Logits, tx: Any, mesh: jax.sharding.Mesh):
+    """The jitted step, state replicated and donated, the batch split over the mesh
+    (cached per classifier, optimiser and mesh: ``logits`` must hash by value)."""
+    batch = mesh_lib.batch_sharding(mesh)
+    return run_lib.jit_step(
+        make_train_step(logits, tx),
+        mesh,
+        mesh_lib.replicated(mesh),
+        {"image": batch, "labels": batch},
+    )
+
+
+def slice_roc_auc(
+    logits: Logits,
+    params: Any,
+    manifest: str,
+    split: str,
+    data: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+) -> float | None:
+    """ROC-AUC of the classifier on every slice of ``split`` (None with one class only)."""
+    rep, batch = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
+    fn = jax.jit(logits, in_shardings=(rep, batch), out_shardings=batch)
+    gather = features_lib.gather_rows
+    scores, labels = [], []
+    for b in pipeline.eval_dataset(manifest, split, data):
+        out = gather(fn(params, mesh_lib.put_batch({"image": b["image"]}, mesh)["image"]))
+        valid = gather(np.asarray(b["valid"], bool))
+        scores.append(out[valid])
+        labels.append(gather(np.asarray(b["has_calcium"], bool))[valid])
+    y = np.concatenate(labels)
+    if y.all() or not y.any():
+        return None
+    return float(metrics_lib.roc_auc(np.concatenate(scores), y))
+
+
+def first_batch(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """The first training batch (its images give the classifier's input shape)."""
+    data = config.data
+    return next(iter(pipeline.labelled_dataset(data.manifest, config.splits.train, data)))
+
+
+def train_classifier(
+    run: run_lib.TrainingRun,
+    config: ml_collections.ConfigDict,
+    logits: Logits,
+    init_params: Callable[[], Any],
+) -> run_lib.LoopResult:
+    """Trains ``logits`` from ``init_params()`` for ``config.optim.num_steps`` steps.
+
+    Args:
+      run: the run (its workdir holds the checkpoints; a re-run resumes).
+      config: ``data`` (``manifest``, ``batch_size``, ``positive_fraction``, ``augment``
+        and its settings, ``seed``, ...), ``splits.train``, ``optim``, ``mesh``.
+      logits: the classifier (hashable by value, e.g. a frozen dataclass or Linen module).
+      init_params: the initial params (host or device arrays).
+
+    Raises:
+      ValueError: a batch that does not split over the devices, a bad schedule, or a
+        train split without calcified slices.
+    """
+    mesh = mesh_lib.mesh_from_config(config.mesh)
+    data = config.data
+    if int(data.batch_size) % mesh.devices.size:
+        raise ValueError(f"batch {data.batch_size} does not split over {mesh.devices.size} devices")
+    tx = classifier_optimizer(config.optim)
+    rep = mesh_lib.replicated(mesh)
+
+    def init_state() -> ClassifierState:
+        params = jax.device_put(init_params(), rep)
+        opt_state = jax.jit(tx.init, out_shardings=rep)(params)
+        return ClassifierState(jax.device_put(jnp.zeros((), jnp.int32), rep), params, opt_state)
+
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
+        jax.eval_shape(init_state),
+    )
+    train = pipeline.labelled_dataset(
+        data.manifest, config.splits.train, data, augment=bool(data.augment)
+    )
+    state, iterator = run.restore_or_init(abstract, init_state, iter(train))
+    jitted = _step_program(logits, tx, mesh)
+
+    def step_fn(state: ClassifierState, batch: dict[str, Any]):
+        on_device = mesh_lib.put_batch(
+            {"image": batch["image"], "labels": batch["has_calcium"]}, mesh
+        )
+        return jitted(state, on_device)
+
+    chosen = pipeline.labelled_indices(
+        data.manifest, config.splits.train, data.positive_fraction, data.seed
+    )
+    return run.train(
+        state,
+        iterator,
+        step_fn,
+        total_steps=int(config.optim.num_steps),
+        steps_per_epoch=max(1, len(chosen) // int(data.batch_size)),
+    )
