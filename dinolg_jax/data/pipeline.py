@@ -370,25 +370,67 @@ def labelled_indices(
     split: str,
     positive_fraction: float,
     seed: int,
+    epoch: int = 0,
 ) -> np.ndarray:
-    """Record indices for probe / U-Net training, sorted.
+    """Record indices of one epoch of probe / U-Net / ceiling training, sorted.
 
     Every slice with calcium, plus ``round(P * (1 - f) / f)`` slices without (at most all
-    of them) drawn with `seed`; ``f == 0`` (or 1 with no negatives wanted) as documented:
-    ``positive_fraction <= 0`` keeps every slice.
+    of them) drawn with ``(seed, epoch)``: a new draw of negatives each epoch, the same
+    for the same seed and epoch. ``positive_fraction <= 0`` keeps every slice.
     """
-    m = _manifest(manifest)
-    flags = _calcium_flags(tuple(m.shard_paths(split)))
-    if positive_fraction <= 0:
-        return np.arange(len(flags))
-    if positive_fraction > 1:
-        raise ValueError(f"positive_fraction must be in (0, 1], got {positive_fraction}")
-    pos, neg = np.flatnonzero(flags), np.flatnonzero(~flags)
-    if len(pos) == 0:
-        raise ValueError(f"split {split!r} has no slice with calcium")
-    k = min(len(neg), round(len(pos) * (1 - positive_fraction) / positive_fraction))
-    pick = np.random.Generator(np.random.Philox(seed)).choice(len(neg), size=k, replace=False)
-    return np.sort(np.concatenate([pos, neg[pick]]))
+    flags = _calcium_flags(tuple(_manifest(manifest).shard_paths(split)))
+    return _LabelledDraw(flags, positive_fraction, seed, split=split).epoch(epoch, False)
+
+
+class _LabelledDraw:
+    """The epochs of a labelled stream: all positives and a fresh draw of negatives each
+    epoch (:meth:`epoch`), in a seeded order of their own when ``shuffle``; the same
+    length (``size``) every epoch. Called with a stream position ``i`` it returns the
+    record there (epoch ``i // size``), so a Grain iterator's position fixes the rest.
+    Raises ValueError for a fraction above 1 or a split with no calcified slice."""
+
+    def __init__(
+        self,
+        flags: np.ndarray,
+        positive_fraction: float,
+        seed: int,
+        *,
+        shuffle: bool = False,
+        split: str = "",
+    ) -> None:
+        if positive_fraction > 1:
+            raise ValueError(f"positive_fraction must be in (0, 1], got {positive_fraction}")
+        self.all = positive_fraction <= 0
+        self.pos, self.neg = np.flatnonzero(flags), np.flatnonzero(~flags)
+        if not self.all and len(self.pos) == 0:
+            raise ValueError(f"split {split!r} has no slice with calcium")
+        self.n_neg = min(
+            len(self.neg),
+            0 if self.all else round(len(self.pos) * (1 - positive_fraction) / positive_fraction),
+        )
+        self.seed = int(seed)
+        self.size = len(flags) if self.all else len(self.pos) + self.n_neg
+        self.shuffle = shuffle
+
+    def _rng(self, epoch: int, purpose: int) -> np.random.Generator:
+        return np.random.Generator(
+            np.random.Philox(np.random.SeedSequence((self.seed, epoch, purpose)))
+        )
+
+    @functools.lru_cache(maxsize=4)  # noqa: B019 (a few epochs of one dataset's draw)
+    def epoch(self, epoch: int, shuffle: bool) -> np.ndarray:
+        """int64 [size]: the record indices of ``epoch`` (sorted unless ``shuffle``)."""
+        if self.all:
+            chosen = np.arange(self.size)
+        else:
+            pick = self._rng(epoch, 0).choice(len(self.neg), size=self.n_neg, replace=False)
+            chosen = np.sort(np.concatenate([self.pos, self.neg[pick]]))
+        return self._rng(epoch, 1).permutation(chosen) if shuffle else chosen
+
+    def __call__(self, position: int, _: Any = None, *, shuffle: bool = True) -> int:
+        """The record at stream position ``position`` (Grain's ``map_with_index``)."""
+        epoch, j = divmod(int(position), self.size)
+        return int(self.epoch(epoch, shuffle and self.shuffle)[j])
 
 
 def labelled_dataset(
@@ -419,13 +461,13 @@ def labelled_dataset(
     index, count = _process(process_index, process_count)
     local = _local_batch(data.batch_size, count)
     frac = data.positive_fraction if positive_fraction is None else positive_fraction
-    chosen = labelled_indices(m, split, frac, data.seed)
     paths = m.shard_paths(split)
+    flags = _calcium_flags(tuple(paths))
+    draw = _LabelledDraw(flags, frac, data.seed, shuffle=bool(data.shuffle), split=split)
     op = SliceExample(paths, data.hu_window, data.eval_size, _first_shape(paths))
-    ds = grain.MapDataset.source(chosen).seed(data.seed)
-    if data.shuffle:
-        ds = ds.shuffle()
-    ds = ds.repeat(num_epochs).map(op)
+    ds = grain.MapDataset.range(draw.size).seed(data.seed).repeat(num_epochs)
+    ds = ds.map_with_index(draw)
+    ds = ds.map(op)
     if augment:
         ds = ds.random_map(LabelPreservingAugment(data))
     ds = ds.batch(local, drop_remainder=True, batch_fn=_stack)

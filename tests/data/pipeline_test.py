@@ -265,3 +265,30 @@ def test_worker_init_makes_opencv_single_threaded():
     finally:
         pipeline._IN_WORKER = False
         cv2.setNumThreads(before)
+
+
+def test_labelled_negatives_are_drawn_afresh_each_epoch_and_repeat_for_a_seed(dataset):
+    # The train split: 8 calcified and 16 plain slices; at fraction 0.5 an epoch holds all
+    # 8 positives and 8 of the 16 negatives, drawn from (seed, epoch).
+    epochs = [pipeline.labelled_indices(dataset, "train", 0.5, seed=0, epoch=e) for e in range(4)]
+    pos = pipeline.labelled_indices(dataset, "train", 1.0, seed=0)  # fraction 1: no negatives
+    assert len(pos) == 8
+    for e in epochs:
+        assert len(e) == 16 and (np.diff(e) > 0).all() and np.isin(pos, e).all()
+    negatives = [np.setdiff1d(e, pos) for e in epochs]
+    assert len({tuple(n) for n in negatives}) == 4  # every epoch its own negatives
+    # over 4 epochs more than the 8 of one draw are seen (P(all equal) = 0 here)
+    assert len(np.unique(np.concatenate(negatives))) > 8
+    again = pipeline.labelled_indices(dataset, "train", 0.5, seed=0, epoch=2)
+    np.testing.assert_array_equal(again, epochs[2])
+    other = pipeline.labelled_indices(dataset, "train", 0.5, seed=1, epoch=2)
+    assert not np.array_equal(other, epochs[2])
+    # the stream: epoch e of labelled_dataset holds exactly labelled_indices(..., epoch=e)
+    data = _config(batch_size=4)
+    stream = pipeline.labelled_dataset(
+        dataset, "train", data, num_epochs=3, process_index=0, process_count=1
+    )
+    seen = np.concatenate([b["index"] for b in stream])
+    assert len(seen) == 48
+    for e in range(3):
+        np.testing.assert_array_equal(np.sort(seen[16 * e : 16 * (e + 1)]), epochs[e])
