@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 
 from dinolg_jax.models.slice_cnn import CnnLogits, SliceCNN
 from dinolg_jax.phantom import synthetic_records
@@ -46,6 +47,7 @@ def _config(manifest):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_cnn_separates_calcified_slices_and_is_deterministic(tmp_path):
     manifest = synthetic_records.write_dataset(tmp_path / "records", size=32, studies=4)
     out = cnn_baseline.train_cnn_baseline(_config(manifest), tmp_path / "a")
