@@ -83,6 +83,16 @@ def _paper():
     )  # fmt: skip
     c.attention_split = "test"  # split of the attn_calcium_ratio
     c.hu_baseline = True  # the probe's yardstick on HU histograms (eval.hu_baseline)
+    # The signal in the data: a small supervised CNN on the ceiling's slices and schedule
+    # (train.cnn_baseline), on the first seed.
+    c.cnn = ml_collections.ConfigDict(
+        {"enabled": True, "channels": (16, 16, 32, 32),
+         "optim": {"num_steps": 2000, "warmup_steps": 200, "lr": 1e-3, "weight_decay": 0.0,
+                   "clip_norm": 1.0}}
+    )  # fmt: skip
+    # Paired arm differences: two-level bootstrap over seeds and test patients
+    # (experiments.ablation_comparisons, eval.paired_bootstrap).
+    c.comparisons = ml_collections.ConfigDict({"n_boot": 1000, "seed": 0})
     c.data_manifest = ""  # a converted dataset (real COCA); "" -> the phantom below
     c.phantom = ml_collections.ConfigDict(
         {"n_gated": 60, "n_nongated": 0, "seed": 0, "size": 512, "slices": (34, 60),
@@ -152,6 +162,9 @@ def _tiny(c):
     c.supervised.log_every = 1
     c.supervised.optim.num_steps = 3
     c.supervised.optim.warmup_steps = 1
+    c.cnn.optim.num_steps = 3
+    c.cnn.optim.warmup_steps = 1
+    c.comparisons.n_boot = 50
     c.segment.model.kwargs = {"filters": 8, "depth": 2}
     c.segment.data.batch_size = 8
     c.segment.optim.num_steps = 3

@@ -64,8 +64,9 @@ def attention_calcium_ratio(attention: np.ndarray, calcium: np.ndarray) -> dict[
       calcium: bool [B, N], the calcium patches of each slice.
 
     Returns:
-      ``{"mean": float, "per_head": [heads], "per_slice": [B'], "n_slices": B'}`` over the
-      B' slices with at least one calcium patch (``mean`` NaN when there is none).
+      ``{"mean": float, "per_head": [heads], "per_slice": [B'], "slice_rows": [B'],
+      "n_slices": B'}`` over the B' slices with at least one calcium patch (their rows
+      of the input in ``slice_rows``; ``mean`` NaN when there is none).
     """
     a = np.asarray(attention, np.float64)
     m = np.asarray(calcium, bool)
@@ -73,8 +74,10 @@ def attention_calcium_ratio(attention: np.ndarray, calcium: np.ndarray) -> dict[
         raise ValueError(f"attention [B, heads, N] and calcium [B, N]; got {a.shape}, {m.shape}")
     keep = m.any(axis=1)
     a, m = a[keep], m[keep].astype(np.float64)
+    rows = [int(i) for i in np.flatnonzero(keep)]
     if not len(a):
-        return {"mean": float("nan"), "per_head": [], "per_slice": [], "n_slices": 0}
+        return {"mean": float("nan"), "per_head": [], "per_slice": [], "slice_rows": [],
+                "n_slices": 0}  # fmt: skip
     chance = m.mean(axis=1)  # [B']
     head_mean = a.mean(axis=1)  # [B', N]
     share = (head_mean * m).sum(1) / head_mean.sum(1)
@@ -85,6 +88,7 @@ def attention_calcium_ratio(attention: np.ndarray, calcium: np.ndarray) -> dict[
         "mean": float(per_slice.mean()),
         "per_head": [float(x) for x in per_head],
         "per_slice": [float(x) for x in per_slice],
+        "slice_rows": rows,
         "n_slices": len(a),
     }
 
@@ -132,12 +136,13 @@ def slices_attention_ratio(
         resized, as in ``tools/attention_maps.py``).
 
     Returns:
-      :func:`attention_calcium_ratio`'s dict.
+      :func:`attention_calcium_ratio`'s dict, ``slice_rows`` indexing ``slices``.
     """
     patch = decode_variant(model_config["variant"]).patch
     if size % patch:
         raise ValueError(f"size {size} is not a multiple of the patch size {patch}")
-    picked = [r for r in slices if np.any(np.asarray(r["labels"]))]
+    rows = [j for j, r in enumerate(slices) if np.any(np.asarray(r["labels"]))]
+    picked = [slices[j] for j in rows]
     if not picked:
         return attention_calcium_ratio(np.zeros((0, 1, 1)), np.zeros((0, 1), bool))
     images = []
@@ -148,4 +153,5 @@ def slices_attention_ratio(
     attn = encoder_attention(params, model_config, np.stack(images))
     grid = (size // patch, size // patch)
     calcium = calcium_patch_mask(np.stack([r["labels"] for r in picked]), grid)
-    return attention_calcium_ratio(attn, calcium)
+    out = attention_calcium_ratio(attn, calcium)
+    return {**out, "slice_rows": [rows[k] for k in out["slice_rows"]]}

@@ -24,7 +24,9 @@ A measurement, not the gate: the integrated system still gates with the slice pr
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import grain
@@ -68,12 +70,13 @@ def training_rows(cells: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate([pos, neg])).astype(np.int64)
 
 
-def _read(
-    tokens: np.ndarray, cells: np.ndarray, has_calcium: np.ndarray, model: Any, params: Any
-) -> dict[str, Any]:
+def _scores(tokens: np.ndarray, model: Any, params: Any) -> np.ndarray:
+    """float32 [N, T]: the probe's score of every token."""
     n, t, d = tokens.shape
-    scores = predict_scores(model, params, tokens.reshape(n * t, d), batch_size=8192)
-    scores = scores.reshape(n, t)
+    return predict_scores(model, params, tokens.reshape(n * t, d), batch_size=8192).reshape(n, t)
+
+
+def _read(scores: np.ndarray, cells: np.ndarray, has_calcium: np.ndarray) -> dict[str, Any]:
     return {
         "patch_roc_auc": _defined(roc_auc(scores.reshape(-1), cells.reshape(-1))),
         "slice_roc_auc": _defined(roc_auc(scores.max(axis=1), np.asarray(has_calcium, bool))),
@@ -91,6 +94,7 @@ def run_patch_probe(
     cells: Mapping[str, np.ndarray],
     settings: Mapping[str, Any],
     seed: int,
+    save_test_to: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Fits the dense probe on ``train`` and reads it out on ``val`` and ``test``.
 
@@ -100,6 +104,9 @@ def run_patch_probe(
       cells: per split, bool [N, T] calcium cells (:func:`split_calcium_cells`).
       settings: ``config.patch_probe``: ``max_rows``, ``lr``, ``epochs``, ``batch_size``.
       seed: row draw, init and shuffling seed.
+      save_test_to: a folder to write the test split's token scores (float32 [N, T],
+        ``patch_test_scores.npy``) and calcium cells (bool [N, T], ``patch_test_cells.npy``)
+        to, rows in record order; None writes nothing.
 
     Returns:
       ``{"val": {...}, "test": {...}, "train_rows", "train_calcium_rows", "pos_weight",
@@ -127,10 +134,13 @@ def run_patch_probe(
         model, x, y, lr=float(settings["lr"]), epochs=int(settings["epochs"]),
         batch_size=int(settings["batch_size"]), pos_weight=pos_weight, seed=int(seed),
     )  # fmt: skip
+    scores = {s: _scores(feats[s]["tokens"], model, params) for s in ("val", "test")}
     out: dict[str, Any] = {
-        s: _read(feats[s]["tokens"], cells[s], feats[s]["has_calcium"], model, params)
-        for s in ("val", "test")
+        s: _read(scores[s], cells[s], feats[s]["has_calcium"]) for s in ("val", "test")
     }
+    if save_test_to is not None:  # the ablation's paired bootstrap reads them back
+        np.save(Path(save_test_to) / "patch_test_scores.npy", scores["test"].astype(np.float32))
+        np.save(Path(save_test_to) / "patch_test_cells.npy", np.asarray(cells["test"], bool))
     out.update(
         train_rows=int(rows.size),
         train_calcium_rows=int(y.sum()),

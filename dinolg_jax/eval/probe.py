@@ -316,7 +316,8 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
     test = score_metrics(scores["test"], feats["test"]["has_calcium"], threshold)
     if jax.process_index() == 0:
         confusion_png(test, workdir / "confusion_test.png", f"{name} probe, test")
-        np.save(workdir / "test_scores.npy", scores["test"])
+        np.save(workdir / "test_scores.npy", scores["test"])  # rows in record order
+        np.save(workdir / "test_has_calcium.npy", np.asarray(feats["test"]["has_calcium"], bool))
     probe_config = {
         "name": name,
         "kwargs": dict(config.probe.kwargs),
@@ -336,7 +337,7 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
     save_probe(workdir / PROBE_DIR, params, probe_config)
     patch = None
     if config.patch_probe.enabled:
-        patch = _dense_probe(config, feats, manifest, enc_cfg, probe_config["input_size"])
+        patch = _dense_probe(config, feats, manifest, enc_cfg, probe_config["input_size"], workdir)
     summary = {
         "probe": name,
         "pos_weight": pos_weight,
@@ -363,8 +364,10 @@ def _dense_probe(
     manifest: Any,
     enc_cfg: dict[str, Any],
     input_size: int,
+    workdir: Path,
 ) -> dict[str, Any]:
-    """``eval.patch_probe`` on the cached tokens: per-patch calcium from the pixel labels."""
+    """``eval.patch_probe`` on the cached tokens: per-patch calcium from the pixel labels
+    (the test split's token scores and cells saved in ``workdir``, process 0)."""
     from dinolg_jax.eval import patch_probe
     from dinolg_jax.models.vit import decode_variant
 
@@ -373,4 +376,5 @@ def _dense_probe(
     side = decode_variant(enc_cfg["variant"]).patch * int(config.features.token_pool)
     grid = (int(input_size) // side, int(input_size) // side)
     cells = {s: patch_probe.split_calcium_cells(manifest, config.splits[s], grid) for s in feats}
-    return patch_probe.run_patch_probe(feats, cells, config.patch_probe, int(config.seed))
+    save = workdir if jax.process_index() == 0 else None
+    return patch_probe.run_patch_probe(feats, cells, config.patch_probe, int(config.seed), save)

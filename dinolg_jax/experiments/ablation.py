@@ -37,6 +37,7 @@ ops, see ``configs/ablation.py``), whether the run was interrupted or not.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -50,7 +51,7 @@ import numpy as np
 
 from dinolg_jax.experiments import stages
 from dinolg_jax.runtime.json_file import write_json
-from dinolg_jax.scoring.agatston import VESSELS
+from dinolg_jax.scoring.agatston import VESSELS, risk_category
 
 RESULTS = "results.json"
 TIMINGS = "timings.json"
@@ -101,6 +102,16 @@ def arm_supervised_config(
     c.tensorboard = False
     # checkpoints as the pretraining arms' (runtime.run: resume after an interruption)
     c.checkpoint = config.pretrain.checkpoint.copy_and_resolve_references()
+    return c
+
+
+def arm_cnn_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+    """The ``train.cnn_baseline`` config: the ceiling's data, splits and schedule
+    (:func:`arm_supervised_config`), ``config.cnn``'s channels and optimiser."""
+    c = arm_supervised_config(config, seed)
+    del c["init_encoder"], c["features"]
+    c.channels = tuple(int(x) for x in config.cnn.channels)
+    c.optim = ml_collections.ConfigDict(config.cnn.optim.copy_and_resolve_references().to_dict())
     return c
 
 
@@ -200,7 +211,22 @@ def run_numbers(
         out[mode]["segmented_slices"] = sum(r["num_flagged"] for r in mine)
         out[mode]["slices"] = sum(r["num_slices"] for r in mine)
         out[mode]["pred_totals"] = {r["study"]: r["pred_total"] for r in mine}
+    if "gated" in out and "unet_only" in out:
+        out["gate"] = _gate_effect(out["gated"]["pred_totals"], out["unet_only"]["pred_totals"])
     return _clean(out)
+
+
+def _gate_effect(gated: Mapping[str, float], alone: Mapping[str, float]) -> dict[str, int]:
+    """What the gate changes against the U-Net alone, per test patient (predicted totals):
+    ``risk_changed`` (paper4 category differs), ``lost_calcified`` (the U-Net alone finds
+    calcium, the gated system none), out of ``patients``."""
+    both = sorted(set(gated) & set(alone))
+    cat = functools.partial(risk_category, scheme="paper4")
+    return {
+        "patients": len(both),
+        "risk_changed": sum(cat(gated[s]) != cat(alone[s]) for s in both),
+        "lost_calcified": sum(alone[s] > 0 and gated[s] == 0 for s in both),
+    }
 
 
 def scalar_metrics(run: Mapping[str, Any]) -> dict[str, float | None]:
@@ -233,6 +259,9 @@ def scalar_metrics(run: Mapping[str, Any]) -> dict[str, float | None]:
         )
     if "gated" in run:  # the gate is the probe at its threshold, on the same test slices
         flat["gate_slice_recall"] = t["recall"]
+    if "gate" in run:
+        flat["gate_risk_changed"] = run["gate"]["risk_changed"]
+        flat["gate_lost_calcified"] = run["gate"]["lost_calcified"]
     return flat
 
 
@@ -323,17 +352,35 @@ def _extra_arms(config: ml_collections.ConfigDict) -> tuple[str, str]:
     return control, ceiling
 
 
-def _hu_baseline(
-    config: ml_collections.ConfigDict, manifest: Path, timed: _Clock
-) -> dict[str, Any] | None:
-    """The encoder-free yardstick (``eval.hu_baseline`` on the first seed) when configured."""
-    if not config.hu_baseline:
-        return None
-    from dinolg_jax.eval import hu_baseline
-
+def _baselines(plan: _Plan) -> dict[str, Any]:
+    """The encoder-free yardsticks on the first seed, when configured: ``hu_histogram``
+    (``eval.hu_baseline``) and ``cnn_roc_auc`` / ``cnn_val_roc_auc`` (a small supervised
+    CNN, ``train.cnn_baseline``: the signal in the data)."""
+    config, out = plan.config, {}
     seed0 = int(config.seeds[0])
-    return timed("hu_baseline", hu_baseline.hu_histogram_baseline, manifest,
-                 config.probe.optim, seed0)  # fmt: skip
+    if config.hu_baseline:
+        from dinolg_jax.eval import hu_baseline
+
+        out["hu_histogram"] = plan.timed("hu_baseline", hu_baseline.hu_histogram_baseline,
+                                         plan.manifest, config.probe.optim, seed0)  # fmt: skip
+    if config.cnn.enabled:
+        cnn = plan.timed("cnn_baseline", stages.cnn_baseline, plan.workdir / "cnn_baseline",
+                         arm_cnn_config(config, seed0), plan.manifest)  # fmt: skip
+        out["cnn_roc_auc"] = cnn["test_roc_auc"]
+        out["cnn_val_roc_auc"] = cnn["val_roc_auc"]
+    return out
+
+
+def _comparisons(plan: _Plan, log: Callable[[str], None]) -> dict[str, Any]:
+    """``results["comparisons"]`` (``experiments.ablation_comparisons``)."""
+    from dinolg_jax.experiments import ablation_comparisons as comp
+
+    guided = {a: int(plan.config.arms[a]) for a in plan.arms}
+    arm_pairs = comp.pairs(plan.arms, guided, plan.control)
+    studies = comp.record_studies(plan.manifest, str(plan.config.probe.splits.test))
+    c = plan.config.comparisons
+    return comp.compare(plan.workdir, [int(s) for s in plan.config.seeds], arm_pairs, studies,
+                        n_boot=int(c.n_boot), seed=int(c.seed), log=log)  # fmt: skip
 
 
 def _read_out(
@@ -501,7 +548,7 @@ def run_ablation(
     control, ceiling = _extra_arms(config)
     split = str(config.attention_split)
     plan = _Plan(config, workdir, manifest, arms, control, ceiling, split, per_arm_unet, timed)
-    baseline = _hu_baseline(config, manifest, timed)
+    baseline = _baselines(plan)
     runs = {str(seed): _seed_runs(plan, seed) for seed in (int(s) for s in config.seeds)}
     crops = _arm_crops(config, arms, control, ceiling)
     results = {
@@ -511,8 +558,9 @@ def run_ablation(
         "seeds": [int(s) for s in config.seeds],
         "runs": runs,
         "aggregate": aggregate(runs, list(crops)),
+        "comparisons": _clean(_comparisons(plan, log)),
     }
-    if baseline is not None:
-        results["baseline"] = {"hu_histogram": _clean(baseline)}
+    if baseline:
+        results["baseline"] = _clean(baseline)
     _write_outputs(plan, results, log)
     return results

@@ -241,6 +241,20 @@ def initial_encoder(
     return pretrain.initial_encoder(config, workdir)
 
 
+def cnn_baseline(
+    workdir: str | os.PathLike, config: ml_collections.ConfigDict, manifest: str | os.PathLike
+) -> dict[str, Any]:
+    """The CNN yardstick (``train.cnn_baseline``): val and test slice ROC-AUC.
+
+    Raises:
+      StageInterrupted: the run was preempted (its checkpoint is written).
+    """
+    from dinolg_jax.train import cnn_baseline
+
+    config = _with_manifest(config, manifest)
+    return _training_stage(workdir, config, cnn_baseline.train_cnn_baseline, "the CNN yardstick")
+
+
 def supervised_encoder(
     workdir: str | os.PathLike,
     config: ml_collections.ConfigDict,
@@ -270,7 +284,8 @@ def measure_attention(
     ``split`` (``eval.attention``), at the encoder's global crop size and HU window.
 
     Returns:
-      ``{"mean", "per_head", "per_slice", "n_slices", "split", "size"}``.
+      ``{"mean", "per_head", "per_slice", "slice_rows" (their record indices in
+      ``split``), "n_slices", "split", "size"}``.
     """
     import grain
 
@@ -286,14 +301,16 @@ def measure_attention(
         return done
     m = manifest_lib.load(manifest)
     source = grain.sources.ArrayRecordDataSource(m.shard_paths(split))
-    slices = []
+    slices, index = [], []
     for i in range(len(source)):
         rec = records.decode(source[i], fields=("image", "labels"))
         if rec["has_calcium"]:
             slices.append(rec)
+            index.append(i)
     params, model_config = load_encoder(encoder)
     size = int(pre["data"]["global_size"])
     out = slices_attention_ratio(params, model_config, slices, pre["data"]["hu_window"], size)
+    out["slice_rows"] = [index[j] for j in out["slice_rows"]]  # record indices of the split
     summary = {**out, "split": split, "size": size}
     write_json(Path(workdir) / SUMMARY, summary)
     return summary

@@ -39,6 +39,7 @@ def test_uniform_attention_is_chance_and_slices_without_calcium_are_left_out():
     r = attention_calcium_ratio(attn, calcium)
     assert r["n_slices"] == 2 and r["mean"] == pytest.approx(1.0)
     assert r["per_slice"] == pytest.approx([1.0, 1.0])
+    assert r["slice_rows"] == [0, 2]  # slice 1 has no calcium patch
     none = attention_calcium_ratio(attn, np.zeros((3, 16), bool))
     assert none["n_slices"] == 0 and np.isnan(none["mean"])
     # all attention on the single calcium patch of slice 2: ratio = 16
