@@ -117,7 +117,7 @@ def _paired_difference(
     )
 
 
-HEADROOM_MIN = 0.05  # ceiling - floor probe ROC-AUC below which arms cannot be told apart
+HEADROOM_MIN = 0.15  # ceiling - floor probe ROC-AUC below which the run cannot decide
 
 
 def headroom(results: Mapping[str, Any]) -> float | None:
@@ -177,6 +177,88 @@ def _headroom_lines(results: Mapping[str, Any]) -> list[str]:
             "show a difference, and the arms' differences above are noise.",
         ]
     return lines
+
+
+def _decide_lines(results: Mapping[str, Any]) -> list[str]:
+    """Can this run decide? The headroom (ceiling - floor) and the yardsticks, first."""
+    room = headroom(results)
+    base = results.get("baseline") or {}
+    lines = ["## Can this run decide?", ""]
+    if room is None:
+        lines.append("No headroom measured (the run has no control or no ceiling arm).")
+    else:
+        verdict = (
+            f"at least {HEADROOM_MIN}: the run can tell the arms apart"
+            if room >= HEADROOM_MIN
+            else f"under {HEADROOM_MIN}: **this run cannot decide**; the arms' differences "
+            "below are within what an encoder of this size reads of calcium at all"
+        )
+        lines.append(
+            f"Headroom (ceiling {results['ceiling']} - floor {results['control']}, slice "
+            f"probe test ROC-AUC, mean over seeds): {room:+.3f}, {verdict}."
+        )
+    if base.get("cnn_roc_auc") is not None:
+        lines += ["", f"Signal in the data: a small supervised CNN (train.cnn_baseline) reads "
+                  f"calcium at test ROC-AUC {base['cnn_roc_auc']:.3f} (val "
+                  f"{base['cnn_val_roc_auc']:.3f}), first seed."]  # fmt: skip
+    return [*lines, ""]
+
+
+def _ci(d: Mapping[str, Any] | None) -> str:
+    if not d or d.get("diff") is None:
+        return "n/a"
+    lo, hi = d["ci95"]
+    return f"{d['diff']:+.3f} [{_num(lo)}, {_num(hi)}]"
+
+
+def _comparison_lines(results: Mapping[str, Any]) -> list[str]:
+    """Paired differences with 95 % intervals (``experiments.ablation_comparisons``)."""
+    comp = results.get("comparisons") or {}
+    if not comp:
+        return []
+    n = next((d["n_seeds"] for e in comp.values() for d in e.values()), 0)
+    lines = [
+        "## Paired differences (test split, 95 % intervals)",
+        "",
+        f"Mean over {n} seed(s) of a - b; interval: two-level percentile bootstrap (seeds and "
+        "test patients resampled, paired). An interval above 0 says a is ahead.",
+        "",
+        "| a - b | slice probe ROC-AUC | dense probe patch ROC-AUC | attn_calcium_ratio |",
+        "|---|---|---|---|",
+    ]
+    for pair, entry in comp.items():
+        cells = (_ci(entry.get(m)) for m in
+                 ("probe_roc_auc", "patch_probe_roc_auc", "attn_calcium_ratio"))  # fmt: skip
+        lines.append(f"| {pair.replace('_vs_', ' - ')} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _gate_lines(results: Mapping[str, Any], trained: Sequence[str]) -> list[str]:
+    """The gate as the paper uses it: slice recall, the share of slices sent to the U-Net
+    and the patients whose risk category it changes (or loses) against the U-Net alone."""
+    agg = results["aggregate"]
+    rows = [a for a in trained if "gate_risk_changed" in agg[a]]
+    if not rows:
+        return []
+    lines = [
+        "## The gate against the U-Net alone (test split)",
+        "",
+        "Threshold chosen on val for the target recall; per arm, mean over seeds (patients "
+        "summed over seeds in the last two columns).",
+        "",
+        "| Arm | slice recall | share of slices segmented | patients: risk category "
+        "changed | calcified patients lost |",
+        "|---|---|---|---|---|",
+    ]
+    for arm in rows:
+        runs = [r[arm] for r in results["runs"].values() if "gate" in r.get(arm, {})]
+        changed = sum(r["gate"]["risk_changed"] for r in runs)
+        lost = sum(r["gate"]["lost_calcified"] for r in runs)
+        total = sum(r["gate"]["patients"] for r in runs)
+        lines.append(f"| {arm} | {fmt(agg[arm].get('gate_slice_recall'))} | "
+                     f"{fmt(agg[arm].get('gated_segmented_fraction'))} | {changed} / {total} | "
+                     f"{lost} / {total} |")  # fmt: skip
+    return [*lines, ""]
 
 
 def _setup_lines(results: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
@@ -405,13 +487,16 @@ def write(
     if config.note:
         lines += [str(config.note), ""]
     lines += [*_setup_lines(results, config), ""]
-    lines += _probe_table(results)
+    lines += _decide_lines(results)
     trained = [a for a in arms if results["arms"][a].get("pretrained", True)]
+    lines += _comparison_lines(results)
+    lines += _probe_table(results)
     lines += _probe_comparison_lines(results, trained)
     lines += _hu_yardstick_lines(results)
     lines += ["", *_dense_lines(results, trained), ""]
     lines += _attention_lines(results, config)
     lines += _fig6_lines(results, out)
+    lines += _gate_lines(results, trained)
     modes = _scoring_modes(results["aggregate"], trained)
     lines += _presence_lines(results["aggregate"], modes)
     lines += _risk_lines(results["aggregate"], modes, out)
