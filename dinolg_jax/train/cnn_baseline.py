@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import ml_collections
 
 from dinolg_jax.models.slice_cnn import CnnLogits, SliceCNN
-from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.runtime import run as run_lib
 from dinolg_jax.train import slice_classifier as classifier_lib
@@ -60,14 +59,4 @@ def train_cnn_baseline(config: ml_collections.ConfigDict, workdir: str | Path) -
             read_out[f"{split}_roc_auc"] = classifier_lib.slice_roc_auc(
                 logits, params, config.data.manifest, str(config.splits[split]), config.data, mesh
             )
-    return run.write_summary(
-        {
-            "step": result.step,
-            "total_steps": total,
-            "status": result.status,
-            "metrics": result.log.last,
-            "first_loss": result.log.first_loss,
-            **read_out,
-            "params_checksum": ckpt_lib.params_checksum(params),
-        }
-    )
+    return run.write_summary({**classifier_lib.run_summary(result, total), **read_out})

@@ -29,6 +29,7 @@ import optax
 from dinolg_jax.data import pipeline
 from dinolg_jax.eval import features as features_lib
 from dinolg_jax.eval import metrics as metrics_lib
+from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.runtime import run as run_lib
 
@@ -186,3 +187,16 @@ def train_classifier(
         total_steps=int(config.optim.num_steps),
         steps_per_epoch=max(1, len(chosen) // int(data.batch_size)),
     )
+
+
+def run_summary(result: run_lib.LoopResult, total_steps: int) -> dict[str, Any]:
+    """The summary fields every slice classifier writes: ``step``, ``total_steps``,
+    ``status``, ``metrics`` (last line), ``first_loss``, ``params_checksum``."""
+    return {
+        "step": result.step,
+        "total_steps": total_steps,
+        "status": result.status,
+        "metrics": result.log.last,
+        "first_loss": result.log.first_loss,
+        "params_checksum": ckpt_lib.params_checksum(result.state.params),
+    }

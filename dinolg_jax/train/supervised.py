@@ -129,15 +129,5 @@ def train_supervised(config: ml_collections.ConfigDict, workdir: str | Path) -> 
         ckpt_lib.save_encoder(
             run.workdir / ckpt_lib.ENCODER_DIR, params["encoder"], model_config, step=total
         )
-    return run.write_summary(
-        {
-            "step": result.step,
-            "total_steps": total,
-            "status": result.status,
-            "metrics": result.log.last,
-            "first_loss": result.log.first_loss,
-            "val_split": val_split,
-            "val_roc_auc": val_auc,
-            "params_checksum": ckpt_lib.params_checksum(params),
-        }
-    )
+    summary = classifier_lib.run_summary(result, total)
+    return run.write_summary({**summary, "val_split": val_split, "val_roc_auc": val_auc})
