@@ -37,7 +37,7 @@ def get_config(arg=None):
     c.seed = 0  # pretraining, probe and U-Net seed
     c.phantom = ml_collections.ConfigDict(
         {"n_gated": 30, "n_nongated": 0, "seed": 0, "size": 64, "slices": (24, 36),
-         "workers": min(2, os.cpu_count() or 1)}
+         "workers": min(2, os.cpu_count() or 1), "cardiac_fov_mm": ()}
     )  # fmt: skip
     c.convert = ml_collections.ConfigDict(
         {"seed": 0, "shards_per_split": 2, "workers": c.phantom.workers}

@@ -10,7 +10,7 @@ from configs import common
 ROOT = Path(__file__).resolve().parents[1]
 SEGMENTERS = ["unet", "attention_unet", "swin_unet", "vit_unet"]
 VARIANTS = {
-    "ablation": [None, "runlocal", "tiny", "runlocal,tiny"],
+    "ablation": [None, "runlocal", "tiny", "runlocal,tiny", "cardiac", "runlocal,cardiac"],
     "demo": [None],
     "dinolg": [None, "arm=dino", "variant=S/8", "variant=S/8,arm=dino", "runlocal",
                "arm=dino,runlocal", "tiny", "arm=dino,tiny"],

@@ -113,7 +113,8 @@ def make_phantom(workdir: str | os.PathLike, config: ml_collections.ConfigDict) 
     Args:
       workdir: stage folder.
       config: ``n_gated``, ``n_nongated``, ``seed``, ``size``, ``slices`` (min, max),
-        ``workers``.
+        ``workers``, ``cardiac_fov_mm`` (min, max: the gated scans' targeted field of
+        view, mm; empty: the cardiac field).
 
     Returns:
       ``{"release", "truth", "n_gated", "n_nongated", "wall_s"}``.
@@ -124,6 +125,7 @@ def make_phantom(workdir: str | os.PathLike, config: ml_collections.ConfigDict) 
         return done
     t0 = time.perf_counter()
     release = Path(workdir).absolute() / "release"
+    fov = tuple(config.cardiac_fov_mm) or None
     coca_release.make_release(
         release,
         n_gated=int(config.n_gated),
@@ -132,6 +134,7 @@ def make_phantom(workdir: str | os.PathLike, config: ml_collections.ConfigDict) 
         size=int(config.size),
         slices=tuple(int(s) for s in config.slices),
         workers=int(config.workers),
+        cardiac_fov_mm=None if fov is None else (float(fov[0]), float(fov[1])),
     )
     summary = {
         "release": str(release),

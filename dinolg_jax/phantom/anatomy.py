@@ -5,8 +5,10 @@ x towards the patient's left (image columns), y posterior (image rows), z superi
 A scan is a stack of axial slices, index 0 the most inferior, so the volume is z
 ascending exactly like the series the COCA reader reconstructs. Gated scans have a
 cardiac field of view (165-240 mm, centred near the heart, the chest wall cut off
-laterally); non-gated scans show the whole chest (330-440 mm). The field is fixed in mm,
-so the pixel spacing is field / size and the anatomy fills the image at any size.
+laterally), or with ``cardiac_fov_mm`` a targeted reconstruction: a smaller field centred
+on the heart, as scanners reconstruct for cardiac CT; non-gated scans show the whole
+chest (330-440 mm). The field is fixed in mm, so the pixel spacing is field / size and
+the anatomy fills the image at any size.
 
 Per slice, painted in this order (HU, before noise):
   air -1000; body ellipse of subcutaneous fat (-100) around a muscle layer (45); the
@@ -79,6 +81,7 @@ def sample_scan(
     thickness_mm: float,
     *,
     aortic_calcium_p: float = 0.45,
+    cardiac_fov_mm: tuple[float, float] | None = None,
 ) -> Scan:
     """Draws one patient's geometry and anatomy.
 
@@ -90,14 +93,21 @@ def sample_scan(
         n_slices: number of slices.
         thickness_mm: slice thickness and z step, mm.
         aortic_calcium_p: probability of a calcified spot on the aortic wall.
+        cardiac_fov_mm: gated scans only: (min, max) field of a targeted reconstruction,
+            mm. The field maps the cardiac field's draw linearly onto this range and is
+            centred on the heart's mid-slice centre, give or take 4 mm per axis; the
+            generator draws the same numbers as without it, so a patient keeps its
+            anatomy. None: the cardiac field (165-240 mm).
 
     Raises:
-        ValueError: unknown kind, size < 16 or no slices.
+        ValueError: unknown kind, size < 16, no slices or a bad ``cardiac_fov_mm``.
     """
     if kind not in ("gated", "nongated"):
         raise ValueError(f"kind must be 'gated' or 'nongated', got {kind!r}")
     if size < 16 or n_slices < 1:
         raise ValueError(f"size must be >= 16 and n_slices >= 1, got {size}, {n_slices}")
+    if cardiac_fov_mm is not None and not 0 < cardiac_fov_mm[0] <= cardiac_fov_mm[1]:
+        raise ValueError(f"cardiac_fov_mm must be (min, max) with 0 < min <= max: {cardiac_fov_mm}")
     u = rng.uniform
     a, b = u(140, 185), u(95, 130)
     fat, muscle = u(8, 28), u(7, 14)
@@ -117,7 +127,13 @@ def sample_scan(
     # field of view: cardiac for gated scans, whole chest for non-gated ones.
     if kind == "gated":
         fov = float(np.round(u(165, 240)))
-        cx, cy = p["hx"] * 0.55 + u(-8, 8), p["hy"] + 0.45 * p["ry"] + u(-8, 8)
+        jx, jy = u(-8, 8), u(-8, 8)
+        if cardiac_fov_mm is None:
+            cx, cy = p["hx"] * 0.55 + jx, p["hy"] + 0.45 * p["ry"] + jy
+        else:
+            lo, hi = cardiac_fov_mm
+            fov = float(np.round(lo + (fov - 165.0) / 75.0 * (hi - lo)))
+            cx, cy = p["hx"] + 0.5 * jx, p["hy"] + 0.5 * jy
         cover = n_slices * thickness_mm
         if cover >= 2 * p["rz"] + 10:
             z_bottom = -p["rz"] - u(0, min(15.0, cover - 2 * p["rz"] - 5))

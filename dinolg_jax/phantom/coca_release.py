@@ -95,6 +95,7 @@ def _volume(
     slices: tuple[int, int],
     category: str,
     thickness_mm: float,
+    cardiac_fov_mm: tuple[float, float] | None = None,
 ) -> tuple[anatomy.Scan, np.ndarray, np.ndarray, list[calcium.Plaque]]:
     n_slices = int(rng.integers(slices[0], slices[1] + 1))
     scan = anatomy.sample_scan(
@@ -104,6 +105,7 @@ def _volume(
         n_slices,
         thickness_mm,
         aortic_calcium_p=0.0 if category == "zero" else 0.45,
+        cardiac_fov_mm=cardiac_fov_mm,
     )
     plaques, _ = calcium.plan_plaques(rng, scan, category)
     hu, labels, plaques = calcium.render(scan, plaques, rng)
@@ -233,7 +235,13 @@ def _write_gated_dicom(
 
 
 def _gated_patient(
-    out: Path, seed: int, pid: int, size: int, slices: tuple[int, int], has_dicom: bool
+    out: Path,
+    seed: int,
+    pid: int,
+    size: int,
+    slices: tuple[int, int],
+    has_dicom: bool,
+    cardiac_fov_mm: tuple[float, float] | None = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Generates and writes gated patient `pid`; returns (truth entry, fake PHI)."""
     rng = np.random.default_rng([seed, pid])
@@ -244,7 +252,9 @@ def _gated_patient(
     protocol = PROTOCOL_25 if thickness == 2.5 else PROTOCOLS[int(rng.integers(len(PROTOCOLS)))]
     kvp = int(rng.choice([120, 100, 80], p=[0.8, 0.12, 0.08]))
     phi = file_formats.fake_phi(rng, f"{seed:02d}{pid:04d}")
-    scan, hu, labels, plaques = _volume(rng, "gated", size, slices, category, thickness)
+    scan, hu, labels, plaques = _volume(
+        rng, "gated", size, slices, category, thickness, cardiac_fov_mm
+    )
     wx, wy = float(rng.uniform(-30, 30)), float(rng.uniform(-200, -120))
     ipp_xy = (round(scan.x0_mm + wx, 4), round(scan.y0_mm + wy, 4))
     z0 = math.floor((scan.z_mm[0] + rng.uniform(-260, -140)) * 4) / 4
@@ -358,9 +368,9 @@ def _nongated_study(
 
 
 def _task(args: tuple) -> tuple[str, Any, dict[str, Any], dict[str, str]]:
-    kind, out, seed, key, size, slices, has_dicom = args
+    kind, out, seed, key, size, slices, has_dicom, cardiac_fov_mm = args
     if kind == "gated":
-        truth, phi = _gated_patient(Path(out), seed, key, size, slices, has_dicom)
+        truth, phi = _gated_patient(Path(out), seed, key, size, slices, has_dicom, cardiac_fov_mm)
     else:
         truth, phi = _nongated_study(Path(out), seed, key, size, slices)
     return kind, key, truth, phi
@@ -375,6 +385,7 @@ def make_release(
     size: int = 512,
     slices: tuple[int, int] = (34, 60),
     workers: int = 1,
+    cardiac_fov_mm: tuple[float, float] | None = None,
 ) -> dict:
     """Writes a synthetic COCA release under `out` and returns its truth.
 
@@ -392,6 +403,10 @@ def make_release(
             give coarse pixels; 512 is the real size).
         slices: (min, max) slices per series, inclusive.
         workers: processes generating patients in parallel (same bytes for any value).
+        cardiac_fov_mm: (min, max) field of view of the gated scans' targeted
+            reconstruction, mm (`anatomy.sample_scan`): a heart-centred field, so coarse
+            sizes keep the lesions several pixels wide. None: the cardiac field of
+            165-240 mm (the release's bytes do not change). Non-gated scans keep theirs.
 
     Returns:
         The truth dict written to ``<out>/truth.json``: ``seed``, ``convention``,
@@ -427,10 +442,14 @@ def make_release(
     (root / GATED_DIR / "patient").mkdir(parents=True)
     (root / GATED_DIR / "calcium_xml").mkdir(parents=True)
     (root / NONGATED_DIR).mkdir(parents=True)
+    fov = None if cardiac_fov_mm is None else tuple(float(v) for v in cardiac_fov_mm)
     tasks = [
-        ("gated", str(root), seed, pid, size, (lo, hi), pid < n_gated) for pid in range(n_gated + 1)
+        ("gated", str(root), seed, pid, size, (lo, hi), pid < n_gated, fov)
+        for pid in range(n_gated + 1)
     ]
-    tasks += [("nongated", str(root), seed, n, size, (lo, hi), True) for n in range(n_nongated)]
+    tasks += [
+        ("nongated", str(root), seed, n, size, (lo, hi), True, None) for n in range(n_nongated)
+    ]
     if workers > 1:
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             results = list(pool.imap(_task, tasks, chunksize=1))
@@ -445,6 +464,8 @@ def make_release(
         "gated": {},
         "nongated": {},
     }
+    if fov is not None:  # only when set: a default release keeps its bytes
+        truth["cardiac_fov_mm"] = list(fov)
     markers: list[str] = [INSTITUTION]
     rows = []
     for kind, key, entry, phi in results:

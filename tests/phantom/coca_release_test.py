@@ -347,3 +347,30 @@ def test_roi_rule_matches_definition():
     want = {(r, c) for r, c in zip(rows, cols, strict=True) if hu[r, c] >= 130}
     assert got == want and (5, 5) not in got and len(got) == 15
     assert math.isclose(sum(hu[r, c] for r, c in got), 15 * 130)
+
+
+def test_targeted_field_keeps_the_anatomy_and_centres_the_heart():
+    """A targeted reconstruction draws the same anatomy; only the field and centre move."""
+    full = anatomy.sample_scan(np.random.default_rng(7), "gated", 112, 20, 3.0)
+    zoom = anatomy.sample_scan(
+        np.random.default_rng(7), "gated", 112, 20, 3.0, cardiac_fov_mm=(110.0, 130.0)
+    )
+    assert zoom.p == full.p and zoom.noise_hu == full.noise_hu
+    fov_full, fov_zoom = full.pixel_mm * 112, zoom.pixel_mm * 112
+    # the full field's draw in [165, 240] maps linearly onto [110, 130]
+    assert fov_zoom == pytest.approx(110.0 + (fov_full - 165.0) / 75.0 * 20.0, abs=0.6)
+    centre = (zoom.x0_mm + 55.5 * zoom.pixel_mm, zoom.y0_mm + 55.5 * zoom.pixel_mm)
+    assert abs(centre[0] - full.p["hx"]) <= 4.0 and abs(centre[1] - full.p["hy"]) <= 4.0
+    with pytest.raises(ValueError, match="cardiac_fov_mm"):
+        anatomy.sample_scan(np.random.default_rng(7), "gated", 112, 20, 3.0, cardiac_fov_mm=(0, 1))
+
+
+def test_targeted_release_records_its_field(tmp_path):
+    truth = coca_release.make_release(
+        tmp_path, n_gated=1, n_nongated=0, size=48, slices=(6, 6), cardiac_fov_mm=(110, 130)
+    )
+    assert truth["cardiac_fov_mm"] == [110.0, 130.0]
+    assert 110 / 48 - 0.02 <= truth["gated"]["0"]["pixel_mm"] <= 130 / 48 + 0.02
+    default = coca_release.make_release(tmp_path / "d", n_gated=1, n_nongated=0, size=48,
+                                        slices=(6, 6))  # fmt: skip
+    assert "cardiac_fov_mm" not in default
