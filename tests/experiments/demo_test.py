@@ -27,3 +27,16 @@ def test_gate_losses_name_only_patients_the_unet_alone_finds():
     )
     kept = [r for r in rows if r["study"] != "gated-0001"]
     assert "the gate lost no calcified patient" in patient_table(kept)
+
+
+def test_the_table_says_when_the_gate_sends_nearly_every_slice():
+    rows = [
+        _row("gated-0001", "unet_only", 120.3, 118.0),
+        _row("gated-0001", "gated", 120.3, 118.0, flagged=10),
+        _row("gated-0002", "unet_only", 0.0, 0.0),
+        _row("gated-0002", "gated", 0.0, 0.0, flagged=9),
+    ]
+    line = "the gate sent 19 of 20 slices to the U-Net"
+    assert line in patient_table(rows)  # 95 % > 90 %
+    rows[3] = _row("gated-0002", "gated", 0.0, 0.0, flagged=8)
+    assert "the gate sent" not in patient_table(rows)  # 18 of 20: 90 %, not above
