@@ -427,10 +427,10 @@ class _LabelledDraw:
             chosen = np.sort(np.concatenate([self.pos, self.neg[pick]]))
         return self._rng(epoch, 1).permutation(chosen) if shuffle else chosen
 
-    def __call__(self, position: int, _: Any = None, *, shuffle: bool = True) -> int:
+    def __call__(self, position: int, _: Any = None) -> int:
         """The record at stream position ``position`` (Grain's ``map_with_index``)."""
         epoch, j = divmod(int(position), self.size)
-        return int(self.epoch(epoch, shuffle and self.shuffle)[j])
+        return int(self.epoch(epoch, self.shuffle)[j])
 
 
 def labelled_dataset(
