@@ -526,7 +526,8 @@ def run_ablation(
 
     Args:
       config: ``configs/ablation.py``: ``seeds``, ``n_local``, ``arms``, ``control``,
-        ``ceiling`` and ``supervised`` (its training), ``attention_split``, ``phantom``
+        ``ceiling`` and ``supervised`` (its training), ``cnn`` (the CNN yardstick),
+        ``comparisons`` (``n_boot``, ``seed``), ``attention_split``, ``phantom``
         and ``convert`` (the shared dataset, unless ``data_manifest`` names a converted
         one), ``pretrain`` / ``probe`` / ``segment`` (the configs of ``train.pretrain``,
         ``eval.probe``, ``train.segment``), ``infer`` (``stages.infer``), ``note``.
@@ -536,7 +537,10 @@ def run_ablation(
     Returns:
       The content of ``results.json``: ``arms`` (crop counts), ``seeds``, ``runs``
       {seed: {arm: run_numbers}}, ``aggregate`` {arm: metrics mean/std/n and summed
-      confusion matrices}, ``report`` (relative path of the Markdown report).
+      confusion matrices}, ``comparisons`` {f"{a}_vs_{b}": {metric: diff, ci95, ...}}
+      (``experiments.ablation_comparisons``), ``baseline`` (``hu_histogram``,
+      ``cnn_roc_auc``, ``cnn_val_roc_auc`` when configured), ``report`` (relative path
+      of the Markdown report).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
