@@ -153,27 +153,16 @@ def _tiny(c):
     c.arms = {"dino": 0, "dinolg": 1}
     c.phantom.n_gated = 10
     c.phantom.slices = (8, 10)
-    c.pretrain.dino.out_dim = 256
-    c.pretrain.dino.hidden_dim = 32
-    c.pretrain.dino.bottleneck_dim = 16
-    c.pretrain.num_epochs = 2.0
-    c.pretrain.num_steps = 4
+    c.pretrain.dino.update(out_dim=256, hidden_dim=32, bottleneck_dim=16)
+    c.pretrain.update(num_epochs=2.0, num_steps=4, log_every=1)
     c.pretrain.optim.warmup_epochs = 0.5
-    c.pretrain.data.batch_size = 8
-    c.pretrain.data.global_size = 32
-    c.pretrain.data.local_size = 16
-    c.pretrain.data.guided_offset_px = 2.0
-    c.pretrain.log_every = 1
+    c.pretrain.data.update(batch_size=8, global_size=32, local_size=16, guided_offset_px=2.0)
     c.pretrain.checkpoint.every_steps = 2
     c.probe.data.batch_size = 16
-    c.probe.optim.epochs = 3
-    c.probe.optim.batch_size = 32
-    c.supervised.batch_size = 8
-    c.supervised.log_every = 1
-    c.supervised.optim.num_steps = 3
-    c.supervised.optim.warmup_steps = 1
-    c.cnn.optim.num_steps = 3
-    c.cnn.optim.warmup_steps = 1
+    c.probe.optim.update(epochs=3, batch_size=32)
+    c.supervised.update(batch_size=8, log_every=1)
+    c.supervised.optim.update(num_steps=3, warmup_steps=1)
+    c.cnn.optim.update(num_steps=3, warmup_steps=1)
     c.comparisons.n_boot = 50
     c.segment.model.kwargs = {"filters": 8, "depth": 2}
     c.segment.data.batch_size = 8
@@ -204,14 +193,10 @@ def _runlocal(c):
     c.phantom.slices = (20, 30)
     # nano/8: mu/8 stays at the uniform output (docs/measurements.md#ablation-vit-size).
     c.pretrain.model.variant = "nano/8"
-    c.pretrain.dino.out_dim = 128
-    c.pretrain.dino.hidden_dim = 128
-    c.pretrain.dino.bottleneck_dim = 64
+    c.pretrain.dino.update(out_dim=128, hidden_dim=128, bottleneck_dim=64)
     # Sinkhorn-Knopp at 0.003: an EMA-centred teacher is uniform when every slice gets
     # nearly the same logits at init (docs/measurements.md#centring).
-    c.pretrain.dino.centering = "sinkhorn"
-    c.pretrain.dino.warmup_teacher_temp = 0.003
-    c.pretrain.dino.teacher_temp = 0.003
+    c.pretrain.dino.update(centering="sinkhorn", warmup_teacher_temp=0.003, teacher_temp=0.003)
     c.pretrain.dino.momentum_teacher = 0.99  # the teacher follows within ~100 of 600 steps
     c.pretrain.data.hu_window = CPU_HU_WINDOW
     c.probe.data.hu_window = CPU_HU_WINDOW
@@ -223,18 +208,12 @@ def _runlocal(c):
     c.pretrain.num_epochs = 1.6
     c.pretrain.num_steps = 600
     c.pretrain.optim.lr = 0.016  # per 256 images: 1e-3 at batch 16
-    c.pretrain.optim.warmup_epochs = 0.1667
-    c.pretrain.optim.freeze_last_layer = 0.0
-    c.pretrain.data.batch_size = 16
-    c.pretrain.data.global_size = 64
-    c.pretrain.data.local_size = 32
-    c.pretrain.data.guided_offset_px = 3.0
-    c.pretrain.log_every = 50
-    c.pretrain.eval_every = 200
+    c.pretrain.optim.update(warmup_epochs=0.1667, freeze_last_layer=0.0)
+    c.pretrain.data.update(batch_size=16, global_size=64, local_size=32, guided_offset_px=3.0)
+    c.pretrain.update(log_every=50, eval_every=200)
     c.pretrain.checkpoint.every_steps = 200
     c.probe.data.batch_size = 32
-    c.probe.optim.epochs = 20
-    c.probe.optim.batch_size = 64
+    c.probe.optim.update(epochs=20, batch_size=64)
     # The max over the final patch tokens: a 2 px lesion is 1 of 64 patches, which the
     # CLS and the patch mean dilute (docs/measurements.md#probe-read-out).
     c.probe.features.pooling = "max"
@@ -242,14 +221,10 @@ def _runlocal(c):
     # at this scale a missed slice costs a patient's score, a spare slice only U-Net time.
     c.probe.eval.target_recall = 1.0
     # The ceiling: nano/8 trained on the labels for 600 steps of 32 slices (~1 min).
-    c.supervised.batch_size = 32
-    c.supervised.log_every = 50
-    c.supervised.optim.num_steps = 600
-    c.supervised.optim.warmup_steps = 60
-    c.supervised.optim.lr = 1e-3
+    c.supervised.update(batch_size=32, log_every=50)
+    c.supervised.optim.update(num_steps=600, warmup_steps=60, lr=1e-3)
     c.segment.data.batch_size = 8
-    c.segment.optim.lr = 5e-3
-    c.segment.optim.num_steps = 600
+    c.segment.optim.update(lr=5e-3, num_steps=600)
     c.segment.eval.batch_size = 32
     c.segment.log_every = 50
     c.segment.checkpoint.every_steps = 200

@@ -53,43 +53,31 @@ def get_config(arg=None):
     p.dino.out_dim = 128
     p.dino.hidden_dim = 128
     p.dino.bottleneck_dim = 64
-    p.dino.centering = "sinkhorn"
-    p.dino.warmup_teacher_temp = 0.003
-    p.dino.teacher_temp = 0.003
-    p.dino.momentum_teacher = 0.99
+    p.dino.update(
+        centering="sinkhorn", warmup_teacher_temp=0.003, teacher_temp=0.003, momentum_teacher=0.99
+    )
     p.num_epochs = 300 / 42  # the schedules end at step 300 (679 slices / 16 = 42 per epoch)
     p.num_steps = 300
     p.optim.lr = 0.016  # per 256 images: 1e-3 at batch 16
-    p.optim.warmup_epochs = 1.0
-    p.optim.freeze_last_layer = 0.0
-    p.data.batch_size = 16
-    p.data.global_size = 64
-    p.data.local_size = 32
-    p.data.n_local_random = 4
-    p.data.n_local_guided = 4
-    p.data.guided_offset_px = 3.0
-    p.data.blur_sigma = (0.1, 0.5)
-    p.data.pretrain_positive_fraction = 0.5
+    p.optim.update(warmup_epochs=1.0, freeze_last_layer=0.0)
+    p.data.update(batch_size=16, global_size=64, local_size=32)
+    p.data.update(n_local_random=4, n_local_guided=4, guided_offset_px=3.0)
+    p.data.update(blur_sigma=(0.1, 0.5), pretrain_positive_fraction=0.5)
     p.data.hu_window = CALCIUM_HU_WINDOW
-    p.log_every = 25
-    p.eval_every = 100
+    p.update(log_every=25, eval_every=100)
     p.checkpoint.every_steps = 100
 
     c.probe = q = common.probe_config("linear")
-    q.features.n_last_blocks = 2
-    q.features.token_pool = 1
-    q.data.batch_size = 32
-    q.data.hu_window = CALCIUM_HU_WINDOW
-    q.optim.epochs = 20
-    q.optim.batch_size = 64
+    q.features.update(n_last_blocks=2, token_pool=1)
+    q.data.update(batch_size=32, hu_window=CALCIUM_HU_WINDOW)
+    q.optim.update(epochs=20, batch_size=64)
     q.features.pooling = "max"  # a 2 px lesion is 1 of 64 patches: the max sees it
     q.eval.target_recall = 1.0  # a missed slice costs a patient; a spare one U-Net time
 
     c.segment = s = common.segment_config("unet")
     s.model.kwargs = {"filters": 8}
     s.data.batch_size = 8
-    s.optim.lr = 5e-3
-    s.optim.num_steps = 1200
+    s.optim.update(lr=5e-3, num_steps=1200)
     s.eval.batch_size = 32
     s.log_every = 50
     s.checkpoint.every_steps = 400

@@ -87,21 +87,15 @@ def _runlocal(c, arm):
     c.model.variant = "mu/8"
     c.model.pad_tokens_to = 0
     c.model.drop_path_rate = 0.1
-    c.dino.out_dim = 1024
-    c.dino.hidden_dim = 128
-    c.dino.bottleneck_dim = 64
+    c.dino.update(out_dim=1024, hidden_dim=128, bottleneck_dim=64)
     # A much sharper teacher than DINO's 0.04 -> 0.07, which stays uniform at this size
     # (see docs/measurements.md#teacher-temperature; DINO's momentum 0.996 is kept:
     # #teacher-momentum there).
-    c.dino.warmup_teacher_temp = 0.01
-    c.dino.teacher_temp = 0.01
+    c.dino.update(warmup_teacher_temp=0.01, teacher_temp=0.01)
     c.num_epochs = 30.0
     c.optim.lr = 5e-3  # per 256 images: 3.1e-4 at batch 16
-    c.optim.warmup_epochs = 1.0
-    c.optim.freeze_last_layer = 1.0
-    c.data.batch_size = 16
-    c.data.global_size = 64
-    c.data.local_size = 32
+    c.optim.update(warmup_epochs=1.0, freeze_last_layer=1.0)
+    c.data.update(batch_size=16, global_size=64, local_size=32)
     _local_crops(c, arm, n_local=8, guided=2)
     c.data.guided_offset_px = 4.0
     c.phantom.n_gated = 12  # enough patients for non-empty val/test splits
@@ -113,14 +107,10 @@ def _runlocal(c, arm):
 
 def _tiny(c, arm):
     """The test size, on top of ``runlocal``: seconds of compile and run."""
-    c.dino.out_dim = 256
-    c.dino.hidden_dim = 32
-    c.dino.bottleneck_dim = 16
+    c.dino.update(out_dim=256, hidden_dim=32, bottleneck_dim=16)
     c.num_epochs = 2.0
     c.optim.warmup_epochs = 0.5
-    c.data.batch_size = 8
-    c.data.global_size = 32
-    c.data.local_size = 16
+    c.data.update(batch_size=8, global_size=32, local_size=16)
     _local_crops(c, arm, n_local=4, guided=2)
     c.data.guided_offset_px = 2.0
     c.log_every = 1
