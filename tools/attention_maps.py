@@ -1,6 +1,6 @@
 """PNG overlays of the pretrained encoder's last-layer attention, per head (paper Fig. 3).
 
-    python tools/attention_maps.py --workdir /tmp/dinolg_smoke
+    python tools/attention_maps.py --workdir /tmp/dinolg_local
     python tools/attention_maps.py --workdir runs/dinolg_vitb8 --num_slices 8 --size 448
 
 Reads the exported teacher backbone (``WORKDIR/encoder``) and the run's ``config.json``

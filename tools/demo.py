@@ -2,7 +2,7 @@
 
     python tools/demo.py --workdir demo_out [--config configs/demo.py] [--config.seed=1]
 
-Phantom (COCA format) -> ArrayRecord conversion -> DINO-LG pretraining (smoke size) ->
+Phantom (COCA format) -> ArrayRecord conversion -> DINO-LG pretraining (CPU size) ->
 calcified-slice probe -> U-Net -> integrated scoring of the test patients. Prints the
 split table, each stage's time, a per-patient table (true vs predicted Agatston and risk
 category), the report folder and the total wall time. Re-running resumes; finished
