@@ -250,7 +250,7 @@ def _wait_for_lock(out: Path, pid: int, proc: subprocess.Popen, timeout: float =
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         lock = out / ".lock"
-        if lock.is_file() and lock.read_text().strip() == str(pid):
+        if lock.is_file() and lock.read_text().split("\n")[0].strip() == str(pid):
             return
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.002)
