@@ -17,6 +17,9 @@ coordinates to NIfTI's RAS+ (``RAS = diag(-1, -1, 1) @ LPS``).
   ``cal_min / cal_max`` are the data range; ``xyzt_units`` mm.
 * ``.nii.gz`` is byte-deterministic: nibabel serialises the image to bytes and they are
   gzip-compressed with mtime 0 and no file name.
+* A study read from NIfTI (``inference/nifti_input.py``: ``source`` a ``NiftiSource``)
+  is written back on the input's own grid: its voxel order, dimensions and affine, so
+  the outputs overlay the input file voxel for voxel.
 """
 
 from __future__ import annotations
@@ -129,6 +132,19 @@ def write_nifti(
     return path
 
 
+def _output_grid(volume: CTVolume):
+    """(affine [4, 4], canonical [Z, H, W] -> array to write) of a study's outputs.
+
+    A study read from NIfTI keeps the input file's affine and voxel order (written as
+    the [K, J, I] array whose transpose is the file's (I, J, K) data); any other study
+    gets :func:`ras_affine` of its canonical geometry.
+    """
+    src = volume.source
+    if src is not None and hasattr(src, "to_file_layout") and hasattr(src, "affine"):
+        return np.asarray(src.affine, np.float64), lambda v: src.to_file_layout(v).T
+    return ras_affine(volume.geometry, allow_uneven_z=True), lambda v: v
+
+
 def write_study(
     ct_path: str | os.PathLike | None,
     labels_path: str | os.PathLike | None,
@@ -139,6 +155,9 @@ def write_study(
 ) -> list[Path]:
     """The study's CT (int16 HU) and/or label (uint8) NIfTI on its own grid.
 
+    On its own grid: the DICOM series' geometry, or the input file's grid for a study
+    read from NIfTI (module docstring).
+
     Args:
       ct_path, labels_path: where to write each (None: skip it).
       volume: the study (its ``hu`` and ``geometry``).
@@ -148,11 +167,13 @@ def write_study(
     Returns:
       The paths written.
     """
-    affine = ras_affine(volume.geometry, allow_uneven_z=True)
+    affine, layout = _output_grid(volume)
     out = []
     if ct_path is not None:
         out.append(
-            write_nifti(ct_path, np.asarray(volume.hu, np.int16), affine, description="CT HU")
+            write_nifti(
+                ct_path, layout(np.asarray(volume.hu, np.int16)), affine, description="CT HU"
+            )
         )
     if labels_path is not None:
         if labels is None or labels.shape != volume.hu.shape:
@@ -163,7 +184,7 @@ def write_study(
         out.append(
             write_nifti(
                 labels_path,
-                np.asarray(labels, np.uint8),
+                layout(np.asarray(labels, np.uint8)),
                 affine,
                 description=description,
                 labels=True,
