@@ -278,4 +278,5 @@ def initial_encoder(
         ),
     }
     write_json(workdir / "summary.json", summary)
+    run.close()
     return summary
