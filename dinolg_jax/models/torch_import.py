@@ -139,11 +139,22 @@ def vit_params_from_torch(
     if unused:
         shown = ", ".join(unused[:8]) + (" ..." if len(unused) > 8 else "")
         raise ValueError(f"{len(unused)} state-dict keys not used by ViT {variant}: {shown}")
-    _check_against_template(params, _params_template(variant, ref_image_size), variant)
+    check_vit_params(params, variant, ref_image_size=ref_image_size)
     return params
 
 
-def _check_against_template(params: Any, template: Any, variant: str) -> None:
+def check_vit_params(params: Any, variant: str, *, ref_image_size: int = 224) -> None:
+    """Checks that ``params`` has exactly the paths and shapes of ViT ``variant``.
+
+    Args:
+      params: a ViT ``params`` collection (nested dict of arrays).
+      variant: e.g. ``"S/8"``.
+      ref_image_size: image side of the position table.
+
+    Raises:
+      ValueError: naming the missing / extra paths or the mismatched shapes.
+    """
+    template = _params_template(variant, ref_image_size)
     got = dict(jax.tree_util.tree_flatten_with_path(params)[0])
     want = dict(jax.tree_util.tree_flatten_with_path(template)[0])
     missing = sorted(jax.tree_util.keystr(k) for k in set(want) - set(got))
