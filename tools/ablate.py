@@ -15,7 +15,8 @@ import json
 from absl import flags
 from ml_collections import config_flags
 
-from dinolg_jax.runtime import cli
+from dinolg_jax.runtime import cli, config_ranges
+from dinolg_jax.runtime.folder_lock import FolderLock
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Ablation config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output (and resume) directory.")
@@ -24,10 +25,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: list[str]) -> None:
     cli.no_arguments(argv)
+    config_ranges.check(_CONFIG.value)
     from dinolg_jax.experiments import ablation, stages  # after flags: they touch devices
 
     try:
-        results = ablation.run_ablation(_CONFIG.value, _WORKDIR.value)
+        with FolderLock(_WORKDIR.value, "ablation"):  # a second ablation into it stops
+            results = ablation.run_ablation(_CONFIG.value, _WORKDIR.value)
     except stages.StageInterrupted as err:
         print(f"interrupted: {err}")
         return  # a non-finite loss or a data error: one error line from cli.run

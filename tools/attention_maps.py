@@ -36,8 +36,12 @@ from dinolg_jax.runtime.checkpoint import load_encoder
 _WORKDIR = flags.DEFINE_string("workdir", None, "Pretraining workdir (encoder + config).")
 _OUT = flags.DEFINE_string("out", None, "Output folder (default WORKDIR/attention).")
 _SPLIT = flags.DEFINE_string("split", "pretrain", "Manifest split to take slices from.")
-_NUM = flags.DEFINE_integer("num_slices", 4, "Number of slices (with calcium) to draw.")
-_SIZE = flags.DEFINE_integer("size", 0, "Slice side fed to the ViT, px (0: the global crop).")
+_NUM = flags.DEFINE_integer(
+    "num_slices", 4, "Number of slices (with calcium) to draw.", lower_bound=1
+)
+_SIZE = flags.DEFINE_integer(
+    "size", 0, "Slice side fed to the ViT, px (0: the global crop).", lower_bound=0
+)
 flags.mark_flags_as_required(["workdir"])
 
 

@@ -19,21 +19,24 @@ from ml_collections import config_flags
 
 from dinolg_jax.data import manifest as manifest_lib
 from dinolg_jax.eval import crop_geometry
-from dinolg_jax.runtime import cli
+from dinolg_jax.runtime import cli, config_ranges
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Ablation or pretraining config.")
 _MANIFEST = flags.DEFINE_string("manifest", None, "manifest.json or its folder.")
 _ARM = flags.DEFINE_string("arm", "dinolg", "Ablation arm whose crops are measured.")
 _SPLIT = flags.DEFINE_string("split", "pretrain", "Split the pretraining stream reads.")
 _RECORD_SPLIT = flags.DEFINE_string("record_split", "train", "Split of the record-level areas.")
-_N_SAMPLES = flags.DEFINE_integer("n_samples", 256, "Slices drawn from the stream.")
-_MAX_RECORDS = flags.DEFINE_integer("max_records", 0, "Records read per split (0: all).")
+_N_SAMPLES = flags.DEFINE_integer("n_samples", 256, "Slices drawn from the stream.", lower_bound=1)
+_MAX_RECORDS = flags.DEFINE_integer(
+    "max_records", 0, "Records read per split (0: all).", lower_bound=0
+)
 flags.mark_flags_as_required(["config", "manifest"])
 
 
 def main(argv: list[str]) -> None:
     cli.no_arguments(argv)
     config = _CONFIG.value
+    config_ranges.check(config)
     manifest = manifest_lib.load(_MANIFEST.value)
     if "arms" in config:  # an ablation: the arm's pretraining config
         from dinolg_jax.experiments import ablation

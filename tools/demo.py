@@ -16,7 +16,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from dinolg_jax.experiments import demo
-from dinolg_jax.runtime import cli
+from dinolg_jax.runtime import cli, config_ranges
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(Path(__file__).resolve().parents[1] / "configs" / "demo.py"), "Demo config file."
@@ -25,7 +25,8 @@ _WORKDIR = flags.DEFINE_string("workdir", "demo_out", "Folder for every demo out
 
 
 def main(argv: list[str]) -> None:
-    del argv
+    cli.no_arguments(argv)
+    config_ranges.check(_CONFIG.value)
     if not cli.verbose():  # the stages' INFO lines stay out of the demo's tables
         logging.set_verbosity(logging.WARNING)
     t0 = time.perf_counter()

@@ -8,24 +8,33 @@
 Probe types by name: linear, transformer (``--config.probe.name``). Features are cached
 under ``WORKDIR/features`` (keyed by encoder checksum and split), so a re-run only
 retrains the probe. Prints the test confusion counts and scores; everything is in
-``WORKDIR/summary.json`` and ``WORKDIR/confusion_test.png``.
+``WORKDIR/summary.json``, ``WORKDIR/confusion_test.png`` and the ROC curves with the
+chosen threshold, ``WORKDIR/roc_val.png`` and ``WORKDIR/roc_test.png``.
 """
 
+import contextlib
 import json
 
-from dinolg_jax.runtime import cli, workdirs
+from dinolg_jax.runtime import cli, config_ranges, workdirs
+from dinolg_jax.runtime.folder_lock import FolderLock
 
 _CONFIG, _WORKDIR, _INIT_DISTRIBUTED = cli.training_flags("Probe")
 
 
 def main(argv: list[str]) -> None:
     cli.no_arguments(argv)
+    config_ranges.check(_CONFIG.value)
     workdirs.require(_CONFIG.value.encoder, "pretrain", "--config.encoder")
     workdirs.require_manifest(_CONFIG.value.data.manifest, "--config.data.manifest")
     _INIT_DISTRIBUTED()
+    import jax
+
     from dinolg_jax.eval import probe  # after distributed init: it touches devices
 
-    summary = probe.run_probe(_CONFIG.value, _WORKDIR.value)
+    # Process 0 holds the workdir: a second probe run into it stops at once, naming it.
+    lock = FolderLock(_WORKDIR.value, "probe run")
+    with lock if jax.process_index() == 0 else contextlib.nullcontext():
+        summary = probe.run_probe(_CONFIG.value, _WORKDIR.value)
     keys = ("tp", "tn", "fp", "fn", "precision", "recall", "specificity", "f1", "roc_auc")
     print(
         json.dumps(

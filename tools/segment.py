@@ -6,15 +6,15 @@
 
 Models by name (``configs/segment.py:<name>[,runlocal]`` or ``--config.model.name``): unet,
 attention_unet, swin_unet, vit_unet (the last needs ``--config.encoder=PRETRAIN_WORKDIR``).
-Re-running with the same ``--workdir`` resumes (also after a SIGTERM, which checkpoints and
-exits 0). Prints the per-artery Dice on the evaluation split; everything is in
-``WORKDIR/summary.json``. Exit status 1 on a non-finite loss or a data error, 2 on a
-usage error (one ``error:`` line each).
+Re-running with the same ``--workdir`` resumes (also after a SIGTERM or Ctrl-C, which
+checkpoint and exit 0); ``WORKDIR/curves.png`` shows the loss. Prints the per-artery Dice
+on the evaluation split; everything is in ``WORKDIR/summary.json``. Exit status 1 on a
+non-finite loss or a data error, 2 on a usage error (one ``error:`` line each).
 """
 
 import json
 
-from dinolg_jax.runtime import cli, workdirs
+from dinolg_jax.runtime import cli, config_ranges, workdirs
 
 _CONFIG, _WORKDIR, _INIT_DISTRIBUTED = cli.training_flags("Segmentation")
 
@@ -22,6 +22,7 @@ _CONFIG, _WORKDIR, _INIT_DISTRIBUTED = cli.training_flags("Segmentation")
 def main(argv: list[str]) -> None:
     cli.no_arguments(argv)
     config = _CONFIG.value
+    config_ranges.check(config)
     if config.model.name == "vit_unet":
         workdirs.require(config.encoder, "pretrain", "--config.encoder")
     workdirs.require_manifest(config.data.manifest, "--config.data.manifest")

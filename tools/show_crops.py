@@ -30,10 +30,10 @@ from dinolg_jax.runtime import cli
 
 _MANIFEST = flags.DEFINE_string("manifest", None, "manifest.json or its folder.", required=True)
 _SPLIT = flags.DEFINE_string("split", "pretrain", "Manifest split.")
-_INDEX = flags.DEFINE_integer("index", 0, "Global record index in the split.")
+_INDEX = flags.DEFINE_integer("index", 0, "Global record index in the split.", lower_bound=0)
 _OUT = flags.DEFINE_string("out", "crops.png", "Output PNG.")
 _VARIANT = flags.DEFINE_enum("variant", "dinolg", ["dino", "dinolg"], "Crop recipe.")
-_SEED = flags.DEFINE_integer("seed", 0, "Augmentation seed.")
+_SEED = flags.DEFINE_integer("seed", 0, "Augmentation seed.", lower_bound=0)
 
 
 def main(argv: list[str]) -> None:

@@ -10,6 +10,8 @@
   this project: ``ManifestError``, ``CocaError``, ``DicomError``, ``ConvertError``,
   ``CheckpointError``, ``NonFiniteLossError``, ..., and a ``ValueError`` this project's
   code raises itself) print ``error: ...`` on one line and exit 1.
+- Ctrl-C outside a training loop (which treats it as SIGTERM: ``runtime.run``) prints
+  one ``error: interrupted`` line and exits 130.
 - Anything else is a bug and keeps its traceback.
 - Unless ``--verbosity`` (or ``-v``) is given, log records below ERROR from libraries
   (Orbax, JAX, Grain, etils, ...) are dropped from the terminal; this project's own log
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import logging as std_logging
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -35,6 +38,7 @@ from absl import logging as absl_logging
 
 EXIT_DATA = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
 _OWN_CODE = (os.sep + "dinolg_jax" + os.sep, os.sep + "tools" + os.sep)
 
 
@@ -45,7 +49,7 @@ class UsageError(app.UsageError):
 def one_line(err: BaseException, limit: int = 600) -> str:
     """An exception's message as one line (ConfigDict's quoted keys unquoted)."""
     text = str(err.args[0]) if len(err.args) == 1 else str(err)
-    if isinstance(err, KeyError | AttributeError):
+    if isinstance(err, KeyError) or (err.args and isinstance(err.args[0], KeyError)):
         text = text.strip("'\"").replace("\\'", "'").replace("\\n", "\n")
     text = " ".join(part.strip() for part in text.splitlines() if part.strip())
     text = text or type(err).__name__
@@ -105,10 +109,17 @@ def _essence(err: BaseException) -> str:
 
 
 def _config_message(err: BaseException) -> str:
+    """A failed ``--config.key=value`` override as one sentence: an unknown key (and the
+    key ml_collections suggests instead), or the override's own message."""
     text = one_line(err)
     if isinstance(err, AttributeError | KeyError):
-        key = text.split(" Did you mean")[0].strip("'\" ")
-        return f"no config key {key!r}{text[len(key) + 2 :] if 'Did you' in text else ''}"
+        # ml_collections nests the KeyError's quoted text, escapes included: unwrap it.
+        head, _, tail = text.partition("Did you mean")
+        key = re.sub(r"\\n|[\\'\"]", "", head).strip()
+        if re.fullmatch(r"[A-Za-z_]\w*", key):
+            suggestion = re.match(r'\s*"([^"]+)"', tail)
+            hint = f'. Did you mean "{suggestion.group(1)}"?' if suggestion else ""
+            return f"no config key {key!r}{hint}"
     return text
 
 
@@ -148,6 +159,14 @@ def run(main: Callable[[list[str]], Any]) -> None:
             quiet_libraries()
         try:
             return main(argv)
+        except KeyboardInterrupt:
+            if verbose():
+                raise
+            fail(
+                "interrupted (Ctrl-C); a training run keeps its last checkpoint: re-run "
+                "the same command to resume",
+                EXIT_INTERRUPTED,
+            )
         except app.UsageError as e:
             if verbose():
                 raise

@@ -118,8 +118,9 @@ def test_config_mistakes_are_usage_errors(tmp_path):
     assert _one_error(_tool(*base, "--config.foo=1"), 2) == (
         "error: bad config override: no config key 'foo'"
     )
-    line = _one_error(_tool(*base, "--config.optim.lrr=1"), 2)
-    assert "no config key 'lrr'" in line and 'Did you mean "lr"' in line
+    assert _one_error(_tool(*base, "--config.optim.lrr=1"), 2) == (
+        "error: bad config override: no config key 'lrr'. Did you mean \"lr\"?"
+    )
     line = _one_error(_tool(*base, "--config.data.manifest=/no/data"), 2)
     assert "--config.data.manifest=/no/data: no manifest.json there" in line
     line = _one_error(_tool(*base[:1], "--config=configs/none.py", f"--workdir={tmp_path}"), 2)
@@ -130,6 +131,62 @@ def test_config_mistakes_are_usage_errors(tmp_path):
     )  # fmt: skip
     assert "train it first (tools/pretrain.py" in line
     assert not (tmp_path / "run").exists() and not (tmp_path / "p").exists()
+
+
+def test_unknown_config_keys_read_as_one_sentence():
+    import ml_collections
+
+    config = ml_collections.ConfigDict({"optim": {"lr": 1.0}, "seed": 0})
+    cases = [
+        (lambda: config.optim.lrr, "no config key 'lrr'. Did you mean \"lr\"?"),
+        (lambda: config.optim.lrr.x, "no config key 'lrr'. Did you mean \"lr\"?"),
+        (lambda: config.optim["lrr"], "no config key 'lrr'. Did you mean \"lr\"?"),
+        (lambda: config.foo, "no config key 'foo'"),
+        (lambda: config.seed.x, "'int' object has no attribute 'x'"),
+    ]
+    for fn, message in cases:
+        with pytest.raises((AttributeError, KeyError)) as err:
+            fn()
+        assert cli._config_message(err.value) == message
+
+
+def test_out_of_range_values_stop_every_training_tool_before_any_work(tmp_path):
+    work = tmp_path / "run"
+    cases = [
+        ("pretrain.py", "dinolg.py:tiny", ["--config.data.batch_size=0", "--config.seed=-2"],
+         "error: --config.data.batch_size=0 must be > 0; --config.data.seed=-2 must be >= 0; "
+         "--config.seed=-2 must be >= 0"),
+        ("segment.py", "segment.py:unet,runlocal", ["--config.optim.epochs=0"],
+         "error: --config.optim.epochs=0 must be > 0"),
+        ("probe.py", "probe.py:linear,runlocal", ["--config.data.worker_count=-1"],
+         "error: --config.data.worker_count=-1 must be >= 0"),
+        ("ablate.py", "ablation.py:tiny", ["--config.pretrain.data.global_size=0"],
+         "error: --config.pretrain.data.global_size=0 must be > 0"),
+    ]  # fmt: skip
+    for tool, config, overrides, message in cases:
+        proc = _tool(ROOT / "tools" / tool, f"--config={ROOT / 'configs' / config}",
+                     f"--workdir={work}", *overrides)  # fmt: skip
+        assert _one_error(proc, 2) == message
+    assert not work.exists()
+
+
+_INTERRUPTED_SCRIPT = """
+from dinolg_jax.runtime import cli
+
+def main(argv):
+    raise KeyboardInterrupt  # Ctrl-C while a tool loads its data, before any loop
+
+cli.run(main)
+"""
+
+
+def test_ctrl_c_outside_a_training_loop_is_one_line_and_status_130(tmp_path):
+    script = tmp_path / "tool.py"
+    script.write_text(_INTERRUPTED_SCRIPT)
+    assert _one_error(_tool(script), 130) == (
+        "error: interrupted (Ctrl-C); a training run keeps its last checkpoint: re-run the "
+        "same command to resume"
+    )
 
 
 _LOGGING_SCRIPT = """
