@@ -17,7 +17,9 @@ Rules:
   axis; an oblique volume would need resampling and is refused (`NiftiReadError`).
 * Values are the file's data with its ``scl_slope`` / ``scl_inter`` applied. CT: float
   values are rounded half to even to whole HU (the count of voxels that moved is in
-  `NiftiVolume.rounded_voxels`); every value must be finite and fit int16. Labels: every
+  `NiftiVolume.rounded_voxels`); every value must be finite and fit int16, and some
+  value must lie below ``AIR_MAX_HU`` (a CT in HU has air; a volume without is stored
+  values or a normalised image, as ``inference.nifti_input`` rules). Labels: every
   value must be a whole number in 0 .. 255 (records store uint8 labels); anything else
   is refused, naming the value.
 * 3D files, or 4D ones whose extra axes have length 1; anything else is refused.
@@ -39,10 +41,12 @@ import numpy as np
 from dinolg_jax.data.volume import Geometry
 
 AXIS_TOLERANCE_DEG = 1.0  # as the DICOM reader's axial tolerance (data/orientation.py)
+AIR_MAX_HU = -200.0  # a CT in HU has air (about -1000 HU) somewhere below this
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 __all__ = [
+    "AIR_MAX_HU",
     "AXIS_TOLERANCE_DEG",
     "NIFTI_SUFFIXES",
     "NiftiReadError",
@@ -176,6 +180,11 @@ def _to_hu(path: Path, data: np.ndarray) -> tuple[np.ndarray, int]:
     info = np.iinfo(np.int16)
     if lo < info.min or hi > info.max:
         raise NiftiReadError(f"{path}: HU range [{lo:g}, {hi:g}] does not fit int16")
+    if lo > AIR_MAX_HU:
+        raise NiftiReadError(
+            f"{path}: no value below {AIR_MAX_HU:g} (range {lo:g} .. {hi:g}): a CT in HU has "
+            "air near -1000; these look like stored values or a normalised image, not HU"
+        )
     return data.astype(np.int16), rounded
 
 
