@@ -16,11 +16,16 @@ by ``eval/probe.py``; for exports written before that field, it is read from wha
 workdir already holds (:func:`gate_input_size`: ``eval_size`` when set, else the record
 size of the manifest the probe was trained on). Without it a 512 px study fed to a probe
 trained on 64 px records gave p ~ 0.44 on every slice, so the gate flagged them all.
-The segmenter must see slices at their own resolution (its labels are scored on the HU
-grid), so a segmenter workdir with an ``eval_size`` other than 0 or the slice size is
-refused, and a study whose slices are not the size the segmenter was trained on
-(:func:`segmenter_input_shape`) gets an error instead of scores: a U-Net trained on 64 px
-slices scored a 512 px study 0.0 (true 65.0), finding nothing at a scale it never saw.
+A segmenter finds lesions only at the scale it learnt: a U-Net trained on 64 px slices
+scored a 512 px study 0.0 (true 65.0) when fed the 512 px slices directly.
+
+Resolution (``inference/resolution.py``): each model also gets the in-plane grid it
+learnt at (:func:`training_grid`: the median, min and max pixel spacing of the training
+split's studies, one record each, and the record size, scaled when features or slices
+were resized to ``eval_size``), so a study of another spacing or size is resampled to it
+instead of refused. Only a model whose training spacing cannot be read (its manifest is
+gone) still refuses a study of another size; ``model_spacing_mm`` (``tools/score_study.py
+--model_spacing_mm``) then states the spacing and forces the resampling.
 
 What a workdir holds (``config.json``, ``probe_config.json``, the encoder's
 ``model_config.json``, ``summary.json``) is read with ``.get`` and a fallback, each one
@@ -30,6 +35,7 @@ config itself (``configs/infer.py``) is read directly.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -44,6 +50,7 @@ from absl import logging
 
 from dinolg_jax.data import manifest as manifest_lib
 from dinolg_jax.data import transforms
+from dinolg_jax.inference.resolution import ModelGrid
 from dinolg_jax.inference.system import SliceModel
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 
@@ -131,6 +138,128 @@ def segmenter_input_shape(
     return manifest_lib.load(manifest).slice_shape(train_split(config))
 
 
+def training_grid(
+    manifest_path: str | os.PathLike,
+    split: str,
+    *,
+    input_size: int = 0,
+    resizes: bool = False,
+) -> ModelGrid:
+    """The in-plane grid a model trained on ``split`` of a manifest learnt at.
+
+    Spacing: the median (and min, max) over the split's studies of their records'
+    ``pixel_mm`` (one record per study: a study's slices share it). Shape: the record
+    size, or ``input_size`` x ``input_size`` when the model saw the records resized to
+    it (the spacings are then scaled by record size / ``input_size`` per axis).
+
+    Args:
+      manifest_path: the training manifest (file or folder).
+      split: the split the model was fitted on.
+      input_size: the side the records were resized to (0: not resized).
+      resizes: the model's own preparation resizes any slice to that size (the gate).
+
+    Raises:
+      WorkdirError: no manifest, or its split has no studies.
+    """
+    import grain
+
+    from dinolg_jax.data import records
+
+    path = Path(manifest_path)
+    if not (path.is_file() or (path / "manifest.json").is_file()):
+        raise WorkdirError(f"no training manifest at {path}")
+    manifest = manifest_lib.load(path)
+    source = grain.sources.ArrayRecordDataSource(manifest.shard_paths(split))
+    spacings = []
+    for study in manifest.studies_in(split):
+        rec = records.decode(source[manifest.study_range(study, split).start], ["pixel_mm"])
+        spacings.append(np.asarray(rec["pixel_mm"], np.float64))
+    if not spacings:
+        raise WorkdirError(f"{path}: split {split!r} has no studies")
+    h, w = manifest.slice_shape(split)
+    scale = np.ones(2)
+    shape = (h, w)
+    if int(input_size) > 0:
+        shape = (int(input_size), int(input_size))
+        scale = np.array([h / shape[0], w / shape[1]])
+    mm = np.stack(spacings) * scale[None, :]
+    median = np.median(mm, axis=0)
+    return ModelGrid(
+        pixel_mm=(float(median[0]), float(median[1])),
+        shape=shape,
+        range_mm=tuple((float(lo), float(hi)) for lo, hi in zip(mm.min(0), mm.max(0), strict=True)),
+        resizes=resizes,
+        origin=f"{len(spacings)} {split} studies of {path}",
+    )
+
+
+def forced_grid(
+    model_spacing_mm: float, shape: tuple[int, int] | None, what: str, *, resizes: bool = False
+) -> ModelGrid:
+    """The grid a person states for a model whose training spacing is unknown.
+
+    Raises:
+      WorkdirError: its slice size is unknown too.
+    """
+    if shape is None:
+        raise WorkdirError(
+            f"{what}: --model_spacing_mm needs the slice size it was trained at, and none is "
+            "recorded (no summary.json input_shape, no eval_size, no manifest)"
+        )
+    spacing = float(model_spacing_mm)
+    if spacing <= 0:
+        raise ValueError(f"--model_spacing_mm must be positive, got {model_spacing_mm}")
+    return ModelGrid((spacing, spacing), shape, resizes=resizes, origin="--model_spacing_mm")
+
+
+def _grid_or_none(make, what: str) -> ModelGrid | None:
+    """``make()``, or None (logged) when the training manifest cannot be read."""
+    try:
+        return make()
+    except (WorkdirError, manifest_lib.ManifestError, OSError) as e:
+        logging.warning("%s: training pixel spacing unknown (%s)", what, e)
+        return None
+
+
+def segmenter_grid(
+    workdir: str | os.PathLike,
+    config: ml_collections.ConfigDict,
+    model_spacing_mm: float | None = None,
+) -> ModelGrid | None:
+    """The grid a segmenter workdir learnt at (:func:`training_grid` of its manifest),
+    ``model_spacing_mm`` when given (it overrides), or None when neither is known."""
+    shape = segmenter_input_shape(workdir, config)
+    if model_spacing_mm:
+        return forced_grid(model_spacing_mm, shape, f"segmenter {workdir}")
+    size = int(config.data.get("eval_size", 0) or 0)  # old workdirs' config.json may lack it
+    manifest = training_manifest(workdir, config)
+    return _grid_or_none(
+        lambda: training_grid(manifest, train_split(config), input_size=size),
+        f"segmenter {workdir}",
+    )
+
+
+def gate_grid(
+    probe_workdir: str | os.PathLike,
+    run_config: Any,
+    input_size: int,
+    model_spacing_mm: float | None = None,
+) -> ModelGrid | None:
+    """The grid a probe's features were extracted at: its training manifest's spacing
+    scaled to ``input_size`` (the gate resizes every slice to it), ``model_spacing_mm``
+    when given, or None when neither is known."""
+    if model_spacing_mm:
+        shape = (int(input_size), int(input_size))
+        return forced_grid(model_spacing_mm, shape, f"probe {probe_workdir}", resizes=True)
+    manifest = training_manifest(probe_workdir, run_config)
+    return _grid_or_none(
+        lambda: training_grid(
+            manifest, train_split(run_config), input_size=input_size, resizes=True
+        ),
+        f"probe {probe_workdir}",
+    )
+
+
 def train_split(run_config: Any) -> str:
     """The split a training workdir's model was fitted on, from its ``config.json``:
     ``splits.train``. Workdirs written before the one ``splits`` block kept it as
@@ -196,25 +325,34 @@ def restore_params(workdir: str | os.PathLike, step: int | None = None) -> tuple
     return state["params"], step
 
 
-def load_segmenter(workdir: str | os.PathLike, slice_size: int | None = None) -> SliceModel:
+def load_segmenter(
+    workdir: str | os.PathLike,
+    slice_size: int | None = None,
+    *,
+    model_spacing_mm: float | None = None,
+) -> SliceModel:
     """The trained segmenter of a ``tools/segment.py`` workdir as a :class:`SliceModel`.
 
     Args:
       workdir: the segmentation workdir.
-      slice_size: side of the slices it will see, to check ``data.eval_size`` against.
+      slice_size: side of the slices it will see, to check ``data.eval_size`` against
+        when its training grid is unknown.
+      model_spacing_mm: the pixel spacing (mm) it was trained at, when its workdir
+        cannot tell (:func:`segmenter_grid`).
 
     Raises:
       WorkdirError: missing config or checkpoint.
-      ValueError: a workdir trained on resized slices.
+      ValueError: a workdir trained on resized slices whose training grid is unknown.
     """
     from dinolg_jax.train import segment
 
     config = read_config(workdir)
+    grid = segmenter_grid(workdir, config, model_spacing_mm)
     size = int(config.data.get("eval_size", 0) or 0)  # old workdirs' config.json may lack it
-    if size and (slice_size is None or size != int(slice_size)):
+    if grid is None and size and (slice_size is None or size != int(slice_size)):
         raise ValueError(
-            f"segmenter in {workdir} was trained on slices resized to {size}; inference "
-            "scores labels on the original grid, so it needs a segmenter trained at full size"
+            f"segmenter in {workdir} was trained on slices resized to {size} and its training "
+            "spacing is unknown; pass --model_spacing_mm (the spacing of those resized slices)"
         )
     model, _ = segment.build_model(config)  # vit_unet: reads the variant from config.encoder
     params, step = restore_params(workdir)
@@ -224,11 +362,14 @@ def load_segmenter(workdir: str | os.PathLike, slice_size: int | None = None) ->
 
     name = f"{config.model.name}@{step}"
     shape = segmenter_input_shape(workdir, config)
-    return SliceModel(apply, params, make_prepare(config.data.hu_window), name, shape)
+    return SliceModel(apply, params, make_prepare(config.data.hu_window), name, shape, grid)
 
 
 def load_gate(
-    probe_workdir: str | os.PathLike, encoder: str | os.PathLike | None = None
+    probe_workdir: str | os.PathLike,
+    encoder: str | os.PathLike | None = None,
+    *,
+    model_spacing_mm: float | None = None,
 ) -> tuple[SliceModel, float]:
     """The gate of a ``eval/probe.py`` workdir and the threshold it chose on val.
 
@@ -236,6 +377,8 @@ def load_gate(
       probe_workdir: the probe workdir (``probe/`` export + ``config.json``).
       encoder: the encoder (pretraining workdir or export); None = the probe config's
         ``encoder``.
+      model_spacing_mm: the pixel spacing (mm) of its training slices at the size the
+        features were extracted at, when the workdir cannot tell (:func:`gate_grid`).
 
     Returns:
       (gate, threshold).
@@ -260,6 +403,7 @@ def load_gate(
             f"encoder {encoder} is not the one the probe in {probe_workdir} was trained on "
             "(params checksums differ)"
         )
+    input_size = gate_input_size(probe_workdir, pcfg, run_config)
     gate = gate_from_parts(
         enc_cfg,
         enc_params,
@@ -270,32 +414,45 @@ def load_gate(
         token_pool=int(pcfg["token_pool"]),
         pooling=str(pcfg.get("pooling", "cls_mean")),
         hu_window=pcfg["hu_window"],
-        eval_size=gate_input_size(probe_workdir, pcfg, run_config),
+        eval_size=input_size,
         dtype=run_config.get("features", {}).get("dtype") or None,
         name=f"{enc_cfg.get('variant', '?')}+{pcfg['name']}",
     )
-    return gate, float(pcfg["threshold"])
+    grid = gate_grid(probe_workdir, run_config, input_size, model_spacing_mm)
+    return dataclasses.replace(gate, grid=grid), float(pcfg["threshold"])
 
 
-def build_pipeline(config: ml_collections.ConfigDict, mesh, *, need_gate: bool = True):
+def build_pipeline(
+    config: ml_collections.ConfigDict,
+    mesh,
+    *,
+    need_gate: bool = True,
+    model_spacing_mm: float | None = None,
+):
     """A :class:`~dinolg_jax.inference.system.CacPipeline` from a ``configs/infer.py`` config.
 
     Args:
       config: ``probe_workdir``, ``segmenter_workdir``, ``threshold`` (-1: the probe's),
-        ``batch_size``, ``seg_batch_size``, ``scoring``.
+        ``batch_size``, ``seg_batch_size``, ``scoring``; ``model_spacing_mm`` when the
+        config has it (0: read from the workdirs).
       mesh: the device mesh.
       need_gate: load the gate (False for a U-Net-only run, which needs no probe).
+      model_spacing_mm: the pixel spacing (mm) both models were trained at, for workdirs
+        that cannot tell; overrides the config's.
     """
     from dinolg_jax.inference.system import CacPipeline
 
     if not config.segmenter_workdir:
         raise ValueError("config.segmenter_workdir is empty")
-    segmenter = load_segmenter(config.segmenter_workdir)
+    spacing = model_spacing_mm or float(config.get("model_spacing_mm", 0) or 0) or None
+    segmenter = load_segmenter(config.segmenter_workdir, model_spacing_mm=spacing)
     gate, threshold = None, 0.5
     if need_gate:
         if not config.probe_workdir:
             raise ValueError("the gated mode needs config.probe_workdir")
-        gate, threshold = load_gate(config.probe_workdir, config.encoder_workdir or None)
+        gate, threshold = load_gate(
+            config.probe_workdir, config.encoder_workdir or None, model_spacing_mm=spacing
+        )
     if float(config.threshold) >= 0.0:
         threshold = float(config.threshold)
     return CacPipeline(

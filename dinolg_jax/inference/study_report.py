@@ -3,14 +3,19 @@
 :func:`format_report` renders a :class:`~dinolg_jax.inference.system.StudyResult` as
 plain text: the per-vessel table (Agatston, volume, lesion count), the total, the risk
 categories (paper4 and standard5), CAC-DRS, the flagged slices and the Agatston
-convention used. :func:`write_overlays` saves one PNG per slice with
-predicted calcium: the slice in a soft-tissue/calcium window (canonical layout: anterior
-at the top, the patient's left on the image's right, as radiologists read axial CT),
-the scored lesion pixels coloured by artery with a legend (artery and its score on the
-slice), lesions below the minimum area drawn in magenta and named so in the legend
-("not scored"), and the slice index and z position (mm) in the title.
+convention used, and the grid each model saw the study at when it was resampled.
+:func:`write_overlays` saves one PNG per slice with predicted calcium: the slice in a
+soft-tissue/calcium window (stated under the image; canonical layout: anterior at the
+top, the patient's left on the image's right, as radiologists read axial CT, with
+L/R and A/P markers at the edges taken from the study's geometry), the scored lesion
+pixels coloured by artery with a legend (artery and its score on the slice), lesions
+below the minimum area drawn in magenta and named so in the legend ("not scored"), and
+in the title what a reader finds the slice by in the PACS: its DICOM InstanceNumber
+and its position (ImagePositionPatient z, mm); a study without InstanceNumbers (NIfTI)
+gives the 1-based slice number from the most inferior.
 :func:`write_outputs` writes the overlays plus ``ct.nii.gz``, ``labels.nii.gz`` and, for
-studies read from DICOM, ``labels.seg.dcm`` into one folder (``tools/score_study.py``).
+studies read from DICOM, ``labels.seg.dcm`` into one folder (``tools/score_study.py``):
+the labels are the scored voxels only (``StudyResult.labels``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from dinolg_jax.scoring.agatston import VESSELS
 VESSEL_COLOURS = {1: (1.0, 0.2, 0.2), 2: (0.2, 0.9, 0.2), 3: (0.3, 0.5, 1.0), 4: (1.0, 0.9, 0.1)}
 SMALL_COLOUR = (1.0, 0.3, 1.0)  # magenta: candidate lesions below the minimum area
 DISPLAY_WINDOW_HU = (-200.0, 800.0)
+# LPS axis -> patient-side letter of its + and - direction.
+_SIDES = (("L", "R"), ("P", "A"), ("S", "I"))
 
 
 def format_report(result: StudyResult) -> str:
@@ -65,6 +72,8 @@ def format_report(result: StudyResult) -> str:
         f"4: >=400), score x slice thickness / 3 = x {c['thickness_factor']:.3f} "
         f"({c['slice_thickness_mm']:g} mm slices)"
     )
+    for model, grid in result.resampled.items():
+        lines.append(f"Resampled for the {model}: {grid}")
     t = result.timings
     lines.append(
         "Timings (s): "
@@ -98,15 +107,51 @@ def small_lesions(
     return out
 
 
+def side_letter(direction: tuple[float, ...]) -> str:
+    """The patient side an LPS direction points to most ("L", "R", "A", "P", "S", "I")."""
+    axis = int(np.argmax(np.abs(direction)))
+    return _SIDES[axis][0 if direction[axis] > 0 else 1]
+
+
+def orientation_markers(study: CTVolume) -> dict[str, str]:
+    """The patient side at each image edge: ``{"top", "bottom", "left", "right"}``."""
+    col = study.geometry.col_dir  # increasing column: towards the image's right edge
+    row = study.geometry.row_dir  # increasing row: towards the bottom edge
+    return {
+        "right": side_letter(col),
+        "left": side_letter(tuple(-v for v in col)),
+        "bottom": side_letter(row),
+        "top": side_letter(tuple(-v for v in row)),
+    }
+
+
+def slice_name(study: CTVolume, z: int) -> str:
+    """How a reader finds slice ``z`` in the PACS: its InstanceNumber and position."""
+    numbers = getattr(study.source, "instance_numbers", None)
+    position = f"z = {study.z_mm[z]:.1f} mm"
+    if numbers is not None and numbers[z] is not None:
+        return f"InstanceNumber {numbers[z]}, {position}"
+    return f"slice {z + 1} of {len(study.hu)} from the feet, {position}"
+
+
+def _unscored_on(result: StudyResult, z: int, shape: tuple[int, int]) -> np.ndarray:
+    out = np.zeros(shape, bool)
+    if result.unscored is not None and len(result.unscored):
+        pts = result.unscored[result.unscored[:, 0] == z]
+        out[pts[:, 1], pts[:, 2]] = True
+    return out
+
+
 def overlay_slice(
     study: CTVolume, result: StudyResult, labels: np.ndarray, z: int
 ) -> tuple[np.ndarray, str, list[tuple[str, tuple[float, float, float]]]]:
     """One overlay: (RGB float [H, W, 3], title, legend [(text, colour)]).
 
     Scored calcium (labelled, HU >= threshold, in a lesion of at least the minimum area)
-    takes its artery's colour, calcium in smaller lesions ``SMALL_COLOUR``; the legend
-    gives each artery's Agatston on this slice and names the small lesions "not scored";
-    the title gives the slice index and its z position in mm.
+    takes its artery's colour, calcium in smaller lesions ``SMALL_COLOUR`` (from
+    ``result.unscored``, or found in ``labels`` when they are not only the scored
+    voxels); the legend gives each artery's Agatston on this slice and names the small
+    lesions "not scored"; the title gives :func:`slice_name` and the display window.
     """
     conv = result.scores.convention
     threshold = float(conv["threshold_hu"])
@@ -115,6 +160,7 @@ def overlay_slice(
     grey = np.clip((hu - lo) / (hi - lo), 0.0, 1.0)
     rgb = np.repeat(grey[..., None], 3, axis=-1)
     below = small_lesions(study.hu[z], labels[z], conv, study.pixel_mm)
+    below |= _unscored_on(result, z, hu.shape)
     calcium = (labels[z] > 0) & (hu >= threshold) & ~below
     legend = []
     for v, colour in VESSEL_COLOURS.items():
@@ -127,7 +173,8 @@ def overlay_slice(
     rgb[below] = SMALL_COLOUR
     legend.append((f"< {conv['min_area_mm2']:g} mm\u00b2 (not scored)", SMALL_COLOUR))
     title = (
-        f"{result.study_id}  slice {z} of {len(study.hu)}, z = {study.z_mm[z]:.1f} mm\n"
+        f"{result.study_id}  {slice_name(study, z)}\n"
+        f"window {lo:g} to {hi:g} HU (W {hi - lo:g} L {(hi + lo) / 2:g}); "
         f"calcium >= {threshold:g} HU; Agatston on this slice by artery"
     )
     return rgb, title, legend
@@ -166,12 +213,24 @@ def write_overlays(
         for z in np.flatnonzero(np.any(labels > 0, axis=(1, 2)))
         if small_lesions(study.hu[z], labels[z], conv, study.pixel_mm).any()
     }
+    if result.unscored is not None:
+        small |= {int(z) for z in np.unique(result.unscored[:, 0])}
+    markers = orientation_markers(study)
+    where = {
+        "top": (0.5, 0.985, "center", "top"),
+        "bottom": (0.5, 0.015, "center", "bottom"),
+        "left": (0.015, 0.5, "left", "center"),
+        "right": (0.985, 0.5, "right", "center"),
+    }
     paths = []
     for z in sorted({les.slice for les in result.scores.lesions} | small):
         rgb, title, legend = overlay_slice(study, result, labels, z)
         fig, ax = plt.subplots(figsize=(5.5, 5.5), dpi=100)
         ax.imshow(rgb, interpolation="nearest")
         ax.set_title(title, fontsize=8)
+        for edge, (x, y, ha, va) in where.items():
+            ax.text(x, y, markers[edge], transform=ax.transAxes, ha=ha, va=va, fontsize=11,
+                    color="yellow", fontweight="bold")  # fmt: skip
         handles = [Patch(facecolor=c, edgecolor="none", label=t) for t, c in legend]
         ax.legend(handles=handles, loc="lower right", fontsize=7, framealpha=0.8)
         ax.axis("off")
@@ -208,16 +267,25 @@ def write_outputs(
     return written
 
 
+def load_study(path: str | os.PathLike) -> CTVolume:
+    """A DICOM series folder, or a ``.nii`` / ``.nii.gz`` CT in HU, as a CTVolume."""
+    from dinolg_jax.inference import nifti_input, sources
+
+    if nifti_input.is_nifti_path(path):
+        return nifti_input.read_nifti_ct(path)
+    return sources.load_dicom_study(path)
+
+
 def score_folder(pipeline, folder: str | os.PathLike, mode: str = "gated"):
-    """Reads one DICOM folder and scores it; returns (study, result, labels [Z, H, W])."""
+    """Reads one study (:func:`load_study`) and scores it; returns (study, result, labels
+    [Z, H, W], the scored voxels)."""
     import time
 
-    from dinolg_jax.inference import sources
-
     t0 = time.perf_counter()
-    study = sources.load_dicom_study(folder)
+    study = load_study(folder)
     t_read = time.perf_counter() - t0
-    t_compile = pipeline.warmup(study.hu.shape[1:])  # so the timings exclude compilation
+    # so the timings exclude compilation
+    t_compile = pipeline.warmup(study.hu.shape[1:], study.pixel_mm)
     result = pipeline.score(study, mode, keep_labels=True)
     result.timings.update(read=t_read, compile=t_compile)
     labels = result.labels

@@ -10,6 +10,15 @@ Per study (``CacPipeline.score``)::
       -> labels:   [Z, H, W], zero on slices that were not segmented
       -> agatston(hu, labels, pixel_mm, slice_thickness_mm, **scoring) per vessel, total,
          categories (paper4, standard5) and CAC-DRS.
+      -> result.labels: the scored voxels only (labelled, HU >= threshold, in a lesion of
+         at least the minimum area: ``inference/scored_labels.py``), what NIfTI and SEG hold.
+
+Resolution: a model with a :class:`~dinolg_jax.inference.resolution.ModelGrid` (the
+spacing and slice size it learnt at) sees a study of another spacing or size resampled
+in-plane to its grid; the segmenter's class probabilities come back onto the study's
+grid (``inference/resolution.py``), and Agatston is computed on the original HU at the
+original spacing. A study like the training slices is scored as it is. A segmenter with
+only an ``input_shape`` (spacing unknown) refuses a study of another slice size.
 
 The models are injected as :class:`SliceModel` (a pure ``apply(params, x)``, its params
 and a host-side ``prepare`` that turns HU slices into the model's input, i.e. the same
@@ -43,6 +52,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from dinolg_jax.data.volume import CTVolume
+from dinolg_jax.inference.resolution import InPlaneMap, ModelGrid
+from dinolg_jax.inference.scored_labels import split_scored
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.scoring.agatston import (
     CONVENTION_OPTIONS,
@@ -72,6 +83,8 @@ class SliceModel:
       input_shape: (H, W) of the slices the model was trained on when it must see exactly
         that size (a segmenter: it finds lesions at the scale it learnt, and its labels
         are scored on the study's grid); None when unknown or when ``prepare`` resizes.
+      grid: the in-plane grid (spacing, size) it learnt at: studies of another spacing
+        are resampled to it; None when unknown.
     """
 
     apply: Callable[[Any, jax.Array], jax.Array]
@@ -79,6 +92,7 @@ class SliceModel:
     prepare: Callable[[np.ndarray], np.ndarray]
     name: str = ""
     input_shape: tuple[int, int] | None = None
+    grid: ModelGrid | None = None
 
 
 class BatchedRunner:
@@ -176,7 +190,12 @@ class StudyResult:
       scores: the Agatston result of the predicted labels (None on error).
       summary: :func:`score_summary` of ``scores``.
       truth: :func:`score_summary` of the ground-truth labels, when the study has them.
-      labels: uint8 [Z, H, W] predicted labels when kept, else None.
+      labels: uint8 [Z, H, W] the scored voxels of the predicted labels (labelled, HU >=
+        threshold, in a lesion of at least the minimum area) when kept, else None.
+      unscored: int32 [M, 3] (slice, row, column) of predicted calcium voxels (labelled,
+        HU >= threshold) in lesions below the minimum area, when the labels are kept.
+      resampled: per model ("gate", "segmenter") the grid it saw the study at, when the
+        study was resampled for it (``resolution.ModelGrid.describe``); empty otherwise.
       timings: seconds: read, gate, segment, score, total.
       error: {"stage", "type", "message"} when the study failed, else None.
     """
@@ -190,12 +209,15 @@ class StudyResult:
     summary: dict[str, Any] | None = None
     truth: dict[str, Any] | None = None
     labels: np.ndarray | None = None
+    unscored: np.ndarray | None = None
+    resampled: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     error: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict (lesions included, label volume left out)."""
-        return {
+        """JSON-safe dict (lesions included, label volume left out; ``resampled`` only
+        when a model saw the study resampled)."""
+        out = {
             "study": self.study_id,
             "mode": self.mode,
             "num_slices": int(self.num_slices),
@@ -210,6 +232,9 @@ class StudyResult:
             "timings_s": dict(self.timings),
             "error": self.error,
         }
+        if self.resampled:
+            out["resampled"] = dict(self.resampled)
+        return out
 
 
 class CacPipeline:
@@ -269,7 +294,18 @@ class CacPipeline:
         self._seg = BatchedRunner(
             seg_labels, segmenter.params, segmenter.prepare, mesh, seg_batch_size or batch_size
         )
+
+        def seg_probs(params, x):
+            return jax.nn.softmax(jnp.asarray(seg_fn(params, x), jnp.float32), axis=-1)
+
+        # The same model returning class probabilities, for studies resampled to its grid
+        # (compiled only when one is scored).
+        self._seg_probs = BatchedRunner(
+            seg_probs, self._seg.params, segmenter.prepare, mesh, seg_batch_size or batch_size
+        )
         self._seg_shape = segmenter.input_shape
+        self._seg_grid = segmenter.grid
+        self._gate_grid = gate.grid if gate is not None else None
 
     @property
     def gate_runner(self) -> BatchedRunner | None:
@@ -281,36 +317,97 @@ class CacPipeline:
         """The segmenter's runner (its ``calls`` / ``slices`` counters)."""
         return self._seg
 
-    def warmup(self, slice_shape: tuple[int, int]) -> float:
-        """Compiles both models for slices of ``slice_shape``; returns the seconds it took.
+    def warmup(
+        self, slice_shape: tuple[int, int], pixel_mm: tuple[float, float] | None = None
+    ) -> float:
+        """Compiles both models for slices of ``slice_shape`` (at ``pixel_mm``: whether
+        they are resampled; None: resampled when the size is not the model's); returns
+        the seconds it took.
 
         Call it before timing a run so that per-study timings exclude compilation.
         """
         t0 = time.perf_counter()
-        for runner in (self._gate, self._seg):
-            if runner is not None:
-                runner.warmup(tuple(slice_shape))
+        shape = tuple(int(v) for v in slice_shape)
+        if self._gate is not None:
+            gate_map = self._map(self._gate_grid, shape, pixel_mm)
+            self._gate.warmup(gate_map.model_shape if gate_map else shape)
+        seg_map = self._map(self._seg_grid, shape, pixel_mm)
+        if seg_map is None:
+            self._seg.warmup(shape)
+        else:
+            self._seg_probs.warmup(seg_map.model_shape)
         return time.perf_counter() - t0
 
-    def gate_probabilities(self, hu: np.ndarray) -> np.ndarray:
-        """p(calcium) float32 [Z] of every slice of ``hu`` [Z, H, W]."""
+    @staticmethod
+    def _map(
+        grid: ModelGrid | None, shape: tuple[int, ...], pixel_mm: Sequence[float] | None
+    ) -> InPlaneMap | None:
+        """The in-plane map of slices ``shape`` at ``pixel_mm`` onto ``grid`` (None: scored
+        as they are). Without a spacing, slices of another size than the grid's are
+        assumed to need it (for :meth:`warmup`)."""
+        if grid is None:
+            return None
+        if pixel_mm is None:
+            if tuple(shape) == grid.shape or grid.resizes:
+                return None
+            return InPlaneMap(tuple(shape), grid.shape, grid.shape)
+        return grid.mapping(shape, pixel_mm)
+
+    def gate_probabilities(
+        self, hu: np.ndarray, pixel_mm: Sequence[float] | None = None
+    ) -> np.ndarray:
+        """p(calcium) float32 [Z] of every slice of ``hu`` [Z, H, W].
+
+        With ``pixel_mm`` (row, col mm) and a gate that knows its grid, slices unlike
+        its training slices are resampled to that grid first; otherwise its ``prepare``
+        alone resizes them.
+        """
         if self._gate is None:
             raise ValueError("this pipeline has no gate (built for unet_only)")
+        mapping = None if pixel_mm is None else self._map(self._gate_grid, hu.shape[1:], pixel_mm)
+        if mapping is not None:
+            hu = mapping.to_model(hu)
         return self._gate(hu).astype(np.float32)
 
-    def segment(self, hu: np.ndarray, slices: Sequence[int]) -> np.ndarray:
-        """uint8 [Z, H, W] labels: the U-Net's argmax on ``slices``, zero elsewhere."""
+    def segment(
+        self, hu: np.ndarray, slices: Sequence[int], pixel_mm: Sequence[float] | None = None
+    ) -> np.ndarray:
+        """uint8 [Z, H, W] labels: the U-Net's argmax on ``slices``, zero elsewhere.
+
+        With ``pixel_mm`` (row, col mm) and a segmenter that knows its grid, slices unlike
+        its training slices are resampled to that grid, segmented there, and the argmax
+        of their class probabilities resampled back is returned (module docstring).
+
+        Raises:
+          ValueError: slices of another size than the segmenter's and no grid (or no
+            ``pixel_mm``) to resample them with.
+        """
         labels = np.zeros(hu.shape, np.uint8)
         idx = np.asarray(slices, np.int64)
+        mapping = None
+        if pixel_mm is not None:
+            mapping = self._map(self._seg_grid, hu.shape[1:], pixel_mm)
         trained = self._seg_shape
-        if idx.size and trained is not None and tuple(hu.shape[1:]) != tuple(trained):
+        if (
+            idx.size
+            and mapping is None
+            and trained is not None
+            and tuple(hu.shape[1:]) != tuple(trained)
+        ):
+            why = (
+                "its training pixel spacing is unknown (no training manifest): pass "
+                "--model_spacing_mm (the spacing it was trained at) to resample studies to it"
+                if self._seg_grid is None
+                else "pass the study's pixel spacing to resample it to the segmenter's grid"
+            )
             raise ValueError(
                 f"segmenter {self.seg_name} was trained on {trained[0]} x {trained[1]} px "
-                f"slices and this study's are {hu.shape[1]} x {hu.shape[2]} px: a U-Net finds "
-                "lesions at the scale it learnt, so its labels here would be wrong; score it "
-                "with a segmenter trained at this size"
+                f"slices and this study's are {hu.shape[1]} x {hu.shape[2]} px, and {why}"
             )
-        if idx.size:
+        if idx.size and mapping is not None:
+            probs = self._seg_probs(mapping.to_model(hu[idx]))
+            labels[idx] = mapping.labels_to_study(probs)
+        elif idx.size:
             out = self._seg(hu[idx])
             if out.shape != (idx.size, *hu.shape[1:]):
                 raise ValueError(
@@ -341,14 +438,19 @@ class CacPipeline:
             raise ValueError(f"hu must be [Z, H, W] with Z >= 1, got shape {hu.shape}")
         result = StudyResult(study.study_id, mode, num_slices=int(hu.shape[0]))
         t0 = time.perf_counter()
+        pixel_mm = study.pixel_mm
+        for name, grid in (("gate", self._gate_grid if mode == "gated" else None),
+                           ("segmenter", self._seg_grid)):  # fmt: skip
+            if self._map(grid, hu.shape[1:], pixel_mm) is not None:
+                result.resampled[name] = grid.describe()
         if mode == "gated":
-            probs = self.gate_probabilities(hu)
+            probs = self.gate_probabilities(hu, pixel_mm)
             result.probabilities = probs
             result.flagged = np.flatnonzero(probs >= self.threshold)
         else:
             result.flagged = np.arange(hu.shape[0])
         t1 = time.perf_counter()
-        labels = self.segment(hu, result.flagged)
+        labels = self.segment(hu, result.flagged, pixel_mm)
         t2 = time.perf_counter()
         options = dict(self.scoring, mass_factor=study.mass_factor)
         result.scores = agatston(hu, labels, study.pixel_mm, study.slice_thickness_mm, **options)
@@ -357,6 +459,8 @@ class CacPipeline:
         if study.labels is not None:
             truth = agatston(hu, study.labels, study.pixel_mm, study.slice_thickness_mm, **options)
             result.truth = score_summary(truth)
-        result.labels = labels if keep_labels else None
+        if keep_labels:
+            result.labels, unscored = split_scored(hu, labels, pixel_mm, result.scores.convention)
+            result.unscored = np.argwhere(unscored).astype(np.int32)
         result.timings = {"gate": t1 - t0, "segment": t2 - t1, "score": t3 - t2}
         return result
