@@ -8,17 +8,22 @@ Conventions used throughout:
     * Binary predictions are positive when ``score >= threshold``.
     * Confusion matrices have the true class on rows and the prediction on columns.
     * Ranks are average ranks (ties share the mean of the ranks they span), 1-based.
+    * Intervals are 95 % percentile-bootstrap intervals over patients (:func:`bootstrap`):
+      ``BOOTSTRAP_RESAMPLES`` = 1000 replicates, seed ``BOOTSTRAP_SEED`` = 0, every row of
+      a drawn patient resampled together; printed as ``"0.82 [0.74, 0.88]"``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
+from dinolg_jax.eval.paired_bootstrap import draw_rows, group_rows
 from dinolg_jax.scoring.agatston import RISK_SCHEMES, VESSELS, category_index
 
 # ---------------------------------------------------------------------------
@@ -134,21 +139,12 @@ def binary_metrics(y_true: Any, y_pred: Any, *, zero_division: float = math.nan)
 def rank_average(x: Any) -> np.ndarray:
     """Average ranks (1-based, ties get the mean rank of their run) of a 1D array.
 
+    ``scipy.stats.rankdata(x, method="average")`` after the input checks.
+
     Returns:
         float64 [N].
     """
-    x = _vector(x, "x")
-    n = x.size
-    order = np.argsort(x, kind="stable")
-    xs = x[order]
-    new_run = np.concatenate(([True], xs[1:] != xs[:-1])) if n else np.zeros(0, bool)
-    run_id = np.cumsum(new_run) - 1
-    run_start = np.flatnonzero(new_run)
-    run_end = np.concatenate((run_start[1:], [n]))
-    mean_rank = (run_start + run_end + 1) / 2.0  # mean of ranks start+1..end
-    ranks = np.empty(n, dtype=np.float64)
-    ranks[order] = mean_rank[run_id]
-    return ranks
+    return stats.rankdata(_vector(x, "x"), method="average").astype(np.float64)
 
 
 def roc_auc(scores: Any, labels: Any) -> float:
@@ -471,24 +467,28 @@ def icc(ratings: Any, kind: str = "2,1") -> float:
     return float((msr - mse) / den) if den != 0 else math.nan
 
 
-def pearson(x: Any, y: Any) -> float:
-    """Pearson correlation; NaN when either input is constant or has < 2 values."""
+def _pair(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """Checked float64 pair, or None when a correlation is undefined (n < 2, a constant)."""
     a = _vector(x, "x").astype(np.float64)
     b = _vector(y, "y").astype(np.float64)
     _same_shape(a, b, "x/y")
-    if a.size < 2:
-        return math.nan
-    da, db = a - a.mean(), b - b.mean()
-    den = math.sqrt(float(np.dot(da, da)) * float(np.dot(db, db)))
-    return float(np.clip(np.dot(da, db) / den, -1.0, 1.0)) if den > 0 else math.nan
+    if a.size < 2 or np.all(a == a[0]) or np.all(b == b[0]):
+        return None
+    return a, b
+
+
+def pearson(x: Any, y: Any) -> float:
+    """Pearson correlation (``scipy.stats.pearsonr``); NaN when either input is constant
+    or has < 2 values."""
+    pair = _pair(x, y)
+    return math.nan if pair is None else float(stats.pearsonr(*pair).statistic)
 
 
 def spearman(x: Any, y: Any) -> float:
-    """Spearman rank correlation: Pearson of the average ranks (ties handled)."""
-    a = _vector(x, "x")
-    b = _vector(y, "y")
-    _same_shape(a, b, "x/y")
-    return pearson(rank_average(a), rank_average(b))
+    """Spearman rank correlation (``scipy.stats.spearmanr``: Pearson of the average ranks,
+    ties handled); NaN when either input is constant or has < 2 values."""
+    pair = _pair(x, y)
+    return math.nan if pair is None else float(stats.spearmanr(*pair).statistic)
 
 
 @dataclass(frozen=True)
@@ -539,3 +539,241 @@ def bland_altman(a: Any, b: Any, *, z: float = 1.96) -> BlandAltman:
     bias = float(diffs.mean())
     sd = float(diffs.std(ddof=1))
     return BlandAltman(bias, sd, bias - z * sd, bias + z * sd, (x + y) / 2.0, diffs)
+
+
+# ---------------------------------------------------------------------------
+# 95 % bootstrap intervals over patients.
+
+BOOTSTRAP_RESAMPLES = 1000  # replicates drawn by default
+BOOTSTRAP_SEED = 0  # the resampling's default seed
+Statistic = Callable[..., Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate and its percentile-bootstrap interval over patients.
+
+    Attributes:
+        value: the statistic on all patients.
+        lo, hi: the ``(1 - level) / 2`` and ``(1 + level) / 2`` percentiles of the
+            replicates (NaN when no replicate is defined).
+        level: the interval's coverage, 0.95.
+        n_boot: replicates kept (those where the statistic is defined).
+        n_groups: patients resampled.
+    """
+
+    value: float
+    lo: float
+    hi: float
+    level: float
+    n_boot: int
+    n_groups: int
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-friendly: ``{"value", "ci95": [lo, hi], "n_boot", "n_groups"}`` (NaN -> None)."""
+
+        def num(x: float) -> float | None:
+            return float(x) if math.isfinite(x) else None
+
+        return {
+            "value": num(self.value),
+            "ci95": [num(self.lo), num(self.hi)],
+            "n_boot": self.n_boot,
+            "n_groups": self.n_groups,
+        }
+
+    def format(self, digits: int = 2) -> str:
+        """``"0.82 [0.74, 0.88]"`` (see :func:`format_interval`)."""
+        return format_interval(self.value, (self.lo, self.hi), digits)
+
+
+def format_interval(value: Any, ci: Sequence[Any] | None, digits: int = 2) -> str:
+    """A value and its interval as ``"0.82 [0.74, 0.88]"``.
+
+    Args:
+        value: the point estimate (None or NaN: ``"n/a"``).
+        ci: ``(lo, hi)``, e.g. ``Interval.summary()["ci95"]``; None or an undefined bound
+            gives ``"0.82 [n/a]"``.
+        digits: decimals of all three numbers.
+    """
+
+    def num(x: Any) -> str | None:
+        return None if x is None or not math.isfinite(float(x)) else f"{float(x):.{digits}f}"
+
+    v = num(value)
+    if v is None:
+        return "n/a"
+    lo, hi = (None, None) if ci is None else (num(ci[0]), num(ci[1]))
+    return f"{v} [n/a]" if lo is None or hi is None else f"{v} [{lo}, {hi}]"
+
+
+def _rows_of(arrays: Sequence[Any], groups: Any) -> tuple[list[np.ndarray], np.ndarray]:
+    arrs = [np.asarray(a) for a in arrays]
+    if not arrs:
+        raise ValueError("bootstrap needs at least one array")
+    n = arrs[0].shape[0] if arrs[0].ndim else -1
+    for a in arrs:
+        if a.ndim == 0 or a.shape[0] != n:
+            raise ValueError(f"bootstrap arrays need the same number of rows, got {a.shape}")
+    g = np.arange(n) if groups is None else np.asarray(groups)
+    if g.shape != (n,):
+        raise ValueError(f"groups must be [{n}] (one patient id per row), got {g.shape}")
+    return arrs, g
+
+
+def bootstrap_replicates(
+    statistic: Statistic,
+    arrays: Sequence[Any],
+    *,
+    groups: Any = None,
+    n_boot: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict[str, np.ndarray]:
+    """The statistic's bootstrap replicates, patients resampled with replacement.
+
+    Each replicate draws as many patients as there are, with replacement
+    (``eval.paired_bootstrap.draw_rows``: every row of a drawn patient enters, as often as
+    the patient is drawn), and evaluates ``statistic`` on those rows of every array.
+
+    Args:
+        statistic: ``statistic(*rows) -> {name: float}``, the arrays' resampled rows in.
+        arrays: arrays with the same first dimension N (rows: slices, or patients).
+        groups: [N] patient id of each row; None: each row is its own patient.
+        n_boot: replicates.
+        seed: the resampling's seed (same inputs and seed -> same replicates).
+
+    Returns:
+        {name: float64 [n_boot]}, NaN where the statistic is undefined on a replicate.
+    """
+    if int(n_boot) < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    arrs, g = _rows_of(arrays, groups)
+    _, rows = group_rows(g)
+    rng = np.random.default_rng(seed)
+    reps: dict[str, list[float]] = {}
+    for _ in range(int(n_boot)):
+        idx = draw_rows(rng, rows) if rows else np.zeros(0, np.int64)
+        for name, value in statistic(*(a[idx] for a in arrs)).items():
+            reps.setdefault(name, []).append(float(value))
+    return {name: np.asarray(v, np.float64) for name, v in reps.items()}
+
+
+def bootstrap(
+    statistic: Statistic,
+    arrays: Sequence[Any],
+    *,
+    groups: Any = None,
+    n_boot: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = 0.95,
+) -> dict[str, Interval]:
+    """Each named value of ``statistic`` with its percentile-bootstrap interval over patients.
+
+    Arguments as :func:`bootstrap_replicates`; ``level`` is the coverage (0.95: the 2.5
+    and 97.5 percentiles, numpy's linear interpolation). Replicates where a value is
+    undefined (NaN, e.g. an AUC of a resample with one class) are dropped from its
+    interval; ``Interval.n_boot`` counts those kept.
+
+    Returns:
+        {name: Interval} in the statistic's key order.
+    """
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    arrs, g = _rows_of(arrays, groups)
+    point = statistic(*arrs)
+    reps = bootstrap_replicates(statistic, arrs, groups=g, n_boot=n_boot, seed=seed)
+    tail = 50.0 * (1.0 - float(level))
+    out = {}
+    for name, value in point.items():
+        r = reps[name][np.isfinite(reps[name])]
+        lo, hi = np.percentile(r, [tail, 100.0 - tail]) if r.size else (math.nan, math.nan)
+        n_groups = len(np.unique(g))
+        out[name] = Interval(float(value), float(lo), float(hi), float(level), r.size, n_groups)
+    return out
+
+
+def binary_intervals(
+    scores: Any,
+    labels: Any,
+    threshold: float,
+    *,
+    groups: Any = None,
+    n_boot: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict[str, Interval]:
+    """ROC-AUC and F1 (at ``score >= threshold``) of a binary read-out, with intervals.
+
+    Args:
+        scores: [N] real scores (e.g. the probe's per-slice scores).
+        labels: [N] 0/1 or bool.
+        threshold: the decision threshold of F1.
+        groups: [N] patient of each row (slices of a patient are resampled together);
+            None: rows are patients.
+        n_boot, seed: see :func:`bootstrap`.
+
+    Returns:
+        {"roc_auc": Interval, "f1": Interval}.
+    """
+    s, y = _scores_labels(scores, labels)
+
+    def stat(s: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        return {"roc_auc": roc_auc(s, y), "f1": binary_metrics(y, s >= threshold)["f1"]}
+
+    return bootstrap(stat, [s, y], groups=groups, n_boot=n_boot, seed=seed)
+
+
+def agreement_intervals(
+    true_total: Any,
+    pred_total: Any,
+    true_present: Any,
+    pred_present: Any,
+    *,
+    schemes: Sequence[str] = ("paper4",),
+    vessels: Sequence[str] = VESSELS,
+    n_boot: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict[str, Interval]:
+    """Per-patient score agreement with 95 % intervals over patients (one row each).
+
+    Args:
+        true_total, pred_total: [P] reference and predicted total Agatston scores.
+        true_present, pred_present: bool [P, V] calcium presence per patient and vessel.
+        schemes: risk schemes (``scoring.agatston.RISK_SCHEMES``) of the risk values.
+        vessels: the V vessel names.
+        n_boot, seed: see :func:`bootstrap`.
+
+    Returns:
+        {"icc": ICC(2,1) of the totals, "f1": presence F1 averaged over the vessels,
+        "f1_<vessel>": per vessel, "<scheme>_accuracy": risk-category accuracy,
+        "<scheme>_kappa_linear": linearly weighted kappa}, each an :class:`Interval`
+        (NaN values when fewer than 2 patients).
+    """
+    t = _vector(true_total, "true_total").astype(np.float64)
+    p = _vector(pred_total, "pred_total").astype(np.float64)
+    _same_shape(t, p, "true_total/pred_total")
+    tp = _binary(true_present, "true_present")
+    pp = _binary(pred_present, "pred_present")
+    _same_shape(tp, pp, "true_present/pred_present")
+    if tp.shape != (t.size, len(vessels)):
+        raise ValueError(f"presence must be [{t.size}, {len(vessels)}], got {tp.shape}")
+    for scheme in schemes:
+        if scheme not in RISK_SCHEMES:
+            raise ValueError(f"unknown risk scheme {scheme!r}; known: {sorted(RISK_SCHEMES)}")
+    # Categories once per patient; the replicates only resample them.
+    cats = [
+        np.array([[category_index(float(v), sc) for v in col] for col in (t, p)], np.int64).T
+        for sc in schemes
+    ]
+
+    def stat(t, p, tp, pp, *cats) -> dict[str, float]:
+        out = {"icc": icc(np.stack([t, p], axis=1)) if t.size >= 2 else math.nan}
+        presence = presence_metrics(tp, pp, vessels)
+        out["f1"] = presence["mean"]["f1"]
+        out |= {f"f1_{v}": presence[v]["f1"] for v in vessels}
+        for scheme, c in zip(schemes, cats, strict=True):
+            cm = confusion_matrix(c[:, 0], c[:, 1], len(RISK_SCHEMES[scheme]))
+            out[f"{scheme}_accuracy"] = accuracy_from_confusion(cm)
+            out[f"{scheme}_kappa_linear"] = kappa_from_confusion(cm, "linear")
+        return out
+
+    return bootstrap(stat, [t, p, tp, pp, *cats], n_boot=n_boot, seed=seed)

@@ -30,12 +30,27 @@ import numpy as np
 Metric = Callable[[np.ndarray, np.ndarray], float]
 
 
-def _group_rows(groups: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The distinct groups and, for each, the indices of its rows."""
+def group_rows(groups: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The distinct groups (sorted) and, for each, the indices of its rows."""
     ids, inverse = np.unique(groups, return_inverse=True)
     order = np.argsort(inverse, kind="stable")
     bounds = np.cumsum(np.bincount(inverse, minlength=len(ids)))[:-1]
     return ids, np.split(order, bounds)
+
+
+def draw_rows(rng: np.random.Generator, rows: Sequence[np.ndarray]) -> np.ndarray:
+    """One bootstrap draw of groups: ``len(rows)`` groups with replacement, their rows
+    concatenated in draw order (a group drawn twice enters twice).
+
+    Args:
+      rng: the resampling's generator (one ``integers`` call per draw).
+      rows: per group, the indices of its rows (:func:`group_rows`).
+
+    Returns:
+      int64 [M] row indices.
+    """
+    drawn = rng.integers(0, len(rows), len(rows))
+    return np.concatenate([rows[g] for g in drawn])
 
 
 def _check(values: Sequence[np.ndarray], n_rows: int, name: str) -> list[np.ndarray]:
@@ -86,13 +101,12 @@ def paired_difference(
         raise ValueError(f"a has {len(a)} seeds, b has {len(b)}: the arms must be paired")
     n_seeds = len(a)
     per_seed = np.array([metric(x, labels) - metric(y, labels) for x, y in zip(a, b, strict=True)])
-    ids, rows = _group_rows(groups)
+    ids, rows = group_rows(groups)
     rng = np.random.default_rng(seed)
     reps = []
     for _ in range(int(n_boot)):
         seeds = rng.integers(0, n_seeds, n_seeds)
-        drawn = rng.integers(0, len(ids), len(ids))
-        idx = np.concatenate([rows[g] for g in drawn])
+        idx = draw_rows(rng, rows)
         y = labels[idx]
         diffs = [metric(a[s][idx], y) - metric(b[s][idx], y) for s in seeds]
         value = float(np.mean(diffs))

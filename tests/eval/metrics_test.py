@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -42,6 +43,7 @@ def test_rank_average_matches_scipy():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 6, size=40).astype(np.float64)  # many ties
     np.testing.assert_allclose(m.rank_average(x), stats.rankdata(x))
+    np.testing.assert_array_equal(m.rank_average([3, 1, 3, 2]), [3.5, 1.0, 3.5, 2.0])  # by hand
 
 
 def _auc_brute(scores, labels):
@@ -285,6 +287,11 @@ def test_pearson_spearman_match_scipy():
     assert m.pearson(x, y) == pytest.approx(stats.pearsonr(x, y)[0], abs=1e-12)
     assert m.spearman(x, y) == pytest.approx(stats.spearmanr(x, y)[0], abs=1e-12)
     assert m.spearman([1, 2, 3, 4], [1, 4, 9, 16]) == pytest.approx(1.0)
+    # By hand: centred (-1, 0, 1) . (-1, 1, 0) = 1 over sqrt(2 * 2).
+    assert m.pearson([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5, abs=1e-15)
+    # Ranks (1.5, 1.5, 3) and (1, 2, 3): 1.5 / sqrt(1.5 * 2).
+    assert m.spearman([1, 1, 2], [5, 6, 7]) == pytest.approx(1.5 / math.sqrt(3.0), abs=1e-15)
+    assert math.isnan(m.spearman([2.0, 2.0], [1.0, 3.0])) and math.isnan(m.pearson([1.0], [2.0]))
     assert math.isnan(m.pearson([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
     with pytest.raises(ValueError, match="non-finite"):
         m.pearson([1.0, np.nan], [1.0, 2.0])
@@ -300,3 +307,118 @@ def test_bland_altman_by_hand():
     assert ba.summary()["n"] == 4
     with pytest.raises(ValueError, match="2 pairs"):
         m.bland_altman([1.0], [1.0])
+
+
+# ---------------------------------------------------------------------------
+# Bootstrap intervals over patients: toy tables whose bootstrap law is known.
+
+
+def _mean_stat(v):
+    return {"mean": float(np.mean(v)) if v.size else math.nan}
+
+
+def test_bootstrap_resamples_patients_not_rows():
+    # Patient A has 1 row (0), patient B 3 rows (1). Drawing 2 patients: AA -> 0 (1/4),
+    # AB or BA -> 3/4 (1/2), BB -> 1 (1/4); a row-level bootstrap would give 1/4, 1/2, ...
+    values = np.array([0.0, 1.0, 1.0, 1.0])
+    groups = np.array(["A", "B", "B", "B"])
+    reps = m.bootstrap_replicates(_mean_stat, [values], groups=groups, n_boot=4000, seed=1)
+    r = reps["mean"]
+    assert set(np.unique(r)) <= {0.0, 0.75, 1.0}
+    sd = math.sqrt(0.25 * 0.75 / 4000)
+    assert abs(np.mean(r == 0.0) - 0.25) < 5 * sd
+    assert abs(np.mean(r == 0.75) - 0.5) < 5 * math.sqrt(0.25 / 4000)
+    assert abs(np.mean(r == 1.0) - 0.25) < 5 * sd
+
+
+def test_bootstrap_interval_is_the_enumerated_percentile():
+    # 4 patients, one value each: the 4^4 equally likely draws give the exact law of the
+    # resampled mean; its 2.5 % and 97.5 % quantiles are the interval's bounds.
+    values = np.array([0.0, 1.0, 2.0, 6.0])
+    means = np.array([np.mean(d) for d in itertools.product(values, repeat=4)])
+    atoms, counts = np.unique(means, return_counts=True)
+    cdf = np.cumsum(counts) / means.size
+    lo, hi = atoms[np.argmax(cdf >= 0.025)], atoms[np.argmax(cdf >= 0.975)]
+    # By hand: P(sum <= 1) = (1 + 4) / 256 < 2.5 % < P(sum <= 2) = 15 / 256, so lo = 2 / 4;
+    # P(sum >= 19) = (1 + 4) / 256 + ... = 1 - 0.9648 > 2.5 % > P(sum >= 20), so hi = 19 / 4.
+    assert (lo, hi) == (0.5, 4.75)
+    # The CDF steps over 2.5 % and 97.5 % at least 0.0055 away (5 standard errors of a
+    # 20000-replicate estimate), so the replicates' percentiles land on these atoms.
+    assert np.min(np.abs(cdf - 0.025)) > 0.005 and np.min(np.abs(cdf - 0.975)) > 0.005
+    out = m.bootstrap(_mean_stat, [values], n_boot=20000, seed=0)["mean"]
+    assert (out.value, out.lo, out.hi, out.n_boot, out.n_groups) == (2.25, lo, hi, 20000, 4)
+    again = m.bootstrap(_mean_stat, [values], n_boot=20000, seed=0)["mean"]
+    assert again == out  # seeded: the same interval
+    assert out.format() == "2.25 [0.50, 4.75]"
+
+
+def test_agreement_intervals_of_a_perfect_table_are_points():
+    # Prediction equal to the reference for every patient: every resample agrees fully.
+    total = np.array([0.0, 0.0, 35.0, 150.0, 420.0, 1200.0])
+    present = np.array([[t > 0, t > 100, False, t > 1000] for t in total])
+    out = m.agreement_intervals(total, total, present, present, schemes=("paper4", "standard5"))
+    assert sorted(out) == sorted(
+        ["icc", "f1", *(f"f1_{v}" for v in m.VESSELS)]
+        + [f"{s}_{k}" for s in ("paper4", "standard5") for k in ("accuracy", "kappa_linear")]
+    )
+    for name in ("icc", "f1", "paper4_accuracy", "paper4_kappa_linear", "standard5_accuracy"):
+        iv = out[name]
+        assert (iv.value, iv.lo, iv.hi) == pytest.approx((1.0, 1.0, 1.0), abs=1e-12), name
+        assert iv.n_groups == 6 and 900 < iv.n_boot <= 1000  # all-equal resamples dropped
+    assert out["paper4_accuracy"].n_boot == 1000  # accuracy is always defined
+    assert math.isnan(out["f1_LCA"].value) and out["f1_LCA"].n_boot == 0  # no LCA calcium
+    # Mean F1 is undefined only when all 6 draws are the 2 calcium-free patients: (1/3)^6.
+    assert out["f1"].summary() == {"value": 1.0, "ci95": [1.0, 1.0], "n_boot": 998, "n_groups": 6}
+    assert out["f1_LCA"].summary()["ci95"] == [None, None]
+
+
+def test_agreement_intervals_values_are_the_point_metrics():
+    rng = np.random.default_rng(7)
+    t = rng.gamma(0.8, 300.0, size=30) * (rng.random(30) > 0.3)
+    p = t * rng.uniform(0.3, 1.7, size=30) + rng.normal(0, 30, 30).clip(0)
+    tp, pp = rng.random((30, 4)) > 0.5, rng.random((30, 4)) > 0.4
+    out = m.agreement_intervals(t, p, tp, pp, n_boot=200, seed=3)
+    cm = m.risk_confusion(t, p, "paper4")
+    assert out["icc"].value == m.icc(np.stack([t, p], 1))
+    assert out["paper4_accuracy"].value == m.accuracy_from_confusion(cm)
+    assert out["paper4_kappa_linear"].value == m.kappa_from_confusion(cm, "linear")
+    assert out["f1"].value == m.presence_metrics(tp, pp)["mean"]["f1"]
+    for iv in out.values():
+        assert iv.lo <= iv.value <= iv.hi and iv.lo < iv.hi and iv.n_boot == 200
+    other = m.agreement_intervals(t, p, tp, pp, n_boot=200, seed=4)
+    assert other["icc"].lo != out["icc"].lo  # the seed moves the replicates
+
+
+def test_binary_intervals_resample_slices_by_patient():
+    # Patient 0: slices scored 0.9 (calcified) and 0.1 (not); patient 1: 0.2 (calcified)
+    # and 0.3 (not). AUC on both: pairs (0.9>0.1, 0.9>0.3, 0.2>0.1, 0.2<0.3) = 3/4.
+    # Drawing {0,0}: AUC 1, F1 (t = 0.5) 1; {1,1}: AUC 0, F1 0; {0,1}/{1,0}: 3/4 and 2/3.
+    scores = np.array([0.9, 0.1, 0.2, 0.3])
+    labels = np.array([1, 0, 1, 0])
+    groups = np.array([0, 0, 1, 1])
+    out = m.binary_intervals(scores, labels, 0.5, groups=groups, n_boot=2000, seed=0)
+    assert out["roc_auc"].value == 0.75 and out["f1"].value == pytest.approx(2 / 3)
+    assert (out["roc_auc"].lo, out["roc_auc"].hi) == (0.0, 1.0)
+    assert (out["f1"].lo, out["f1"].hi) == (0.0, 1.0)
+    reps = m.bootstrap_replicates(
+        lambda s, y: {"auc": m.roc_auc(s, y)}, [scores, labels], groups=groups, n_boot=500
+    )
+    assert set(np.unique(reps["auc"])) == {0.0, 0.75, 1.0}
+
+
+def test_format_interval_and_errors():
+    assert m.format_interval(0.8234, (0.7412, 0.8849)) == "0.82 [0.74, 0.88]"
+    assert m.format_interval(0.8234, [0.7412, 0.8849], digits=3) == "0.823 [0.741, 0.885]"
+    assert m.format_interval(0.5, None) == "0.50 [n/a]"
+    assert m.format_interval(0.5, [None, None]) == "0.50 [n/a]"
+    assert m.format_interval(math.nan, (0.1, 0.2)) == "n/a" == m.format_interval(None, None)
+    with pytest.raises(ValueError, match="same number of rows"):
+        m.bootstrap(_mean_stat, [np.zeros(3), np.zeros(4)])
+    with pytest.raises(ValueError, match="groups must be"):
+        m.bootstrap(_mean_stat, [np.zeros(3)], groups=[0, 1])
+    with pytest.raises(ValueError, match="level"):
+        m.bootstrap(_mean_stat, [np.zeros(3)], level=95)
+    with pytest.raises(ValueError, match="unknown risk scheme"):
+        m.agreement_intervals(
+            [1.0, 2.0], [1.0, 2.0], np.ones((2, 4)), np.ones((2, 4)), schemes=("x",)
+        )
