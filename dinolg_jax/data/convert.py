@@ -19,13 +19,30 @@ slices and slices of patients without valid labels carry all-zero labels (``kind
 tells them apart). Within a split, studies are ordered gated then non-gated by id,
 each study's slices contiguous and z-ascending.
 
-Unreliable labels: a gated patient with an ROI that rasterises to 0 pixels or fails the
-self-check against the XML's own Area/Mean/Max (`calcium_xml`) gets
-``labels_unreliable`` (the per-ROI reasons) in its manifest entry and in
-``report.json``. With ``unreliable_labels="exclude"`` (the default) such a patient is
-kept out of train/val/test, so no probe, U-Net or evaluation is judged against labels
-known to disagree with their own annotation; its scan, with those labels (used only for
+Unreliable labels: a gated patient with an ROI whose lesion the labels may miss (an
+unknown or missing artery name, an outline lost, 0 pixels, self-check failures against
+the XML's own Area/Mean/Max other than a lone one; `calcium_xml`) gets
+``labels_unreliable`` (the per-ROI reasons, naming the ROI) in its manifest entry and in
+``report.json``. A lone ROI outside the self-check's bounds in a patient whose other ROIs
+agree is listed as ``rois_flagged`` instead; the patient stays in its split. With
+``unreliable_labels="exclude"`` (the default) a patient with unreliable labels is kept
+out of train/val/test, so no probe, U-Net or evaluation is judged against labels known to
+disagree with their own annotation; its scan, with those labels (used only for
 DINO-LG's guided crops), stays in pretrain. ``"keep"`` leaves it in the splits, flagged.
+
+Untrustworthy HU: a study with slices whose rescale differs from the rest of its series,
+or whose HU are constant (`dicom`, ``hu_suspect``), gets ``hu_unreliable`` (file and
+reason per slice) in its manifest entry and in ``report.json`` and is kept out of every
+split, pretrain included (its ``split`` is ``"excluded"``); a RescaleSlope of 0 refuses the
+study (``skipped_patients``, the file named).
+
+The manifest is written last, only by a conversion that finished: ``manifest.json`` and
+``report.json`` are removed when a conversion starts, so an interrupted one (Ctrl-C,
+SIGTERM, a crash) leaves no index and the folder does not look complete. The release is
+read (patients, score sheet) before anything is created in the output folder, so a wrong
+``release`` leaves it as it was. A full disk stops the conversion with one
+`ConvertError` naming the folder, the space needed and the space free; temporary files
+are removed.
 
 Every file is written atomically (a temp name unique to the writing process, then
 ``os.replace``); the same inputs and seed give an identical manifest and byte-identical
@@ -40,11 +57,14 @@ left empty (too few labelled patients) is warned about in the log and in
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
 import multiprocessing
 import os
+import shutil
+import signal
 import struct
 import tempfile
 import time
@@ -65,7 +85,7 @@ from dinolg_jax.scoring import agatston
 
 __all__ = ["ConvertError", "FolderBusyError", "convert_release", "prepare_study", "write_shard"]
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 SPLITS = manifest.SPLITS
 CATEGORIES = convert_report.CATEGORIES
 VAL_FRACTION = 0.1
@@ -132,9 +152,7 @@ def slice_records(study: coca.Study) -> Iterator[dict[str, Any]]:
 
 def _study_inputs(release: Path, kind: str, ident: str) -> list[Path]:
     if kind == "gated":
-        files = sorted((release / coca.GATED_DIR / "patient" / ident).rglob("*"))
-        xml = release / coca.GATED_DIR / "calcium_xml" / f"{ident}.xml"
-        return [p for p in files if p.is_file()] + ([xml] if xml.is_file() else [])
+        return coca.gated_inputs(release, int(ident))
     return sorted(p for p in (release / coca.NONGATED_DIR / ident).rglob("*") if p.is_file())
 
 
@@ -197,11 +215,13 @@ def prepare_study(release: str | Path, kind: str, ident: str, cache_dir: str | P
         num_slices=int(study.hu.shape[0]),
         calcified_slices=int(calcified),
         labels_valid=study.labels is not None,
-        labels_unreliable=[
-            f"ImageIndex {u.image_index} ROI {u.roi}: {u.reason}" for u in study.report.unreliable
-        ]
+        labels_unreliable=[_roi_line(u) for u in study.report.unreliable]
         if study.labels is not None
         else [],
+        rois_flagged=[_roi_line(u) for u in study.report.flagged]
+        if study.labels is not None
+        else [],
+        hu_unreliable=[f"{p}: {why}" for p, why in study.report.hu_suspect],
         kvp=study.kvp,
         lossy_compression=bool(study.lossy_compression),
         report=asdict(study.report),
@@ -217,6 +237,12 @@ def prepare_study(release: str | Path, kind: str, ident: str, cache_dir: str | P
     _atomic_write(rec_path, b"".join(chunks))
     _atomic_write(meta_path, json.dumps(summary, sort_keys=True).encode())
     return summary
+
+
+def _roi_line(u: Any) -> str:
+    """One unreliable or flagged ROI as a manifest line (image, ROI, name, reason)."""
+    name = f" ({u.name!r})" if u.name else ""
+    return f"ImageIndex {u.image_index} ROI {u.roi}{name}: {u.reason}"
 
 
 def _prepare_task(args: tuple[str, str, str, str]) -> dict:
@@ -261,12 +287,16 @@ def write_shard(path: str | Path, segments: list[tuple[str, int, int]]) -> dict[
     writer = ArrayRecordWriter(str(tmp), WRITER_OPTIONS)
     n = 0
     try:
-        for cache, skip, count in segments:
-            for blob in _read_cached(Path(cache), skip, count):
-                writer.write(blob)
-                n += 1
-    finally:
-        writer.close()
+        try:
+            for cache, skip, count in segments:
+                for blob in _read_cached(Path(cache), skip, count):
+                    writer.write(blob)
+                    n += 1
+        finally:
+            writer.close()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     info = shards.describe(tmp)
     if info["num_records"] != n:
         Path(tmp).unlink(missing_ok=True)
@@ -277,6 +307,18 @@ def write_shard(path: str | Path, segments: list[tuple[str, int, int]]) -> dict[
 
 def _write_shard_task(args: tuple[str, list[tuple[str, int, int]]]) -> dict[str, Any]:
     return write_shard(*args)
+
+
+def _shard_bytes(tasks: list[tuple[str, list[tuple[str, int, int]]]]) -> float:
+    """Bytes the shards of `tasks` need, from their cache segments (records pro rata)."""
+    total = 0.0
+    for _, segments in tasks:
+        for cache, _, count in segments:
+            path = Path(cache)
+            meta = path.with_suffix(".json")
+            n = json.loads(meta.read_text())["num_slices"] if meta.is_file() else count
+            total += path.stat().st_size * count / max(n, 1) if path.is_file() else 0
+    return total
 
 
 def assign_splits(categories: dict[str, str], seed: int) -> dict[str, str]:
@@ -368,10 +410,14 @@ def _assign(
         if s["kind"] == "gated"
         and s["labels_valid"]
         and not (excluded and s.get("labels_unreliable"))
+        and not s.get("hu_unreliable")
     }
     split_of = assign_splits(labelled, seed)
     members: dict[str, list[dict]] = {k: [] for k in SPLITS}
     for s in ok:
+        if s.get("hu_unreliable"):  # HU that cannot be right: no split at all
+            split_of[s["study_id"]] = "excluded"
+            continue
         sup = split_of.get(s["study_id"])
         if sup is not None:
             members[sup].append(s)
@@ -409,16 +455,27 @@ def convert_release(
 
     Raises:
       FolderBusyError: another conversion is writing into `out` (nothing was touched).
-      coca.CocaError: not a release, or an unreadable ``scores.xlsx`` (before any study
-        is loaded).
+      coca.CocaError: not a release, or an unreadable ``scores.xlsx`` (before anything is
+        created in `out`).
+      ValueError: `seed`, `workers` or `shards_per_split` out of range (likewise).
+      ConvertError: the disk filled up (the message names the folder and the space).
     """
     if unreliable_labels not in ("exclude", "keep"):
         raise ValueError(f"unreliable_labels: 'exclude' or 'keep', not {unreliable_labels!r}")
+    for name, value, low in (
+        ("seed", seed, 0),
+        ("workers", workers, 1),
+        ("shards_per_split", shards_per_split, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, not {value!r}")
     release, out = Path(release), Path(out)
+    inputs = _read_release(release)  # before the lock: a wrong release leaves `out` as it was
     with FolderLock(out, "conversion"):
         return _convert_locked(
             release,
             out,
+            inputs,
             seed=seed,
             workers=workers,
             shards_per_split=shards_per_split,
@@ -428,9 +485,46 @@ def convert_release(
         )
 
 
+def _read_release(release: Path) -> tuple[coca.GatedPatients, list[str], dict[str, dict]]:
+    """The release's gated patients, non-gated studies and score sheet (nothing written)."""
+    gated = coca.list_gated_patients(release)
+    nongated = coca.list_nongated_studies(release)
+    scores_path = release / coca.NONGATED_DIR / "scores.xlsx"
+    scores = coca.load_nongated_scores(release) if scores_path.is_file() else {}
+    return gated, nongated, scores
+
+
+def _no_space(err: BaseException) -> bool:
+    """Whether `err` (or what it wraps) is a full disk."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _disk_full(out: Path, what: str, need_bytes: float) -> ConvertError:
+    free = shutil.disk_usage(out).free if out.exists() else 0
+    return ConvertError(
+        f"{out}: disk full while writing {what}: the conversion needs about "
+        f"{need_bytes / 1e6:,.0f} MB more there, {free / 1e6:,.0f} MB are free; free some "
+        "space (or choose another --out) and re-run: no manifest was written, finished "
+        "studies are reused"
+    )
+
+
+def _ignore_sigint() -> None:
+    """Worker initialiser: Ctrl-C is the main process's to handle (one message, no
+    traceback per worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _convert_locked(
     release: Path,
     out: Path,
+    inputs: tuple[coca.GatedPatients, list[str], dict[str, dict]],
     *,
     seed: int,
     workers: int,
@@ -441,33 +535,47 @@ def _convert_locked(
 ) -> dict[str, Any]:
     """`convert_release`'s work, with `out`'s lock held."""
     t_start = time.perf_counter()
+    gated, nongated, scores = inputs
+    # Invalidate the old index first: an interrupted run then leaves no manifest behind.
+    for old in ("manifest.json", "report.json"):
+        (out / old).unlink(missing_ok=True)
     cache_dir = out / "cache"
     cache_dir.mkdir(exist_ok=True)
     for stale in [*out.glob(".*.tmp"), *cache_dir.glob(".*.tmp")]:  # left by a killed run
         stale.unlink(missing_ok=True)  # the lock is ours: no other run writes here now
-    gated = coca.list_gated_patients(release)
-    nongated = coca.list_nongated_studies(release)
-    scores_path = release / coca.NONGATED_DIR / "scores.xlsx"
-    scores = coca.load_nongated_scores(release) if scores_path.is_file() else {}
     tasks = [(str(release), "gated", str(p), str(cache_dir)) for p in gated.with_dicom]
     tasks += [(str(release), "nongated", n, str(cache_dir)) for n in nongated]
 
     with contextlib.ExitStack() as stack:
         pool = None
         if workers > 1:  # spawn: fork is unsafe once JAX (or any threaded library) is loaded
-            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers))
-        summaries = _run(_prepare_task, tasks, pool, "studies", progress)
+            context = multiprocessing.get_context("spawn")
+            pool = stack.enter_context(context.Pool(workers, initializer=_ignore_sigint))
+        try:
+            summaries = _run(_prepare_task, tasks, pool, "studies", progress)
+        except Exception as e:
+            if not _no_space(e):
+                raise
+            need = 4.5 * sum(  # records ~1.5x the int16 pixels, in the cache and 2 shards
+                f.stat().st_size
+                for _, kind, ident, _ in tasks
+                for f in _study_inputs(release, kind, ident)
+            )
+            raise _disk_full(out, f"the study cache in {cache_dir}", need) from e
         t_loaded = time.perf_counter()
         ok, split_of, members = _assign(summaries, scores, seed, unreliable_labels)
-        # Invalidate the old manifest first: a crash mid-write then leaves no stale index.
-        (out / "manifest.json").unlink(missing_ok=True)
         plans, starts = {}, {}
         for split in SPLITS:
             plans[split], starts[split] = _plan_split(
                 out, split, members[split], cache_dir, shards_per_split
             )
         shard_tasks = [t for split in SPLITS for t in plans[split]]
-        counts = iter(_run(_write_shard_task, shard_tasks, pool, "shards", progress))
+        try:
+            counts = iter(_run(_write_shard_task, shard_tasks, pool, "shards", progress))
+        except Exception as e:
+            if not _no_space(e):
+                raise
+            raise _disk_full(out, "the shards", _shard_bytes(shard_tasks)) from e
     splits = {}
     for split in SPLITS:
         shard_list = [{"path": Path(t[0]).name, **next(counts)} for t in plans[split]]
@@ -490,18 +598,9 @@ def _convert_locked(
             "calcified_slices": s["calcified_slices"],
             "lossy_compression": bool(s.get("lossy_compression", False)),
         }
-        if s.get("labels_unreliable"):
-            studies[sid]["labels_unreliable"] = s["labels_unreliable"]
-    manifest.save(
-        {
-            "record_version": records.VERSION,
-            "seed": int(seed),
-            "unreliable_labels": unreliable_labels,
-            "splits": splits,
-            "studies": studies,
-        },
-        out / "manifest.json",
-    )
+        for key in ("labels_unreliable", "rois_flagged", "hu_unreliable"):
+            if s.get(key):
+                studies[sid][key] = s[key]
     keep = {sh["path"] for sp in splits.values() for sh in sp["shards"]}
     for old in out.glob("*-of-*.array_record"):
         if old.name not in keep:
@@ -519,10 +618,26 @@ def _convert_locked(
         "slices_per_s": round(total_slices / max(t_end - t_start, 1e-9), 2),
         "workers": int(workers),
     }
-    _atomic_write(out / "report.json", (json.dumps(report, indent=1) + "\n").encode())
-    if not keep_cache:
-        for p in [*cache_dir.glob("*.records"), *cache_dir.glob("*.json")]:
-            p.unlink()
-        with contextlib.suppress(OSError):  # not empty: something else lives there
-            cache_dir.rmdir()
+    try:
+        _atomic_write(out / "report.json", (json.dumps(report, indent=1) + "\n").encode())
+        if not keep_cache:
+            for p in [*cache_dir.glob("*.records"), *cache_dir.glob("*.json")]:
+                p.unlink()
+            with contextlib.suppress(OSError):  # not empty: something else lives there
+                cache_dir.rmdir()
+        # Last: only a finished conversion leaves a manifest (module docstring).
+        manifest.save(
+            {
+                "record_version": records.VERSION,
+                "seed": int(seed),
+                "unreliable_labels": unreliable_labels,
+                "splits": splits,
+                "studies": studies,
+            },
+            out / "manifest.json",
+        )
+    except OSError as e:
+        if not _no_space(e):
+            raise
+        raise _disk_full(out, "report.json / manifest.json", 1e6) from e
     return report

@@ -2,8 +2,11 @@
 
 `build_report` gathers, from the per-study summaries of `convert`, every skipped
 patient, file and ROI with its reason, the patients whose labels were left out or are
-unreliable (with each unreliable ROI), the rasterisation self-check (ROIs checked /
-exact, worst absolute differences), counts, the split table and ``warnings`` (a val or
+unreliable (with each unreliable ROI), the ROIs flagged alone by the self-check, the
+studies kept out of every split for HU that cannot be right (``hu_unreliable``, each
+file named), how a series was chosen when not simply the longest (``series_notes``), the
+rasterisation self-check (ROIs checked / exact / tolerated, worst absolute differences),
+counts, the split table and ``warnings`` (a val or
 test split without patients); `format_summary` prints the split table, those figures
 and the warnings.
 Everything in it is a dataset-local id, a path relative to the release root, a count
@@ -20,7 +23,7 @@ from dinolg_jax.data import coca
 CATEGORIES = ("low", "moderate", "high", "very high")  # paper4, lowest first
 
 
-_SELF_CHECK_COUNTS = ("n_checked", "n_exact")  # summed over studies
+_SELF_CHECK_COUNTS = ("n_checked", "n_exact", "n_tolerated")  # summed over studies
 _SELF_CHECK_WORST = ("worst_area_cm2", "worst_mean_hu", "worst_max_hu")  # max over studies
 
 
@@ -35,11 +38,15 @@ class _StudyFindings:
     rois: list[dict] = field(default_factory=list)  # skipped ROIs with their reason
     left_out: list[dict] = field(default_factory=list)  # studies whose labels were left out
     unreliable: list[dict] = field(default_factory=list)  # studies with unreliable labels
+    flagged: list[dict] = field(default_factory=list)  # studies with a lone flagged ROI
+    hu: list[dict] = field(default_factory=list)  # studies kept out for untrustworthy HU
+    series: dict[str, str] = field(default_factory=dict)  # how the series was chosen
     mismatches: list[dict] = field(default_factory=list)  # self-check mismatches
     check: dict[str, Any] = field(  # the self-check over all studies
         default_factory=lambda: {
             "n_checked": 0,
             "n_exact": 0,
+            "n_tolerated": 0,
             "worst_area_cm2": 0.0,
             "worst_mean_hu": 0.0,
             "worst_max_hu": 0.0,
@@ -65,6 +72,18 @@ class _StudyFindings:
                     "rois": rep.get("unreliable", []),
                 }
             )
+        if summary.get("rois_flagged"):
+            self.flagged.append({"study": sid, "rois": rep.get("flagged", [])})
+        if summary.get("hu_unreliable"):
+            self.hu.append(
+                {
+                    "study": sid,
+                    "split": studies.get(sid, {}).get("split"),
+                    "slices": [{"path": p, "reason": r} for p, r in rep.get("hu_suspect", [])],
+                }
+            )
+        if rep.get("series_note"):
+            self.series[sid] = rep["series_note"]
         if rep["conflict_pixels"]:
             self.conflicts[sid] = rep["conflict_pixels"]
         if rep["z_gaps_mm"]:
@@ -81,7 +100,7 @@ class _StudyFindings:
         if sc["n_checked"]:
             self.per_study[sid] = {k: sc[k] for k in self.check}
         for k in _SELF_CHECK_COUNTS:
-            self.check[k] += sc[k]
+            self.check[k] += sc.get(k, 0)
         for k in _SELF_CHECK_WORST:
             self.check[k] = max(self.check[k], sc[k])
         self.mismatches += [{"study": sid, **m} for m in sc["mismatches"]]
@@ -148,6 +167,8 @@ def _counts(
         "studies_failed": sum("error" in s for s in summaries),
         "labels_left_out": len(found.left_out),
         "labels_unreliable": len(found.unreliable),
+        "rois_flagged": sum(len(f["rois"]) for f in found.flagged),
+        "hu_unreliable_excluded": len(found.hu),
         "files_dropped": len(found.files),
         "rois_total": sum(s["report"]["rois_total"] for s in summaries if "report" in s),
         "rois_used": sum(s["report"]["rois_used"] for s in summaries if "report" in s),
@@ -212,6 +233,9 @@ def build_report(
         "skipped_rois": found.rois,
         "labels_left_out": found.left_out,
         "labels_unreliable": found.unreliable,
+        "rois_flagged": found.flagged,
+        "hu_unreliable": found.hu,
+        "series_notes": found.series,
         "z_gaps_mm": found.gaps,
         "lossy_compression": found.lossy,
         "reoriented": found.reoriented,
@@ -244,11 +268,17 @@ def format_summary(report: dict[str, Any]) -> str:
         f"{c['rois_used']} rasterised, skipped {c['rois_skipped']}",
         f"lossy-compressed studies (HU altered): {c.get('studies_lossy_compression', 0)}; "
         f"reoriented to the canonical layout: {c.get('studies_reoriented', 0)}",
-        f"self-check: {sc['n_exact']}/{sc['n_checked']} ROIs exact; worst |diff| area "
+        f"self-check: {sc['n_exact']}/{sc['n_checked']} ROIs exact, "
+        f"{sc.get('n_tolerated', 0)} within the rasterisation bound; worst |diff| area "
         f"{sc['worst_area_cm2']:.4g} cm^2, mean {sc['worst_mean_hu']:.4g} HU, max "
         f"{sc['worst_max_hu']:.4g} HU; labels unreliable: {c.get('labels_unreliable', 0)} "
-        "patient(s)",
+        f"patient(s); ROIs flagged alone: {c.get('rois_flagged', 0)}",
     ]
+    if c.get("hu_unreliable_excluded"):
+        lines.append(
+            f"kept out of every split, HU that cannot be right: {c['hu_unreliable_excluded']} "
+            f"study(ies): {', '.join(h['study'] for h in report.get('hu_unreliable', []))}"
+        )
     if t:
         lines.append(
             f"time: {t['total_s']:.1f} s ({t['load_s']:.1f} s loading, {t['write_s']:.1f} s "

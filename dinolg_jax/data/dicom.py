@@ -34,6 +34,16 @@ Conventions (see ``docs/coca_format.md``):
   separately. Steps that differ from the median by more than half of it (a missing
   slice gives ~2x) are listed in ``z_gaps``; the volume is still returned, so callers
   decide (the converter reports them).
+* A RescaleSlope of 0 or below is refused (:class:`PixelDataError`: every pixel would read
+  the intercept). Slices whose (RescaleSlope, RescaleIntercept) differ from the series'
+  most common pair, and slices whose HU are all one value, are flagged, not refused:
+  listed with the file and the reason in ``SeriesSource.hu_suspect`` (the converter keeps
+  such a study out of every split).
+* ``fits`` (optional) says which candidate series match something the caller knows
+  (e.g. a calcium XML's ImageIndex and Center): a fitting series is kept before a longer
+  one that does not fit, and ``SeriesSource.series_note`` says so; when none fits, the
+  usual longest one is kept. The note also says when the folder's series come from more
+  than one StudyInstanceUID / FrameOfReferenceUID.
 * Lossy compression is flagged, not refused: a slice stored in a lossy transfer syntax
   (JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000 and HTJ2K that allow lossy
   coding, ...) or whose LossyImageCompression is "01" is listed in
@@ -50,7 +60,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +116,7 @@ __all__ = [
     "NotCTError",
     "NotDicomError",
     "PixelDataError",
+    "SeriesCandidate",
     "SeriesReference",
     "SeriesSource",
     "UnsupportedTransferSyntaxError",
@@ -119,6 +131,45 @@ class DroppedFile:
 
     path: str
     reason: str  # e.g. "duplicate z=-120.0 mm", "scout (1 slice)", "no SeriesInstanceUID"
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesCandidate:
+    """One series of a folder before its pixels are read, for a ``fits`` callback.
+
+    Attributes:
+      positions_mm: float64 [Z, 3] ImagePositionPatient of its distinct z positions, z
+        ascending (the canonical slice order, so index k is ImageIndex k).
+      orientation: stored ImageOrientationPatient (6 values).
+      pixel_mm: PixelSpacing (row, col), mm.
+      shape: (Rows, Columns).
+      num_files: files in the series.
+    """
+
+    positions_mm: np.ndarray
+    orientation: tuple[float, ...]
+    pixel_mm: tuple[float, float]
+    shape: tuple[int, int]
+    num_files: int
+
+    @property
+    def z_mm(self) -> np.ndarray:
+        """[Z] slice positions along z, ascending."""
+        return self.positions_mm[:, 2]
+
+    def field_xy_mm(self) -> tuple[float, float, float, float]:
+        """(x_min, x_max, y_min, y_max) of the pixel centres of the first slice, mm."""
+        o = np.asarray(self.orientation, np.float64)
+        corners = [
+            self.positions_mm[0] + o[:3] * self.pixel_mm[1] * c + o[3:] * self.pixel_mm[0] * r
+            for r in (0, self.shape[0] - 1)
+            for c in (0, self.shape[1] - 1)
+        ]
+        xs, ys = [p[0] for p in corners], [p[1] for p in corners]
+        return min(xs), max(xs), min(ys), max(ys)
+
+
+Fits = Callable[[SeriesCandidate], bool]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +212,10 @@ class SeriesSource:
       reorientation: the pixel permutation applied to reach the canonical layout.
       stored_orientation: ImageOrientationPatient as stored.
       lossy_files: (file, reason) of slices whose pixels went through lossy compression.
+      hu_suspect: (file, reason) of slices whose HU cannot be trusted: a rescale that
+        differs from the rest of the series, or a constant image.
+      series_note: "" or how the kept series was chosen when that was not simply the
+        longest, and whether the folder mixes studies / frames of reference.
       reference: for DICOM SEG; None when the files lack a UID it needs.
       reference_missing: which UIDs are missing when ``reference`` is None.
     """
@@ -175,6 +230,8 @@ class SeriesSource:
     )
     stored_orientation: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
     lossy_files: tuple[tuple[str, str], ...] = ()
+    hu_suspect: tuple[tuple[str, str], ...] = ()
+    series_note: str = ""
     reference: SeriesReference | None = None
     reference_missing: str = ""
 
@@ -206,10 +263,46 @@ def _distinct_z(headers: list[tuple[str, Dataset]]) -> int:
     return sum(1 for i, z in enumerate(zs) if i == 0 or z - zs[i - 1] >= DUPLICATE_Z_TOL_MM)
 
 
+def _candidate(members: list[tuple[str, Dataset]]) -> SeriesCandidate | None:
+    """The series' geometry from its headers; None when a geometry tag is missing."""
+    try:
+        by_z: dict[float, tuple[float, ...]] = {}
+        for path, ds in members:
+            ipp = tag_floats(ds, path, "ImagePositionPatient", 3, required=True)
+            by_z.setdefault(round(ipp[2] / DUPLICATE_Z_TOL_MM), ipp)
+        path, ds = members[0]
+        iop = tag_floats(ds, path, "ImageOrientationPatient", 6, required=True)
+        spacing = tag_floats(ds, path, "PixelSpacing", 2, required=True)
+        rows, cols = tag_int(ds, path, "Rows"), tag_int(ds, path, "Columns")
+    except DicomError:
+        return None
+    if rows is None or cols is None:
+        return None
+    positions = np.asarray([by_z[k] for k in sorted(by_z)], np.float64)
+    return SeriesCandidate(
+        positions, tuple(iop), (spacing[0], spacing[1]), (rows, cols), len(members)
+    )
+
+
+def _uid_note(groups: list[list[tuple[str, Dataset]]]) -> str:
+    """Says when the folder's (non-scout) series come from several studies / frames."""
+    parts = []
+    for key, what in (
+        ("StudyInstanceUID", "studies"),
+        ("FrameOfReferenceUID", "frames of reference"),
+    ):
+        uids = {tag_text(ds, p, key) for g in groups if not _is_scout(g) for p, ds in g}
+        uids.discard(None)
+        if len(uids) > 1:
+            parts.append(f"{len(uids)} {what}")
+    return f"the folder holds series of {' and '.join(parts)}" if parts else ""
+
+
 def _group(
-    headers: list[tuple[str, Dataset]],
-) -> tuple[list[tuple[str, Dataset]], list[DroppedFile], int]:
-    """Split files into series; return the kept series, dropped files and series count."""
+    headers: list[tuple[str, Dataset]], fits: Fits | None = None
+) -> tuple[list[tuple[str, Dataset]], list[DroppedFile], int, str]:
+    """Split files into series; return the kept series, dropped files, series count and
+    the note on how it was chosen (``SeriesSource.series_note``)."""
     dropped: list[DroppedFile] = []
     images = []
     for path, ds in headers:
@@ -237,18 +330,36 @@ def _group(
         return (-_distinct_z(members), -len(members), min(p for p, _ in members))
 
     ordered = sorted(groups.values(), key=rank)
+    notes = []
+    fitting: dict[int, bool] = {}
+    if fits is not None and len(ordered) > 1:
+        for i, members in enumerate(ordered):
+            cand = _candidate(members)
+            fitting[i] = cand is not None and bool(fits(cand))
+        if not fitting[0] and any(fitting.values()):
+            first_fit = min(i for i, f in fitting.items() if f)
+            longest = ordered[0]
+            ordered.insert(0, ordered.pop(first_fit))
+            notes.append(
+                f"kept the {len(ordered[0])}-file series that matches the annotations, not "
+                f"the longest ({len(longest)} files, e.g. {Path(min(p for p, _ in longest)).name})"
+            )
     kept = ordered[0]
-    for members in ordered[1:]:
+    for i, members in enumerate(ordered[1:], start=1):
         n = len(members)
         noun = "slice" if n == 1 else "slices"
         if _is_scout(members):
             reason = f"scout ({n} {noun})"
         elif rank(members)[:2] == rank(kept)[:2]:
             reason = f"duplicate series ({n} {noun}, as long as the kept one)"
+        elif notes and i == 1:
+            reason = f"other series ({n} {noun}; does not match the annotations)"
         else:
             reason = f"other series ({n} {noun})"
         dropped.extend(DroppedFile(p, reason) for p, _ in members)
-    return kept, dropped, len(groups)
+    if note := _uid_note(list(groups.values())):
+        notes.append(note)
+    return kept, dropped, len(groups), "; ".join(notes)
 
 
 def _series_name(slices: list[SliceInfo]) -> str:
@@ -366,12 +477,37 @@ def _reference(
     return ref, ""
 
 
-def read_dicom_files(paths: Sequence[str | os.PathLike], study_id: str = "") -> CTVolume:
+def _hu_suspect(unique: list[SliceInfo], hu: np.ndarray) -> tuple[tuple[str, str], ...]:
+    """(file, reason) of slices whose rescale differs from the series' or whose HU are
+    constant (``hu`` int16 [Z, H, W] in the order of ``unique``)."""
+    counts = Counter(s.rescale for s in unique)
+    common = max(counts, key=lambda k: (counts[k], -[s.rescale for s in unique].index(k)))
+    out = []
+    for i, s in enumerate(unique):
+        reasons = []
+        if s.rescale != common:
+            reasons.append(
+                f"RescaleSlope/Intercept {s.rescale[0]:g}/{s.rescale[1]:g} differ from "
+                f"{common[0]:g}/{common[1]:g} of {counts[common]} other slice(s)"
+            )
+        lo, hi = int(hu[i].min()), int(hu[i].max())
+        if lo == hi:
+            reasons.append(f"constant slice (every pixel {lo} HU)")
+        if reasons:
+            out.append((s.path, "; ".join(reasons)))
+    return tuple(out)
+
+
+def read_dicom_files(
+    paths: Sequence[str | os.PathLike], study_id: str = "", *, fits: Fits | None = None
+) -> CTVolume:
     """Read an explicit list of DICOM files as one CT series (see module docstring).
 
     Args:
       paths: DICOM files; all of them are read and grouped into series.
       study_id: the de-identified id given to the volume (no header value is used).
+      fits: optional test of a `SeriesCandidate`: a series that passes it is kept
+        before a longer one that does not (module docstring).
 
     Returns:
       The longest series as a canonical :class:`~dinolg_jax.data.volume.CTVolume` with
@@ -386,7 +522,7 @@ def read_dicom_files(paths: Sequence[str | os.PathLike], study_id: str = "") -> 
         raise EmptySeriesError("<no files>", "no DICOM files given")
     with quiet_pydicom():
         headers = [(p, read_header(p)) for p in files]
-        kept, dropped, series_count = _group(headers)
+        kept, dropped, series_count, note = _group(headers, fits)
         slices = [validate_slice(p, ds) for p, ds in kept]  # kept is sorted by path
         header_ds = dict(kept)
         _check_geometry(slices)
@@ -437,6 +573,8 @@ def read_dicom_files(paths: Sequence[str | os.PathLike], study_id: str = "") -> 
         reorientation=turn,
         stored_orientation=tuple(iop),
         lossy_files=lossy,
+        hu_suspect=_hu_suspect(unique, hu),
+        series_note=note,
         reference=reference,
         reference_missing=missing,
     )
@@ -453,7 +591,11 @@ def read_dicom_files(paths: Sequence[str | os.PathLike], study_id: str = "") -> 
 
 
 def read_series(
-    folder: str | os.PathLike, *, pattern: str = "**/*.dcm", study_id: str | None = None
+    folder: str | os.PathLike,
+    *,
+    pattern: str = "**/*.dcm",
+    study_id: str | None = None,
+    fits: Fits | None = None,
 ) -> CTVolume:
     """Read the CT series in ``folder`` (every file matching ``pattern``, recursively).
 
@@ -461,6 +603,7 @@ def read_series(
       folder: a series or patient folder; series folder names are never interpreted.
       pattern: glob pattern relative to ``folder``.
       study_id: the volume's id; None = the folder's name.
+      fits: see `read_dicom_files`.
 
     Returns:
       The longest series, canonical layout, z ascending; see :func:`read_dicom_files`.
@@ -476,4 +619,4 @@ def read_series(
     files = sorted(str(p) for p in root.glob(pattern) if p.is_file())
     if not files:
         raise EmptySeriesError(root, f"no files match {pattern!r}")
-    return read_dicom_files(files, root.name if study_id is None else study_id)
+    return read_dicom_files(files, root.name if study_id is None else study_id, fits=fits)

@@ -150,6 +150,7 @@ class SliceInfo:
     shape: tuple[int, int]
     instance: int | None
     lossy: str  # "" or why the pixels went through lossy compression
+    rescale: tuple[float, float] = (1.0, 0.0)  # RescaleSlope, RescaleIntercept
 
     @property
     def z(self) -> float:
@@ -269,8 +270,19 @@ def validate_slice(path: str, ds: Dataset) -> SliceInfo:
     spacing = tag_floats(ds, path, "PixelSpacing", 2, required=True)
     if min(spacing) <= 0:
         raise MissingTagError(path, f"PixelSpacing must be positive, got {spacing}")
-    tag_floats(ds, path, "RescaleSlope", 1, required=True)
-    tag_floats(ds, path, "RescaleIntercept", 1, required=True)
+    slope = tag_floats(ds, path, "RescaleSlope", 1, required=True)[0]
+    intercept = tag_floats(ds, path, "RescaleIntercept", 1, required=True)[0]
+    if slope <= 0:
+        raise PixelDataError(
+            path,
+            f"RescaleSlope is {slope:g}: "
+            + (
+                f"every pixel would read {intercept:g} HU"
+                if slope == 0
+                else "CT numbers would be inverted"
+            )
+            + "; the slice cannot give HU",
+        )
     rows, cols = tag_int(ds, path, "Rows"), tag_int(ds, path, "Columns")
     if rows is None or cols is None:
         raise MissingTagError(path, "missing required tag Rows or Columns")
@@ -295,6 +307,7 @@ def validate_slice(path: str, ds: Dataset) -> SliceInfo:
         shape=(rows, cols),
         instance=tag_int(ds, path, "InstanceNumber"),
         lossy=lossy,
+        rescale=(slope, intercept),
     )
 
 
@@ -349,6 +362,8 @@ def read_hu(path: str, expected_shape: tuple[int, int]) -> np.ndarray:
         )
     slope = tag_floats(ds, path, "RescaleSlope", 1, required=True)[0]
     intercept = tag_floats(ds, path, "RescaleIntercept", 1, required=True)[0]
+    if slope <= 0:
+        raise PixelDataError(path, f"RescaleSlope is {slope:g}; the slice cannot give HU")
     if slope.is_integer() and intercept.is_integer():
         hu = stored.astype(np.int64) * int(slope) + int(intercept)
     else:
