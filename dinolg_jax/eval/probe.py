@@ -10,7 +10,8 @@
    least ``eval.target_recall`` (default 0.95: a missed calcified slice is never
    segmented), from ``eval.metrics.threshold_for_recall``.
 4. Val and test: TP/TN/FP/FN, precision, recall, specificity, F1, accuracy at that
-   threshold and ROC-AUC; a confusion-matrix PNG of test; ``summary.json``.
+   threshold and ROC-AUC; a confusion-matrix PNG of test, the ROC of val and test with the
+   threshold marked (``roc_val.png``, ``roc_test.png``: ``eval.roc_plot``); ``summary.json``.
 
 5. With ``patch_probe.enabled``, the dense probe (``eval/patch_probe.py``) on the same
    cached tokens: per patch "does it hold calcium?", from the pixel labels; a measurement in
@@ -42,6 +43,7 @@ from dinolg_jax.data import manifest as manifest_lib
 from dinolg_jax.data import run_manifest
 from dinolg_jax.eval import features as features_lib
 from dinolg_jax.eval import metrics as metrics_lib
+from dinolg_jax.eval import roc_plot
 from dinolg_jax.models.probes import PROBE_INPUTS, build_probe
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
@@ -316,6 +318,10 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
     test = score_metrics(scores["test"], feats["test"]["has_calcium"], threshold)
     if jax.process_index() == 0:
         confusion_png(test, workdir / "confusion_test.png", f"{name} probe, test")
+        y_test = feats["test"]["has_calcium"]
+        for split, y in (("val", y_val), ("test", y_test)):
+            title = f"{name} probe, {split}"
+            roc_plot.roc_png(scores[split], y, threshold, workdir / f"roc_{split}.png", title)
         np.save(workdir / "test_scores.npy", scores["test"])  # rows in record order
         np.save(workdir / "test_has_calcium.npy", np.asarray(feats["test"]["has_calcium"], bool))
     probe_config = {

@@ -135,6 +135,9 @@ def plot_curves(
             ax = fig.add_subplot(rows, cols, i + 1)
             for label, (steps, values) in drawn.items():
                 style = {"linestyle": "--", "color": "0.4"} if label == "random init" else {}
+                if len(steps) <= 30:  # few points (the online eval): each one visible
+                    style["marker"] = "o"
+                    style["markersize"] = 3
                 ax.plot(steps, values, label=label, linewidth=1.2, **style)
             ax.set_title(titles[key][0], fontsize=10)
             ax.set_xlabel("step", fontsize=8)

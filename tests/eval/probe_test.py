@@ -185,6 +185,13 @@ def test_run_probe_end_to_end(tiny_encoder, tmp_path):
     m = summary["test"]
     assert m["tp"] + m["fn"] == 4 and m["tn"] + m["fp"] == 8
     assert (tmp_path / "confusion_test.png").stat().st_size > 1000
+    from PIL import Image
+
+    from dinolg_jax.eval import roc_plot
+
+    for split in ("val", "test"):  # the ROC with the chosen threshold marked
+        with Image.open(tmp_path / f"roc_{split}.png") as png:
+            assert png.size == tuple(round(v * roc_plot.DPI) for v in roc_plot.SIZE_IN)
     assert json.loads((tmp_path / "summary.json").read_text())["threshold"] == summary["threshold"]
     model, params, cfg = probe.load_probe(tmp_path)
     assert cfg["threshold"] == summary["threshold"] and cfg["input"] == "pooled"
