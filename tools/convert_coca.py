@@ -6,6 +6,10 @@
 Writes ``manifest.json``, ``report.json`` and the shards of the splits pretrain, train,
 val and test under --out; re-running into the same folder is safe. A second conversion
 into a folder that one is writing into stops at once with an ``error:`` line (exit 1).
+Flags out of range (``--shards_per_split 0``, ``--workers 0``, a negative seed) and a
+``--release`` that is not a release root (e.g. one level too deep) stop with one
+``error:`` line and exit 2 before anything is written. Ctrl-C stops with one line (exit
+130) and leaves no ``manifest.json``: re-run to resume.
 Check the result byte by byte with ``tools/verify_dataset.py OUT``.
 """
 
@@ -19,9 +23,11 @@ from dinolg_jax.runtime import cli
 
 _RELEASE = flags.DEFINE_string("release", None, "COCA release root.", required=True)
 _OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)
-_SEED = flags.DEFINE_integer("seed", 0, "Split seed.")
-_WORKERS = flags.DEFINE_integer("workers", 1, "Processes loading studies.")
-_SHARDS = flags.DEFINE_integer("shards_per_split", 4, "ArrayRecord shards per split.")
+_SEED = flags.DEFINE_integer("seed", 0, "Split seed.", lower_bound=0)
+_WORKERS = flags.DEFINE_integer("workers", 1, "Processes loading studies.", lower_bound=1)
+_SHARDS = flags.DEFINE_integer(
+    "shards_per_split", 4, "ArrayRecord shards per split.", lower_bound=1
+)
 _KEEP_CACHE = flags.DEFINE_bool("keep_cache", False, "Keep per-study cache for re-runs.")
 _UNRELIABLE = flags.DEFINE_enum(
     "unreliable_labels",
@@ -31,20 +37,43 @@ _UNRELIABLE = flags.DEFINE_enum(
 )
 
 
+_HINT = "the COCA release root (Gated_release_final/ ...)"
+
+
+def _check_release(path: str) -> None:
+    """A `cli.UsageError` unless `path` holds a release's gated or non-gated folder."""
+    from dinolg_jax.data import coca
+
+    root = cli.require_dir(path, "--release", _HINT)
+    if not any((root / d).is_dir() for d in (coca.GATED_DIR, coca.NONGATED_DIR)):
+        inside = sorted(p.name for p in root.iterdir())[:5]
+        raise cli.UsageError(
+            f"--release={root} is not a COCA release root: no {coca.GATED_DIR}/ or "
+            f"{coca.NONGATED_DIR}/ in it (it holds {inside}); give {_HINT}"
+        )
+
+
 def main(argv: list[str]) -> None:
     cli.no_arguments(argv)
-    cli.require_dir(_RELEASE.value, "--release", "the COCA release root (Gated_release_final/ ...)")
+    _check_release(_RELEASE.value)
     from dinolg_jax.data import convert, convert_report
 
-    report = convert.convert_release(
-        _RELEASE.value,
-        _OUT.value,
-        seed=_SEED.value,
-        workers=_WORKERS.value,
-        shards_per_split=_SHARDS.value,
-        keep_cache=_KEEP_CACHE.value,
-        unreliable_labels=_UNRELIABLE.value,
-    )
+    try:
+        report = convert.convert_release(
+            _RELEASE.value,
+            _OUT.value,
+            seed=_SEED.value,
+            workers=_WORKERS.value,
+            shards_per_split=_SHARDS.value,
+            keep_cache=_KEEP_CACHE.value,
+            unreliable_labels=_UNRELIABLE.value,
+        )
+    except KeyboardInterrupt:
+        cli.fail(
+            f"interrupted: no manifest.json was written in {_OUT.value}; re-run the same "
+            "command to resume (finished studies are reused)",
+            130,
+        )
     print(convert_report.format_summary(report))
     print(json.dumps(report["timings"]))
 

@@ -3,8 +3,11 @@
     python tools/make_phantom.py --out /tmp/phantom --patients 50 --nongated 10 --seed 0 \
         [--size 512] [--min_slices 34] [--max_slices 60] [--workers 1]
 
-Prints a one-line summary (patients per risk category, slices, calcified slices) and the
-time taken. Same flags -> same bytes. ``<out>/truth.json`` holds the per-patient scores.
+Flags out of range (``--patients 0``, ``--size`` below 16, a negative seed, ``--workers 0``,
+``--min_slices`` above ``--max_slices``) stop with one ``error:`` line and exit 2 before
+anything is written. Prints a one-line summary (patients per risk category, slices,
+calcified slices) and the time taken. Same flags -> same bytes. ``<out>/truth.json``
+holds the per-patient scores.
 """
 
 from __future__ import annotations
@@ -18,17 +21,23 @@ from dinolg_jax.phantom import coca_release
 from dinolg_jax.runtime import cli
 
 _OUT = flags.DEFINE_string("out", None, "Release root to write.", required=True)
-_PATIENTS = flags.DEFINE_integer("patients", 8, "Gated patients with DICOM.")
-_NONGATED = flags.DEFINE_integer("nongated", 2, "Non-gated studies.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed: everything is a function of it.")
-_SIZE = flags.DEFINE_integer("size", 512, "Image rows = columns.")
-_MIN_SLICES = flags.DEFINE_integer("min_slices", 34, "Fewest slices per series.")
-_MAX_SLICES = flags.DEFINE_integer("max_slices", 60, "Most slices per series.")
-_WORKERS = flags.DEFINE_integer("workers", 1, "Processes (output does not depend on it).")
+_PATIENTS = flags.DEFINE_integer("patients", 8, "Gated patients with DICOM.", lower_bound=1)
+_NONGATED = flags.DEFINE_integer("nongated", 2, "Non-gated studies.", lower_bound=0)
+_SEED = flags.DEFINE_integer("seed", 0, "Seed: everything is a function of it.", lower_bound=0)
+_SIZE = flags.DEFINE_integer("size", 512, "Image rows = columns.", lower_bound=16)
+_MIN_SLICES = flags.DEFINE_integer("min_slices", 34, "Fewest slices per series.", lower_bound=1)
+_MAX_SLICES = flags.DEFINE_integer("max_slices", 60, "Most slices per series.", lower_bound=1)
+_WORKERS = flags.DEFINE_integer(
+    "workers", 1, "Processes (output does not depend on it).", lower_bound=1
+)
 
 
 def main(argv: list[str]) -> None:
-    del argv
+    cli.no_arguments(argv)
+    if _MIN_SLICES.value > _MAX_SLICES.value:
+        raise cli.UsageError(
+            f"--min_slices={_MIN_SLICES.value} is above --max_slices={_MAX_SLICES.value}"
+        )
     start = time.perf_counter()
     truth = coca_release.make_release(
         _OUT.value,

@@ -4,9 +4,12 @@
 
 Reads every shard in full (about a minute per 10 GB), against what the converter
 recorded in ``manifest.json``. Prints one line per split and exit status 0 when all is
-well; otherwise one ``error:`` line naming each bad shard and exit status 1. (Loading a
+well; otherwise one ``error:`` line naming each bad shard and exit status 1. A path that
+does not exist is a usage error (one ``error:`` line, exit 2). (Loading a
 manifest, which every tool does, checks only sizes and record counts: cheap.)
 """
+
+from pathlib import Path
 
 from absl import flags
 
@@ -20,6 +23,10 @@ flags.DEFINE_bool("quick", False, "Sizes and record counts only, no hashes.")
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise cli.UsageError("usage: verify_dataset.py DATASET_DIR (or its manifest.json)")
+    if not Path(argv[1]).exists():
+        raise cli.UsageError(
+            f"{argv[1]} does not exist: give a converted dataset folder (or its manifest.json)"
+        )
     m = manifest_lib.load(argv[1]) if flags.FLAGS.quick else _load_for_hashing(argv[1])
     bad = shards.verify_shards(m, full=not flags.FLAGS.quick)
     for split, info in m.splits.items():
