@@ -17,8 +17,12 @@ the probe, the U-Net and inference read it. Format (version 1)::
 ``records`` maps a split to the global index of the study's first slice in that split,
 counting over the split's shards concatenated in order; a study's slices are contiguous
 and z-ascending. Shard paths are relative to the manifest's folder. A study entry may
-carry ``labels_unreliable`` (a list of reasons, from the calcium XML's self-check; see
-``data/convert.py``).
+carry ``labels_unreliable`` (a list of reasons naming each ROI: unknown artery, lost
+outline, 0 pixels, self-check), ``rois_flagged`` (a lone ROI outside the self-check's
+bounds; the patient stays in its split) and ``hu_unreliable`` (slices whose HU cannot be
+right, each file named; such a study has ``split`` ``"excluded"`` and no records); see
+``data/convert.py``. Reads of a shard's records (`Manifest.slice_shape`, the pipelines)
+go through `shards.NamedShardSource`, so a damaged shard is named.
 
 Each shard's ``bytes`` and ``sha256`` (absent in manifests written before they were
 kept) are checked by `load`: existence, size and the record count in the shard's footer
@@ -97,11 +101,11 @@ class Manifest:
 
     def slice_shape(self, split: str) -> tuple[int, int]:
         """(H, W) in pixels of the first record of ``split`` (any record version)."""
-        import grain
 
         from dinolg_jax.data import records
+        from dinolg_jax.data.shards import NamedShardSource
 
-        source = grain.sources.ArrayRecordDataSource(self.shard_paths(split))
+        source = NamedShardSource(self.shard_paths(split))
         shape = records.array_shape(source[0], "image")
         return int(shape[0]), int(shape[1])
 
