@@ -62,7 +62,7 @@ __all__ = ["FolderConvertError", "convert_folder", "format_summary", "mask_cente
 
 
 class FolderConvertError(RuntimeError):
-    """A folder conversion that cannot start (no studies found)."""
+    """A folder conversion that cannot start (no studies, or the output inside the input)."""
 
 
 def mask_centers(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -240,7 +240,8 @@ def convert_folder(
 
     Raises:
       FileNotFoundError: `images` or `masks` is not a folder (nothing written).
-      FolderConvertError: no study under `images` (nothing written).
+      FolderConvertError: no study under `images`, or `out` inside `images` or `masks`
+        (nothing written).
       ValueError: `workers` or `shards_per_split` below 1.
       convert.FolderBusyError: another conversion is writing into `out`.
     """
@@ -250,6 +251,9 @@ def convert_folder(
         )
     images, out = Path(images), Path(out)
     masks = None if masks is None else Path(masks)
+    for root in (images, masks):
+        if root is not None and out.resolve().is_relative_to(root.resolve()):
+            raise FolderConvertError(f"the output folder {out} lies inside the input {root}")
     found = folder_source.list_studies(images, masks)
     if not found.studies:
         raise FolderConvertError(

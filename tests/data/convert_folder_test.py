@@ -338,6 +338,7 @@ def test_cli_converts_and_refuses_mistakes_with_one_line(nifti_set, tmp_path):
         ("--images", str(root / "images"), "--out", str(tmp_path / "b"), "--seed=-1"),
         ("--images", str(empty), "--out", str(tmp_path / "c")),
         ("--out", str(tmp_path / "d")),
+        ("--images", str(root / "images"), "--out", str(root / "images" / "e")),
     ]
     for args in cases_:
         res = _tool(*args)
@@ -346,6 +347,7 @@ def test_cli_converts_and_refuses_mistakes_with_one_line(nifti_set, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: "), (args, res.stderr)
     for name in "abcd":
         assert not (tmp_path / name).exists()  # nothing written for a mistake
+    assert not (root / "images" / "e").exists()
 
 
 @pytest.mark.slow
