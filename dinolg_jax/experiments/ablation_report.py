@@ -16,6 +16,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from dinolg_jax.runtime import curves as curves_lib
 from dinolg_jax.scoring.agatston import RISK_SCHEMES, VESSELS
 
 PROBE_CLASSES = ("no calcium", "calcium")
@@ -449,6 +450,43 @@ def _num(x: Any) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def _curves_lines(results: Mapping[str, Any], out: Path, runs_dir: Path) -> list[str]:
+    """The arms' training curves of the first seed side by side: each trained arm's
+    ``curves.png`` linked in one table row, and ``out/curves_arms.png``, the pretrained
+    arms overlaid per panel (``runtime.curves.plot_overlay``). Empty when no arm's
+    run left a ``metrics.jsonl`` under ``runs_dir/seed<s>/<arm>/pretrain``."""
+    seeds = results.get("seeds") or []
+    if not seeds:
+        return []
+    seed = int(seeds[0])
+    runs = {arm: runs_dir / f"seed{seed}" / arm / "pretrain" for arm in results["arms"]}
+    runs = {arm: d for arm, d in runs.items() if (d / "metrics.jsonl").is_file()}
+    if not runs:
+        return []
+    lines = [f"## Training curves (seed {seed})", ""]
+    lines.append(
+        "Each trained arm's `curves.png` (loss, learning rate, the collapse monitors, the "
+        "online kNN / probe ROC-AUC beside the random init's), side by side:"
+    )
+    lines += ["", "| " + " | ".join(runs) + " |", "|---" * len(runs) + "|"]
+    cells = []
+    for arm, d in runs.items():
+        rel = Path(os.path.relpath(d / curves_lib.CURVES, out)).as_posix()
+        cells.append(f"![{arm}]({rel})" if (d / curves_lib.CURVES).is_file() else "(none)")
+    lines += ["| " + " | ".join(cells) + " |", ""]
+    pretrained = {
+        arm: curves_lib.read_metrics(d / "metrics.jsonl")
+        for arm, d in runs.items()
+        if results["arms"][arm].get("pretrained", True)
+    }
+    if pretrained and curves_lib.plot_overlay(
+        pretrained, out / "curves_arms.png", title=f"pretrained arms, seed {seed}"
+    ):
+        lines += ["The pretrained arms overlaid, one panel per quantity:", ""]
+        lines += ["![curves by arm](curves_arms.png)", ""]
+    return lines
+
+
 def _per_seed_lines(results: Mapping[str, Any]) -> list[str]:
     """One row per (seed, arm): the unaveraged numbers behind the tables above."""
     lines = ["## Per seed", ""]
@@ -473,14 +511,27 @@ def _per_seed_lines(results: Mapping[str, Any]) -> list[str]:
 
 
 def write(
-    out_dir: str | os.PathLike, results: Mapping[str, Any], config: ml_collections.ConfigDict
+    out_dir: str | os.PathLike,
+    results: Mapping[str, Any],
+    config: ml_collections.ConfigDict,
+    *,
+    runs_dir: str | os.PathLike | None = None,
 ) -> Path:
-    """Writes ``out_dir/report.md`` with fig6_probe_confusion.png, fig8_risk_confusion.png.
+    """Writes ``out_dir/report.md`` with fig6_probe_confusion.png, fig8_risk_confusion.png
+    and the arms' training curves (``curves_arms.png``, links to each arm's curves.png).
+
+    Args:
+      out_dir: the report's folder.
+      results: ``run_ablation``'s results.
+      config: the ablation config.
+      runs_dir: the ablation workdir holding ``seed<s>/<arm>/pretrain`` (default: the
+        report folder's parent, as ``run_ablation`` lays it out).
 
     Returns:
       The report's path.
     """
     out = Path(out_dir)
+    runs_dir = Path(runs_dir) if runs_dir is not None else out.parent
     out.mkdir(parents=True, exist_ok=True)
     arms = list(results["arms"])
     lines = ["# DINO vs DINO-LG ablation", ""]
@@ -500,6 +551,7 @@ def write(
     modes = _scoring_modes(results["aggregate"], trained)
     lines += _presence_lines(results["aggregate"], modes)
     lines += _risk_lines(results["aggregate"], modes, out)
+    lines += _curves_lines(results, out, runs_dir)
     lines += _per_seed_lines(results)
     path = out / "report.md"
     path.write_text("\n".join(lines).rstrip() + "\n")

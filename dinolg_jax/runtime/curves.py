@@ -117,14 +117,48 @@ def plot_curves(
       What was drawn (:func:`panel_data`); {} and no file when no line has a loss or
       any other panel's metric.
     """
+    data = panel_data(lines)
+    if data:
+        _draw(data, out, title)
+    return data
+
+
+def plot_overlay(
+    runs: dict[str, list[dict[str, Any]]], out: str | os.PathLike, *, title: str = ""
+) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
+    """Several runs' logs in one figure: per panel, each run's main line (the first
+    series of :data:`PANELS`: the loss, not its window mean; the online scores, not the
+    init's), labelled by run name, so runs compare at a glance (the ablation's arms).
+
+    Args:
+      runs: run name -> its metrics lines (``read_metrics``), in legend order.
+      out: the PNG path (size :func:`figure_size_px` of the panel count).
+      title: the figure's title.
+
+    Returns:
+      Per panel, per run, its (steps, values); {} and no file when nothing has data.
+    """
+    merged: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
+    for key, _, _, series, _ in PANELS:
+        metric = series[0][1]
+        per_run = {name: _series(lines, metric) for name, lines in runs.items()}
+        per_run = {name: sv for name, sv in per_run.items() if sv[0]}
+        if per_run:
+            merged[key] = per_run
+    if merged:
+        _draw(merged, out, title)
+    return merged
+
+
+def _draw(
+    data: dict[str, dict[str, tuple[list[int], list[float]]]], out: str | os.PathLike, title: str
+) -> None:
+    """Draws panels of labelled lines into the PNG ``out`` (atomically)."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    data = panel_data(lines)
-    if not data:
-        return data
     titles = {key: (t, y) for key, t, y, _, _ in PANELS}
     width, height = figure_size_px(len(data))
     fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
@@ -157,7 +191,6 @@ def plot_curves(
         os.replace(tmp, out)
     finally:
         plt.close(fig)
-    return data
 
 
 def write_run_curves(workdir: str | os.PathLike) -> dict[str, dict[str, Any]]:
