@@ -60,6 +60,14 @@ def expected_labels(hu: np.ndarray, slices) -> np.ndarray:
     return out
 
 
+def expected_scored(hu: np.ndarray, slices) -> np.ndarray:
+    """:func:`expected_labels` as scored and written (NIfTI, SEG): the 1-px LCX spot on
+    slice 5 (0.25 mm2, under the 1 mm2 minimum) is not a lesion, so it is left out."""
+    out = expected_labels(hu, slices)
+    out[5, 12, 13] = 0
+    return out
+
+
 class Spy:
     """Host-side prepare that records every HU slice it is handed."""
 
@@ -95,7 +103,7 @@ def test_gate_selects_flagged_slices_and_unet_runs_only_there(mesh8) -> None:
     np.testing.assert_array_equal(np.stack(spy.seen), study.hu[[2, 5]])
     assert pipe.seg_runner.calls == 1 and pipe.seg_runner.slices == 2
     assert pipe.gate_runner.slices == Z and pipe.gate_runner.calls == 2  # 10 -> 8 + 2 (padded)
-    np.testing.assert_array_equal(res.labels, expected_labels(study.hu, [2, 5]))
+    np.testing.assert_array_equal(res.labels, expected_scored(study.hu, [2, 5]))
     ref = agatston(study.hu, expected_labels(study.hu, [2, 5]), PIXEL_MM, THICK)
     assert res.scores.per_vessel == ref.per_vessel and res.scores.total == ref.total
     # By hand: slice 2 RCA 3x2 px of 0.25 mm2 at 600 HU: 1.5 mm2 x 4; slice 5 LCA 2x3 px
@@ -120,7 +128,7 @@ def test_unet_only_segments_every_slice_and_finds_the_faint_lesion(mesh8) -> Non
     # Slice 7's LAD lesion: 3x3 px = 2.25 mm2 at 300 HU -> weight 3 -> 6.75.
     assert res.summary["per_vessel"] == {"RCA": 6.0, "LAD": 6.75, "LCA": 6.0, "LCX": 0.0}
     assert res.summary["cac_drs"] == "A1/N3"
-    np.testing.assert_array_equal(res.labels, expected_labels(study.hu, range(Z)))
+    np.testing.assert_array_equal(res.labels, expected_scored(study.hu, range(Z)))
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 16])
@@ -231,7 +239,7 @@ def test_corrupt_study_gets_error_row_and_others_complete(tmp_path: Path, mesh8)
     assert summary["modes"]["gated"]["ok"] == 2
     # NIfTI: predicted labels and the CT on the same grid.
     labels, affine = nifti.read_nifti(out / "nifti" / "a.unet_only.labels.nii.gz")
-    np.testing.assert_array_equal(labels, expected_labels(study.hu, range(Z)))
+    np.testing.assert_array_equal(labels, expected_scored(study.hu, range(Z)))
     ct, ct_affine = nifti.read_nifti(out / "nifti" / "a.ct.nii.gz")
     np.testing.assert_array_equal(ct, study.hu)
     # The DICOM's geometry (write_dicom_series: IPP (-4, 6, 3k), 0.5 mm pixels) in RAS.
@@ -245,7 +253,7 @@ def test_corrupt_study_gets_error_row_and_others_complete(tmp_path: Path, mesh8)
 
     vol_a = tasks[0].load()
     back = seg_lib.read_seg_labels(out / "seg" / "a.gated.labels.seg.dcm", vol_a)
-    np.testing.assert_array_equal(back, expected_labels(study.hu, [2, 5]))
+    np.testing.assert_array_equal(back, expected_scored(study.hu, [2, 5]))
     assert sorted(p.name for p in (out / "seg").iterdir()) == [
         f"{n}.{m}.labels.seg.dcm" for n in "ac" for m in ("gated", "unet_only")
     ]
@@ -569,7 +577,9 @@ def test_study_report_text_and_overlays(tmp_path: Path, mesh8) -> None:
     assert [p.name for p in paths] == ["slice_0002.png", "slice_0005.png", "slice_0007.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
     rgb, title, legend = study_report.overlay_slice(study, res, res.labels, 5)
-    assert "slice 5 of 10, z = 15.0 mm" in title  # make_study: z = 3 mm x slice
+    # make_study: z = 3 mm x slice, no InstanceNumbers (not read from DICOM): 1-based
+    assert "slice 6 of 10 from the feet, z = 15.0 mm" in title
+    assert "window -200 to 800 HU" in title
     assert tuple(rgb[12, 13]) == study_report.SMALL_COLOUR  # the 0.25 mm2 LCX pixel
     assert tuple(rgb[8, 9]) == study_report.VESSEL_COLOURS[3]  # LCA, scored
     assert [t for t, _ in legend] == [
@@ -604,7 +614,7 @@ def test_score_folder_writes_nifti_seg_and_overlays(tmp_path: Path, mesh8) -> No
     ]
     np.testing.assert_array_equal(seg_lib.read_seg_labels(out["seg"], vol), labels)
     back, affine = nifti.read_nifti(tmp_path / "out" / "labels.nii.gz")
-    np.testing.assert_array_equal(back, expected_labels(study.hu, [2, 5]))
+    np.testing.assert_array_equal(back, expected_scored(study.hu, [2, 5]))
     assert affine[2, 3] == -40.0 and (affine[0, 3], affine[1, 3]) == (4.0, -6.0)
 
 
