@@ -14,7 +14,11 @@ Per mode (:func:`evaluate_mode`, all maths in :mod:`dinolg_jax.eval.metrics`):
   ``standard5``), true category on rows, with accuracy and linearly weighted kappa;
 * agreement of total scores: ICC(2,1) (absolute agreement), Pearson, Spearman and the
   Bland-Altman bias and limits (prediction - reference), plus two PNG plots: predicted vs
-  reference per patient (Fig. 7) and Bland-Altman.
+  reference per patient (Fig. 7) and Bland-Altman;
+* intervals: 95 % percentile-bootstrap intervals over patients
+  (``eval.metrics.agreement_intervals``, 1000 resamples, seed 0) of the presence F1 (per
+  artery and mean), the risk accuracy and linearly weighted kappa, and ICC(2,1), printed as
+  ``0.82 [0.74, 0.88]``.
 
 :func:`evaluate_nongated` compares non-gated predictions with ``scores.xlsx``
 (``data.coca.load_nongated_scores``) the same way. :func:`write_report` renders one
@@ -88,8 +92,20 @@ def risk_tables(true_total: Sequence[float], pred_total: Sequence[float]) -> dic
     return out
 
 
-def evaluate_mode(truth: Mapping[str, Scores], pred: Mapping[str, Scores]) -> dict[str, Any]:
-    """Presence, risk and agreement of one mode's predictions against the reference."""
+def evaluate_mode(
+    truth: Mapping[str, Scores],
+    pred: Mapping[str, Scores],
+    *,
+    n_boot: int = metrics.BOOTSTRAP_RESAMPLES,
+    seed: int = metrics.BOOTSTRAP_SEED,
+) -> dict[str, Any]:
+    """Presence, risk and agreement of one mode's predictions against the reference.
+
+    ``intervals`` holds ``{name: {"value", "ci95": [lo, hi], "n_boot", "n_groups"}}`` for
+    ``icc``, ``f1`` (mean over the arteries), ``f1_<artery>``, ``<scheme>_accuracy`` and
+    ``<scheme>_kappa_linear`` (``eval.metrics.agreement_intervals`` over the patients,
+    ``n_boot`` resamples, ``seed``); ``bootstrap`` states those settings.
+    """
     studies, no_pred, no_truth = _paired(truth, pred)
     t_rows = [truth[s] for s in studies]
     p_rows = [pred[s] for s in studies]
@@ -104,34 +120,42 @@ def evaluate_mode(truth: Mapping[str, Scores], pred: Mapping[str, Scores]) -> di
     }
     if not studies:
         return out
-    out["presence"] = metrics.presence_metrics(
-        metrics.presence_from_scores(t_rows), metrics.presence_from_scores(p_rows)
-    )
+    t_present = metrics.presence_from_scores(t_rows)
+    p_present = metrics.presence_from_scores(p_rows)
+    out["presence"] = metrics.presence_metrics(t_present, p_present)
     out["risk"] = risk_tables(t_total, p_total)
     out["agreement"] = agreement(t_total, p_total)
+    intervals = metrics.agreement_intervals(
+        t_total, p_total, t_present, p_present, schemes=SCHEMES, n_boot=n_boot, seed=seed
+    )
+    out["intervals"] = {name: iv.summary() for name, iv in intervals.items()}
+    out["bootstrap"] = {"over": "patients", "level": 0.95, "n_boot": int(n_boot), "seed": seed}
     return out
 
 
 def evaluate(
-    truth: Mapping[str, Scores], predictions: Mapping[str, Mapping[str, Scores]]
+    truth: Mapping[str, Scores],
+    predictions: Mapping[str, Mapping[str, Scores]],
+    **bootstrap: int,
 ) -> dict[str, dict[str, Any]]:
-    """:func:`evaluate_mode` for every mode in ``predictions``."""
-    return {mode: evaluate_mode(truth, pred) for mode, pred in predictions.items()}
+    """:func:`evaluate_mode` for every mode in ``predictions`` (``n_boot``, ``seed`` passed on)."""
+    return {mode: evaluate_mode(truth, pred, **bootstrap) for mode, pred in predictions.items()}
 
 
 def evaluate_nongated(
-    pred: Mapping[str, Scores], sheet: Mapping[str, Mapping[str, Any]]
+    pred: Mapping[str, Scores], sheet: Mapping[str, Mapping[str, Any]], **bootstrap: int
 ) -> dict[str, Any]:
     """Non-gated predictions (keyed ``nongated-<n>``) against ``scores.xlsx`` rows.
 
     Args:
       pred: {study id: scores} from inference over the non-gated studies.
       sheet: ``data.coca.load_nongated_scores(root)`` ({"12A": {"RCA", ..., "total"}}).
+      bootstrap: ``n_boot`` / ``seed`` of :func:`evaluate_mode`.
     """
     from dinolg_jax.data import coca
 
     truth = {coca.nongated_study_id(sid): dict(row) for sid, row in sheet.items()}
-    return evaluate_mode(truth, pred)
+    return evaluate_mode(truth, pred, **bootstrap)
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -142,6 +166,14 @@ def _f(x: Any, digits: int = 2) -> str:
         return "n/a"
     x = float(x)
     return "n/a" if math.isnan(x) else f"{x:.{digits}f}"
+
+
+def _ci(ev: Mapping[str, Any], name: str, value: Any, digits: int = 2) -> str:
+    """``value [lo, hi]`` when ``ev`` holds the interval ``name``, else the value alone."""
+    interval = (ev.get("intervals") or {}).get(name)
+    if interval is None:
+        return _f(value, digits)
+    return metrics.format_interval(value, interval["ci95"], digits)
 
 
 def presence_table(evals: Mapping[str, Mapping[str, Any]], modes: Sequence[str]) -> str:
@@ -155,7 +187,8 @@ def presence_table(evals: Mapping[str, Mapping[str, Any]], modes: Sequence[str])
         cells = []
         for m in modes:
             r = evals[m]["presence"][v]
-            cells += [_f(r["precision"]), _f(r["recall"]), _f(r["f1"])]
+            f1 = _ci(evals[m], "f1" if v == "mean" else f"f1_{v}", r["f1"])
+            cells += [_f(r["precision"]), _f(r["recall"]), f1]
         lines.append(f"| {'Average' if v == 'mean' else v} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -245,9 +278,11 @@ def _mode_section(ev: Mapping[str, Any], title: str, out_dir: Path, stem: str) -
         return lines
     for scheme in SCHEMES:
         r = ev["risk"][scheme]
+        accuracy = _ci(ev, f"{scheme}_accuracy", r["accuracy"], 3)
+        kappa = _ci(ev, f"{scheme}_kappa_linear", r["kappa_linear"], 3)
         lines += [
-            f"Risk categories ({scheme}): accuracy {_f(r['accuracy'], 3)}, linearly weighted "
-            f"kappa {_f(r['kappa_linear'], 3)}, unweighted kappa {_f(r['kappa'], 3)}.",
+            f"Risk categories ({scheme}): accuracy {accuracy}, linearly weighted "
+            f"kappa {kappa}, unweighted kappa {_f(r['kappa'], 3)}.",
             "",
             confusion_table(r),
             "",
@@ -257,7 +292,7 @@ def _mode_section(ev: Mapping[str, Any], title: str, out_dir: Path, stem: str) -
     lines += [
         "| n | ICC(2,1) | ICC(3,1) | Pearson | Spearman | BA bias | BA 95% limits |",
         "|---|---|---|---|---|---|---|",
-        f"| {a['n']} | {_f(a['icc'], 3)} | {_f(a['icc_consistency'], 3)} | "
+        f"| {a['n']} | {_ci(ev, 'icc', a['icc'], 3)} | {_f(a['icc_consistency'], 3)} | "
         f"{_f(a['pearson'], 3)} | {_f(a['spearman'], 3)} | {_f(ba['bias'])} | "
         f"{_f(ba['loa_lower'])} to {_f(ba['loa_upper'])} |",
         "",
@@ -294,6 +329,13 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     conv = ", ".join(f"{k} = {v}" for k, v in convention.items())
     lines = [f"# {title}", "", f"Agatston convention: {conv}.", ""]
+    boot = next((ev["bootstrap"] for ev in evals.values() if "bootstrap" in ev), None)
+    if boot is not None:
+        lines += [
+            "Intervals: `value [lo, hi]` is the 95 % percentile-bootstrap interval over "
+            f"patients ({boot['n_boot']} resamples, seed {boot['seed']}).",
+            "",
+        ]
     lines += [*notes, ""] if notes else []
     modes = [m for m in ("unet_only", "gated") if m in evals] + [
         m for m in evals if m not in ("unet_only", "gated")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from dinolg_jax.eval import report
+from dinolg_jax.eval import metrics, report
 
 
 def s(rca=0.0, lad=0.0, lca=0.0, lcx=0.0):
@@ -99,19 +100,61 @@ def test_markdown_report_holds_the_values(tmp_path: Path, evals) -> None:
     text = path.read_text()
     assert "Agatston convention: threshold_hu = 130, connectivity = 4, min_area_mm2 = 1.0." in text
     assert "Demo-size run." in text
-    # Table 6 rows: U-Net only (P, R, F1) then integrated (P, R, F1).
-    assert "| LAD | 0.50 | 1.00 | 0.67 | 1.00 | 1.00 | 1.00 |" in text
-    assert "| LCA | 0.00 | n/a | 0.00 | n/a | n/a | n/a |" in text
-    assert "| RCA | 1.00 | 1.00 | 1.00 | 1.00 | 0.50 | 0.67 |" in text
-    assert "| Average | 0.50 | 0.67 | 0.42 | 1.00 | 0.83 | 0.89 |" in text
-    assert "accuracy 0.500, linearly weighted kappa 0.556" in text
+    assert "(1000 resamples, seed 0)" in text
+    # Table 6 rows: U-Net only (P, R, F1) then integrated (P, R, F1), F1 with its interval.
+    # Where every resample agrees (F1 1 or 0 on each defined one) the interval is a point.
+    assert "| LAD | 0.50 | 1.00 | 0.67 [0.00, 1.00] | 1.00 | 1.00 | 1.00 [1.00, 1.00] |" in text
+    assert "| LCA | 0.00 | n/a | 0.00 [0.00, 0.00] | n/a | n/a | n/a |" in text
+    assert "| RCA | 1.00 | 1.00 | 1.00 [1.00, 1.00] | 1.00 | 0.50 | 0.67 [0.00, 1.00] |" in text
+    assert "| Average | 0.50 | 0.67 | 0.42 [0.33, 0.67] | 1.00 | 0.83 | 0.89 [0.00, 1.00] |" in text
+    assert "accuracy 0.500 [0.000, 1.000], linearly weighted kappa 0.556 [0.000, 1.000]" in text
+    assert "accuracy 1.000 [1.000, 1.000], linearly weighted kappa 1.000 [1.000, 1.000]" in text
     assert "| very high | 0 | 0 | 1 | 0 |" in text
-    assert "| 4 |" in text and "| -1.25 |" in text
+    assert "| 4 | 0.501 [-0.333, 1.000] | 0.492 |" in text and "| -1.25 |" in text
     assert "| p2 | 500.0 (very high) | 150.0 (high) | 500.0 (very high) |" in text
     assert "| p3 | 0.0 (low) | 20.0 (moderate) | 0.0 (low) |" in text
     for name in ("gated_scatter.png", "gated_bland_altman.png", "nongated_scatter.png"):
         assert f"]({name})" in text
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _exact_bounds(stat, n: int) -> tuple[float, float, float]:
+    """2.5 / 97.5 % quantiles of ``stat`` over all n^n ordered patient draws (NaN dropped),
+    and the CDF's closest approach to those levels."""
+    v = np.array([stat(list(d)) for d in itertools.product(range(n), repeat=n)])
+    atoms, counts = np.unique(np.round(v[np.isfinite(v)], 12), return_counts=True)
+    cdf = np.cumsum(counts) / counts.sum()
+    margin = min(np.min(np.abs(cdf - 0.025)), np.min(np.abs(cdf - 0.975)))
+    return atoms[np.argmax(cdf >= 0.025)], atoms[np.argmax(cdf >= 0.975)], margin
+
+
+def test_intervals_are_the_enumerated_bootstrap_law(evals) -> None:
+    # 4 patients: the 256 equally likely draws, scored by the plain metrics functions.
+    ids = sorted(TRUTH)
+    t_total = np.array([TRUTH[i]["total"] for i in ids])
+    t_pres = metrics.presence_from_scores([TRUTH[i] for i in ids])
+    cases = {
+        ("unet_only", "f1"): lambda p, d: metrics.presence_metrics(t_pres[d], p[1][d])["mean"][
+            "f1"
+        ],
+        ("unet_only", "paper4_accuracy"): lambda p, d: metrics.accuracy_from_confusion(
+            metrics.risk_confusion(t_total[d], p[0][d], "paper4")
+        ),
+        ("gated", "icc"): lambda p, d: metrics.icc(np.stack([t_total[d], p[0][d]], 1)),
+    }
+    for (mode, name), fn in cases.items():
+        pred = PRED[mode]
+        p = (np.array([pred[i]["total"] for i in ids]), metrics.presence_from_scores(
+            [pred[i] for i in ids]))  # fmt: skip
+        lo, hi, margin = _exact_bounds(lambda d, fn=fn, p=p: fn(p, d), 4)
+        assert margin > 0.02  # 4 standard errors of a 1000-replicate percentile
+        got = evals[mode]["intervals"][name]
+        assert got["ci95"] == pytest.approx([lo, hi], abs=1e-12), (mode, name)
+        assert got["n_groups"] == 4
+    assert (evals["unet_only"]["intervals"]["f1"]["ci95"]) == pytest.approx([1 / 3, 2 / 3])
+    assert evals["gated"]["bootstrap"] == {
+        "over": "patients", "level": 0.95, "n_boot": 1000, "seed": 0
+    }  # fmt: skip
 
 
 def test_evaluate_pairs_predictions_with_references() -> None:
