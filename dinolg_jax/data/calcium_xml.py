@@ -237,7 +237,8 @@ def parse_calcium_xml(path: str | Path) -> list[dict[str, Any]]:
 
 def normalise_name(name: str) -> str:
     """An ROI name in the form the name tables use: lower case, punctuation as spaces."""
-    return " ".join(re.sub(r"[^0-9a-z]+", " ", str(name).lower()).split())
+    text = re.sub(r"[.']", "", str(name).lower())  # L.A.D. -> lad
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", text).split())
 
 
 def artery_label(name: str) -> int | None:

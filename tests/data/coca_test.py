@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import plistlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -209,7 +210,7 @@ def test_scores_sheet(tmp_path, header):
     assert scores["5"]["LCA"] == 0.0
     sheet.append(["12A", 0, 0, 0, 0, 0])
     book.save(folder / "scores.xlsx")
-    with pytest.raises(coca.CocaError, match="twice"):
+    with pytest.raises(coca.CocaError, match="rows 2 and 5: study 12 appears twice"):
         coca.load_nongated_scores(tmp_path)
 
 
@@ -408,7 +409,7 @@ def test_zero_pixel_and_self_check_failures_are_reported_per_roi():
     empty = _roi(NAMES[1], _box(13, 14, 13, 14), 3.0, None, 0.5)  # HU < 130 there
     empty.update(Area=0.02, Mean=300.0, Max=400.0)
     off = _roi(NAMES[2], _box(3, 6, 3, 6), 3.0, hu[1], 0.5)
-    off["Area"] += 0.01
+    off["Area"] += 0.03  # 12 pixels: beyond the 16-pixel box's bound (15.97 / 2 + 1 = 8.98)
     good = _roi(NAMES[4], _box(9, 11, 9, 12), 3.0, hu[1], 0.5)
     parsed = []
     for k, r in enumerate([empty, off, good]):
@@ -424,7 +425,7 @@ def test_zero_pixel_and_self_check_failures_are_reported_per_roi():
     got = [(u.image_index, u.roi, u.reason.split(" ")[0]) for u in report.unreliable]
     assert got == [(1, 0, "0"), (1, 1, "self-check")]
     assert "0 pixels" in report.unreliable[0].reason
-    assert "area 0.01 cm^2" in report.unreliable[1].reason
+    assert "area 0.03 cm^2 (bound 0.02246)" in report.unreliable[1].reason
 
 
 def _scores_folder(tmp_path) -> Path:
@@ -458,4 +459,185 @@ def test_non_numeric_study_id_names_file_and_row(tmp_path):
     sheet.append(["patient twelve", 0, 1, 0, 0, 1])
     book.save(path)
     with pytest.raises(coca.CocaError, match=rf"{path} row 3: study id 'patient twelve'"):
+        coca.load_nongated_scores(tmp_path)
+
+
+# --- Labels and scores that look right but are not (issue 23) ------------------------------
+
+
+def _parsed(roi: dict, k: int, index: int = 1, z: float = 3.0) -> dict:
+    """`parse_calcium_xml`'s form of a hand-built ROI dict."""
+    pts = np.array([[float(v) for v in p.strip("()").split(",")] for p in roi["Point_px"]])
+    return {
+        "image_index": index, "roi": k, "name": roi["Name"], "points_px": pts.reshape(-1, 2),
+        "center": (0.0, 0.0, z), "area": roi["Area"], "mean": roi["Mean"], "min": roi["Min"],
+        "max": roi["Max"], "num_points": len(pts),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name, label",
+    [("LAD", 2), ("lad", 2), ("Left Main", 3), ("LM", 3), ("left-main coronary artery", 3),
+     ("LCX", 4), ("Circumflex", 4), ("RCA", 1), ("Right  Coronary", 1), ("L.A.D.", 2)],
+)  # fmt: skip
+def test_artery_synonyms_label_like_the_full_name(name, label):
+    hu = _volume()
+    roi = _roi(name, _box(3, 6, 3, 6), 3.0, hu[1], 0.5)
+    report = coca.RoiReport()
+    labels = coca.rasterise_rois([_parsed(roi, 0)], hu, np.arange(4) * 3.0, (0.5, 0.5), 3.0, report)
+    expected = np.zeros(hu.shape, np.uint8)
+    expected[1, 3:7, 3:7] = label
+    expected[hu < 130] = 0
+    np.testing.assert_array_equal(labels, expected)
+    assert not report.unreliable and report.self_check.n_exact == 1
+
+
+def test_unknown_names_and_lost_outlines_mark_the_roi_unreliable():
+    hu = _volume()
+    good = _roi(NAMES[1], _box(9, 11, 9, 12), 3.0, hu[1], 0.5)
+    pda = _roi("Posterior Descending Artery", _box(3, 6, 3, 6), 3.0, hu[1], 0.5)
+    nameless = _roi("", _box(3, 6, 3, 6), 3.0, hu[1], 0.5)
+    lost = _roi(NAMES[2], [], 3.0, None, 0.5)
+    lost.update(Area=0.04, Mean=300.0, Max=500.0)  # measured, but no outline left
+    two = _roi(NAMES[4], _box(3, 6, 3, 6)[:2], 3.0, None, 0.5)
+    two.update(Area=0.01)
+    placeholder = _roi(NAMES[3], [], 3.0, None, 0.5)  # Area 0: nothing annotated
+    junk = _roi("Unnamed", _box(3, 6, 3, 6), 3.0, hu[1], 0.5)
+    rois = [good, pda, nameless, lost, two, placeholder, junk]
+    report = coca.RoiReport()
+    labels = coca.rasterise_rois(
+        [_parsed(r, k) for k, r in enumerate(rois)], hu, np.arange(4) * 3.0, (0.5, 0.5), 3.0, report
+    )
+    assert [(u.roi, u.name) for u in report.unreliable] == [
+        (1, "Posterior Descending Artery"), (2, ""), (3, NAMES[2]), (4, NAMES[4])
+    ]  # fmt: skip
+    reasons = [u.reason for u in report.unreliable]
+    assert reasons[0] == "artery unknown ('Posterior Descending Artery'): lesion not labelled"
+    assert reasons[1] == "artery unknown (no name): lesion not labelled"
+    assert reasons[2] == "0 outline point(s) but XML Area 0.04 cm^2: lesion lost"
+    assert reasons[3] == "2 outline point(s) but XML Area 0.01 cm^2: lesion lost"
+    assert [s.reason for s in report.skipped_rois] == ["empty placeholder", "junk name 'Unnamed'"]
+    assert report.rois_used == 1 and set(np.unique(labels)) == {0, 1}
+
+
+def test_self_check_bound_is_half_the_perimeter_plus_one_pixel():
+    # A 4 x 4 pixel box outlined 0.496 px outside the centres: perimeter 4 x 3.992 px.
+    hu = _volume()
+    roi = _roi(NAMES[2], _box(3, 6, 3, 6), 3.0, hu[1], 0.5)
+    pts = _parsed(roi, 0)["points_px"]
+    assert coca.calcium_xml.outline_perimeter_px(pts) == pytest.approx(15.968)
+    area_bound, mean_bound = coca.calcium_xml.self_check_bounds(pts, 530.0, 15, 0.0025)
+    assert area_bound == pytest.approx((15.968 / 2 + 1) * 0.0025)
+    assert mean_bound == pytest.approx(2 * 8.984 * 400 / 15)
+    n = int(np.count_nonzero(hu[1, 3:7, 3:7] >= 130))
+    for extra_px, verdict in [(1.3, "tolerated"), (8.9, "tolerated"), (9.1, "failed")]:
+        r = dict(roi, Area=roi["Area"] + extra_px * 0.0025)
+        report = coca.RoiReport()
+        coca.rasterise_rois([_parsed(r, 0)], hu, np.arange(4) * 3.0, (0.5, 0.5), 3.0, report)
+        sc = report.self_check
+        got = "tolerated" if sc.n_tolerated else "failed"
+        assert (got, sc.n_exact) == (verdict, 0), extra_px
+        assert bool(report.unreliable) == (verdict == "failed")  # the only ROI: the patient's
+    assert n == 15  # the hole at (4, 4) is below 130 HU
+
+
+def test_a_lone_failing_roi_is_flagged_when_the_rest_agrees():
+    hu = _volume()
+    z = np.arange(4) * 3.0
+    good = [_roi(NAMES[4], _box(9, 11, 9, 12), 3.0, hu[1], 0.5)]
+    good.append(_roi(NAMES[1], _box(3, 6, 3, 6), 9.0, hu[3], 0.5))
+    bad = _roi(NAMES[2], _box(3, 6, 3, 6), 3.0, hu[1], 0.5)
+    bad["Area"] += 0.05  # 20 pixels
+    parsed = [_parsed(good[0], 0), _parsed(good[1], 0, index=3, z=9.0), _parsed(bad, 1)]
+    report = coca.RoiReport()
+    labels = coca.rasterise_rois(parsed, hu, z, (0.5, 0.5), 3.0, report)
+    assert labels is not None and not report.unreliable
+    assert [(f.image_index, f.roi, f.name) for f in report.flagged] == [(1, 1, NAMES[2])]
+    assert report.flagged[0].reason.startswith("self-check failed: |diff| area 0.05 cm^2")
+    # Two failures: not the ROI's problem but the patient's.
+    bad2 = dict(good[1], Area=good[1]["Area"] + 0.05)
+    parsed[1] = _parsed(bad2, 0, index=3, z=9.0)
+    report = coca.RoiReport()
+    coca.rasterise_rois(parsed, hu, z, (0.5, 0.5), 3.0, report)
+    assert not report.flagged and [(u.image_index, u.roi) for u in report.unreliable] == [
+        (3, 0), (1, 1)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["0.XML", "00.xml", "000.Xml"])
+def test_xml_found_case_insensitively_and_by_integer_id(tmp_path, name):
+    hu, z_mm = _volume(seed=3), np.array([-30.0, -27.0, -24.0, -21.0])
+    root = _one_patient_release(
+        tmp_path, _roi(NAMES[2], _box(3, 6, 3, 6), -27.0, hu[1], 0.5), hu, z_mm
+    )
+    xml_dir = root / coca.GATED_DIR / "calcium_xml"
+    (xml_dir / "0.xml").rename(xml_dir / name)
+    study = coca.load_gated_study(root, 0)
+    assert study.report.has_xml and int(study.labels.max()) == 2
+    assert coca.list_gated_patients(root).annotated == [0]
+
+
+def test_two_xmls_or_folders_for_one_patient_is_an_error_naming_both(tmp_path):
+    hu, z_mm = _volume(seed=3), np.array([-30.0, -27.0, -24.0, -21.0])
+    root = _one_patient_release(
+        tmp_path, _roi(NAMES[2], _box(3, 6, 3, 6), -27.0, hu[1], 0.5), hu, z_mm
+    )
+    xml_dir = root / coca.GATED_DIR / "calcium_xml"
+    (xml_dir / "00.XML").write_bytes((xml_dir / "0.xml").read_bytes())
+    with pytest.raises(coca.CocaError, match=r"patient 0: 2 calcium XML files \(0.xml, 00.XML in"):
+        coca.load_gated_study(root, 0)
+    (xml_dir / "00.XML").unlink()
+    patients = root / coca.GATED_DIR / "patient"
+    (patients / "000").mkdir()
+    with pytest.raises(coca.CocaError, match=r"patient 0: 2 DICOM folders \(0, 000 in"):
+        coca.load_gated_study(root, 0)
+    (patients / "000").rmdir()
+    (patients / "0").rename(patients / "0007")
+    (xml_dir / "0.xml").rename(xml_dir / "7.xml")
+    assert int(coca.load_gated_study(root, 7).labels.max()) == 2  # folder 0007 is patient 7
+
+
+def test_the_series_the_xml_annotates_is_kept_over_a_longer_one(tmp_path):
+    hu, z_mm = _volume(seed=3), np.array([-30.0, -27.0, -24.0, -21.0])
+    roi = _roi(NAMES[2], _box(3, 6, 3, 6), -27.0, hu[1], 0.5)
+    roi["Center"] = "(-37.5, -37.5, -27.000)"  # inside the 16 x 0.5 mm field at (-40, -40)
+    root = _one_patient_release(tmp_path, roi, hu, z_mm)
+    other = _volume(nz=7, seed=9)  # another study's longer series, 200 mm higher
+    _write_ct(
+        root / coca.GATED_DIR / "patient" / "0" / "T",
+        other,
+        np.arange(7) * 3.0 + 200,
+        0.5,
+        "1.2.9.77",
+    )
+    study = coca.load_gated_study(root, 0)
+    np.testing.assert_array_equal(study.hu, hu)
+    assert int(study.labels.max()) == 2 and not study.report.labels_left_out
+    assert study.report.series_note.startswith(
+        "kept the 4-file series that matches the annotations"
+    )
+    assert {r for _, r in study.report.dropped_files} == {
+        "other series (7 slices; does not match the annotations)"
+    }
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([["12A", 0, 1, 0, 0, 1], ["12", 0, 2, 0, 0, 2]], "rows 2 and 3: study 12 appears twice"),
+        ([["12A", 0, -5, 0, 0, 1]], "row 2 LAD: negative score -5"),
+        ([["3A", 0, 1, 0, 0, "=SUM(B2:E2)"]], "row 2 total: formula '=SUM(B2:E2)' has no cached"),
+    ],
+)
+def test_scores_sheet_values_that_cannot_be_right_are_refused_naming_the_row(
+    tmp_path, rows, message
+):
+    path = _scores_folder(tmp_path)
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["filename ", "LCA", "LAD", "LCX", "RCA", "total"])
+    for row in rows:
+        sheet.append(row)
+    book.save(path)  # openpyxl stores no cached value for a formula
+    with pytest.raises(coca.CocaError, match=re.escape(f"scores.xlsx {message}")):
         coca.load_nongated_scores(tmp_path)

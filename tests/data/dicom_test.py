@@ -489,3 +489,59 @@ def test_read_dicom_files_explicit_list(tmp_path: Path) -> None:
     s = dicom.read_dicom_files(files[:2])
     assert len(s.source.files) == 2 and s.source.series_count == 1
     np.testing.assert_array_equal(s.z_mm, [3.0, 6.0])  # files 1 and 2 are the top slices
+
+
+# --- HU that cannot be right (issue 23) -------------------------------------------------
+
+
+@pytest.mark.parametrize("slope", [0.0, -1.0])
+def test_rescale_slope_zero_or_negative_is_refused_naming_the_file(tmp_path, slope):
+    write_series(tmp_path, [0.0, 3.0, 6.0])
+    bad = tmp_path / "IM-0001-0002.dcm"  # z = 3
+    make_ct(bad, z=3.0, instance=2, slope=slope)
+    with pytest.raises(dicom.PixelDataError, match=rf"{bad}: RescaleSlope is {slope:g}"):
+        dicom.read_series(tmp_path)
+
+
+def test_rescale_differing_and_constant_slices_are_flagged_with_their_files(tmp_path):
+    stored = write_series(tmp_path, [0.0, 3.0, 6.0, 9.0])
+    odd = tmp_path / "IM-0001-0003.dcm"  # z = 3: intercept -1000 among -1024
+    make_ct(odd, z=3.0, instance=3, pixels=stored[1], intercept=-1000.0)
+    flat = tmp_path / "IM-0001-0001.dcm"  # z = 9: every stored value 1124 -> 100 HU
+    make_ct(flat, z=9.0, instance=1, pixels=np.full((SIZE, SIZE), 1124, np.uint16))
+    vol = dicom.read_series(tmp_path)
+    # The HU are still exact per slice (stored x slope + intercept) ...
+    np.testing.assert_array_equal(vol.hu[1], stored[1].astype(np.int32) - 1000)
+    assert np.all(vol.hu[3] == 100)
+    # ... and both slices are named, with the reason.
+    suspect = dict(vol.source.hu_suspect)
+    assert set(suspect) == {str(odd), str(flat)}
+    assert (
+        suspect[str(odd)]
+        == "RescaleSlope/Intercept 1/-1000 differ from 1/-1024 of 3 other slice(s)"
+    )
+    assert suspect[str(flat)] == "constant slice (every pixel 100 HU)"
+    clean = tmp_path / "clean"
+    write_series(clean, [0.0, 3.0])
+    assert dicom.read_series(clean).source.hu_suspect == ()
+
+
+def test_fits_keeps_the_matching_series_over_a_longer_one(tmp_path):
+    other = {"StudyInstanceUID": "1.2.3.7777", "FrameOfReferenceUID": "1.2.3.7777.1"}
+    write_series(tmp_path / "long", [100.0 + 3 * k for k in range(6)], series_uid="1.2.3.66",
+                 extra=other)  # fmt: skip
+    write_series(tmp_path / "short", [0.0, 3.0, 6.0])
+    longest = dicom.read_series(tmp_path)
+    assert len(longest.z_mm) == 6 and longest.source.series_note == (
+        "the folder holds series of 2 studies and 2 frames of reference"
+    )
+    vol = dicom.read_series(tmp_path, fits=lambda c: bool(np.all(c.z_mm < 50)))
+    np.testing.assert_array_equal(vol.z_mm, [0.0, 3.0, 6.0])
+    assert vol.source.series_note.startswith(
+        "kept the 3-file series that matches the annotations, not the longest (6 files"
+    )
+    reasons = {d.reason for d in vol.source.dropped}
+    assert reasons == {"other series (6 slices; does not match the annotations)"}
+    # No series fits: the longest, as without `fits`.
+    none = dicom.read_series(tmp_path, fits=lambda c: False)
+    assert len(none.z_mm) == 6
