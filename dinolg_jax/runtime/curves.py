@@ -168,6 +168,9 @@ def _draw(
         for i, (key, drawn) in enumerate(data.items()):
             ax = fig.add_subplot(rows, cols, i + 1)
             for label, (steps, values) in drawn.items():
+                if label == "random init" and len(set(values)) == 1:  # a level: across
+                    ax.axhline(values[0], linestyle="--", color="0.4", label=label)
+                    continue
                 style = {"linestyle": "--", "color": "0.4"} if label == "random init" else {}
                 if len(steps) <= 30:  # few points (the online eval): each one visible
                     style["marker"] = "o"
