@@ -31,7 +31,7 @@ _TRAIN = {
     "segment": "tools/segment.py --config configs/segment.py:runlocal --workdir {path}",
 }
 MODES = ("gated", "unet_only", "both")
-SOURCE_KINDS = ("manifest", "release", "dicom")
+SOURCE_KINDS = ("manifest", "release", "dicom", "nifti")
 
 
 def _config(path: Path) -> dict[str, Any]:

@@ -51,12 +51,20 @@ def seg_apply(params, x):
     return jax.nn.one_hot(cls, 5) * 10.0
 
 
-def expected_labels(hu: np.ndarray, slices) -> np.ndarray:
-    """Independent numpy version of the stand-in segmenter on the given slices."""
+def expected_labels(hu: np.ndarray, slices, min_px: int = 4) -> np.ndarray:
+    """Independent numpy / scipy version of the stand-in segmenter on the given slices,
+    keeping the scored voxels only: 4-connected lesions of at least ``min_px`` pixels
+    (1 mm2 at 0.5 mm pixels), as the label outputs hold them."""
+    from scipy import ndimage
+
     out = np.zeros(hu.shape, np.uint8)
     vessel = 1 + np.arange(hu.shape[2]) // (hu.shape[2] // 4)
     for z in slices:
         out[z] = np.where(hu[z] >= 130, vessel[None, :], 0)
+        for v in range(1, 5):
+            comp, n = ndimage.label(out[z] == v)
+            sizes = np.bincount(comp.ravel(), minlength=n + 1)
+            out[z][(comp > 0) & (sizes[comp] < min_px)] = 0
     return out
 
 
@@ -254,9 +262,10 @@ def test_corrupt_study_gets_error_row_and_others_complete(tmp_path: Path, mesh8)
     vol_a = tasks[0].load()
     back = seg_lib.read_seg_labels(out / "seg" / "a.gated.labels.seg.dcm", vol_a)
     np.testing.assert_array_equal(back, expected_scored(study.hu, [2, 5]))
-    assert sorted(p.name for p in (out / "seg").iterdir()) == [
-        f"{n}.{m}.labels.seg.dcm" for n in "ac" for m in ("gated", "unet_only")
-    ]
+    assert sorted(p.name for p in (out / "seg").iterdir()) == sorted(
+        f"{n}.{m}.{kind}" for n in "ac" for m in ("gated", "unet_only")
+        for kind in ("labels.seg.dcm", "scores.sr.dcm")
+    )  # fmt: skip
     assert s["seg_skipped"] == {}
 
 
@@ -577,8 +586,7 @@ def test_study_report_text_and_overlays(tmp_path: Path, mesh8) -> None:
     assert [p.name for p in paths] == ["slice_0002.png", "slice_0005.png", "slice_0007.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
     rgb, title, legend = study_report.overlay_slice(study, res, res.labels, 5)
-    # make_study: z = 3 mm x slice, no InstanceNumbers (not read from DICOM): 1-based
-    assert "slice 6 of 10 from the feet, z = 15.0 mm" in title
+    assert "slice 6 of 10 from the feet, z = 15.0 mm" in title  # make_study: z = 3 mm x slice
     assert "window -200 to 800 HU" in title
     assert tuple(rgb[12, 13]) == study_report.SMALL_COLOUR  # the 0.25 mm2 LCX pixel
     assert tuple(rgb[8, 9]) == study_report.VESSEL_COLOURS[3]  # LCA, scored
