@@ -767,11 +767,15 @@ def agreement_intervals(
 
     def stat(t, p, tp, pp, *cats) -> dict[str, float]:
         out = {"icc": icc(np.stack([t, p], axis=1)) if t.size >= 2 else math.nan}
-        presence = presence_metrics(tp, pp, vessels)
-        out["f1"] = presence["mean"]["f1"]
-        out |= {f"f1_{v}": presence[v]["f1"] for v in vessels}
+        # presence_metrics' F1 per vessel and its NaN-ignoring mean, vectorised over vessels.
+        hits = np.count_nonzero(tp & pp, axis=0)
+        den = 2 * hits + np.count_nonzero(tp ^ pp, axis=0)
+        f1 = np.where(den > 0, 2 * hits / np.maximum(den, 1), math.nan)
+        out["f1"] = float(np.mean(f1[~np.isnan(f1)])) if np.any(den > 0) else math.nan
+        out |= {f"f1_{v}": float(x) for v, x in zip(vessels, f1, strict=True)}
         for scheme, c in zip(schemes, cats, strict=True):
-            cm = confusion_matrix(c[:, 0], c[:, 1], len(RISK_SCHEMES[scheme]))
+            k = len(RISK_SCHEMES[scheme])
+            cm = np.bincount(c[:, 0] * k + c[:, 1], minlength=k * k).reshape(k, k)
             out[f"{scheme}_accuracy"] = accuracy_from_confusion(cm)
             out[f"{scheme}_kappa_linear"] = kappa_from_confusion(cm, "linear")
         return out
