@@ -314,9 +314,27 @@ def _edit_first_roi(xml: Path, edit) -> None:
     raise AssertionError(f"no ROI to edit in {xml.name}")
 
 
+def _edit_all_rois(xml: Path, edit) -> int:
+    """Applies `edit` to every ROI with points and a vessel name; returns how many."""
+    with xml.open("rb") as f:
+        data = plistlib.load(f)
+    rois = [
+        roi
+        for image in data["Images"]
+        for roi in image["ROIs"]
+        if roi["Point_px"] and roi["Name"].lower().startswith(("left", "right"))
+    ]
+    for roi in rois:
+        edit(roi)
+    with xml.open("wb") as f:
+        plistlib.dump(data, f)
+    return len(rois)
+
+
 @pytest.fixture(scope="module")
 def faulty_release(tmp_path_factory):
-    """Six patients: one XML with a number as text, one whose first ROI fails the self-check."""
+    """Six patients: one XML with a number as text, one whose ROIs all fail the self-check
+    (Max 10 HU above the pixels': a disagreement no rasterisation explains)."""
     release = tmp_path_factory.mktemp("faulty") / "release"
     truth = coca_release.make_release(
         release, n_gated=6, n_nongated=1, seed=4, size=48, slices=(4, 6)
@@ -325,7 +343,7 @@ def faulty_release(tmp_path_factory):
     bad_xml, unreliable = annotated[0], annotated[1]
     xml_dir = release / coca.GATED_DIR / "calcium_xml"
     _edit_first_roi(xml_dir / f"{bad_xml}.xml", lambda roi: roi.update(Area="0,42"))
-    _edit_first_roi(xml_dir / f"{unreliable}.xml", lambda roi: roi.update(Area=roi["Area"] + 0.05))
+    _edit_all_rois(xml_dir / f"{unreliable}.xml", lambda roi: roi.update(Max=roi["Max"] + 10))
     return release, truth, bad_xml, unreliable
 
 
@@ -349,7 +367,12 @@ def test_faulty_xml_costs_only_that_patients_labels(faulty_release, tmp_path, po
     [entry] = report["labels_unreliable"]
     assert entry["study"] == unrel_id and entry["rois"][0]["reason"].startswith("self-check")
     flagged = m.studies[unrel_id]["labels_unreliable"]
-    assert len(flagged) == 1 and "self-check failed: |diff| area 0.05" in flagged[0]
+    n_rois = sum(
+        1 for r in coca.parse_calcium_xml(release / coca.GATED_DIR / "calcium_xml" /
+                                          f"{unreliable}.xml")
+        if len(r["points_px"]) and r["name"].lower().startswith(("left", "right"))
+    )  # fmt: skip
+    assert len(flagged) == n_rois and all("max 10 HU" in f for f in flagged)
     assert m.data["unreliable_labels"] == policy
     if policy == "exclude":
         assert m.studies[unrel_id]["split"] == "pretrain" and entry["split"] == "pretrain"
