@@ -175,7 +175,21 @@ def run_demo(
     log(f"total {time.perf_counter() - t_start:.0f} s")
     if config.infer.note:
         log(str(config.infer.note))
+    log("")
+    for line in score_your_scan(workdir):
+        log(line)
     return table
+
+
+def score_your_scan(workdir: str | os.PathLike) -> list[str]:
+    """The demo's closing lines: where its models are and the command that scores a scan
+    with them (any spacing: the models see it at the spacing they learnt at)."""
+    w = Path(workdir)
+    return [
+        f"models: encoder {w / 'pretrain'}, gate {w / 'probe'}, U-Net {w / 'segment'}",
+        "score your own scan (a DICOM series folder or a .nii.gz CT in HU) with them:",
+        f"  python tools/score_study.py YOUR_SCAN --workdir {w} --out score_out",
+    ]
 
 
 def _num3(x: Any) -> str:
