@@ -62,6 +62,7 @@ import hashlib
 import json
 import math
 import multiprocessing
+import numbers
 import os
 import shutil
 import signal
@@ -467,7 +468,7 @@ def convert_release(
         ("workers", workers, 1),
         ("shards_per_split", shards_per_split, 1),
     ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, not {value!r}")
     release, out = Path(release), Path(out)
     inputs = _read_release(release)  # before the lock: a wrong release leaves `out` as it was
