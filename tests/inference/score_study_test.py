@@ -25,7 +25,7 @@ from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.scoring.agatston import agatston
 
 TOL_MM = 0.01
-ROWS, COLS, ZS = 96, 80, (-42.0, -39.0, -36.0, -33.0)
+ROWS, COLS, ZS = 96, 80, (-42.0, -39.0, -36.0, -33.0, -30.0, -27.0)  # 5+ slices: not a scout
 SPACING = (0.45, 0.6)  # rows, columns (mm)
 ROT180 = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
 
