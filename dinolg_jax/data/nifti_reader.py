@@ -10,18 +10,24 @@ is resampled, and every voxel keeps its world position (the canonical ``Geometry
 built from the file's affine, so ``Geometry.world_mm(k, r, c)`` is the file affine
 applied to the voxel's original index).
 
-Rules:
+This is the project's one NIfTI reader: ``data.folder_source`` reads CT and masks
+through it for conversion, and ``inference.nifti_input`` builds the scored study (and
+the way back to the file's grid, `to_file_layout`) on it.
 
-* The affine is nibabel's ``img.affine`` (the sform when its code is set, else the
-  qform). Every file axis must lie within ``AXIS_TOLERANCE_DEG`` of a distinct world
-  axis; an oblique volume would need resampling and is refused (`NiftiReadError`).
+Rules (a file breaking one is refused with `NiftiReadError`, the file named):
+
+* The name ends in ``.nii`` or ``.nii.gz``; a missing file is `NiftiMissingError`
+  (also a ``FileNotFoundError``).
+* The affine is the sform when its code is set, else the qform (nibabel's
+  ``img.affine``); a file with both codes 0 has no orientation in the patient and is
+  refused. Every file axis must lie within ``AXIS_TOLERANCE_DEG`` of a distinct world
+  axis; an oblique volume would need resampling and is refused.
 * Values are the file's data with its ``scl_slope`` / ``scl_inter`` applied. CT: float
   values are rounded half to even to whole HU (the count of voxels that moved is in
   `NiftiVolume.rounded_voxels`); every value must be finite and fit int16, and some
   value must lie below ``AIR_MAX_HU`` (a CT in HU has air; a volume without is stored
-  values or a normalised image, as ``inference.nifti_input`` rules). Labels: every
-  value must be a whole number in 0 .. 255 (records store uint8 labels); anything else
-  is refused, naming the value.
+  values or a normalised image). Labels: every value must be a whole number in
+  0 .. 255 (records store uint8 labels); anything else is refused, naming the value.
 * 3D files, or 4D ones whose extra axes have length 1; anything else is refused.
 
 Only the voxels and the affine are read: NIfTI headers carry no patient identity, and
@@ -49,15 +55,22 @@ __all__ = [
     "AIR_MAX_HU",
     "AXIS_TOLERANCE_DEG",
     "NIFTI_SUFFIXES",
+    "NiftiMissingError",
     "NiftiReadError",
     "NiftiVolume",
     "canonical_geometry",
+    "nifti_stem",
     "read_nifti_volume",
+    "to_file_layout",
 ]
 
 
 class NiftiReadError(ValueError):
     """A file that is not a readable 3D NIfTI volume of the kind asked for (names the file)."""
+
+
+class NiftiMissingError(NiftiReadError, FileNotFoundError):
+    """No file at the path (a `NiftiReadError` and a ``FileNotFoundError``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,12 +83,45 @@ class NiftiVolume:
       reorientation: what the permutation did, e.g. ``"axes (k, j, i) <- (2, 1, 0); i
         reversed"``; ``""`` when the file was already canonical.
       rounded_voxels: CT voxels whose value was not a whole number of HU (rounded).
+      affine: float64 [4, 4], the file's voxel ``(i, j, k, 1)`` -> RAS mm affine.
+      file_shape: the file's ``(n_i, n_j, n_k)``.
+      axes: the file axes that became (slice, row, column) (`canonical_geometry`).
+      flips: whether each of them was reversed.
     """
 
     data: np.ndarray
     geometry: Geometry
     reorientation: str = ""
     rounded_voxels: int = 0
+    affine: np.ndarray = dataclasses.field(default_factory=lambda: np.eye(4))
+    file_shape: tuple[int, int, int] = (0, 0, 0)
+    axes: tuple[int, int, int] = (2, 1, 0)
+    flips: tuple[bool, bool, bool] = (False, False, False)
+
+
+def nifti_stem(name: str) -> str | None:
+    """The file name without ``.nii`` / ``.nii.gz`` (case-insensitive); None for another."""
+    lower = name.lower()
+    for suffix in NIFTI_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def to_file_layout(
+    volume: np.ndarray, axes: tuple[int, int, int], flips: tuple[bool, bool, bool]
+) -> np.ndarray:
+    """The inverse of the reading permutation: canonical [Z, H, W] -> the file's [I, J, K].
+
+    Args:
+      volume: [Z, H, W] in the canonical layout (e.g. labels predicted on a study).
+      axes, flips: `NiftiVolume.axes` / `NiftiVolume.flips` of the file it was read from.
+
+    Returns:
+      The same voxels in the file's own order (exact: no voxel resampled).
+    """
+    index = tuple(slice(None, None, -1) if f else slice(None) for f in flips)
+    return np.ascontiguousarray(np.transpose(np.asarray(volume)[index], np.argsort(axes)))
 
 
 def canonical_geometry(
@@ -142,100 +188,116 @@ def canonical_geometry(
     return axes, flips, geometry, "; ".join(parts)
 
 
-def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _load(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(data with the file's scaling applied, affine) of a 3D NIfTI file."""
+    if not path.is_file():
+        raise NiftiMissingError(f"{name}: no such file")
+    if nifti_stem(path.name) is None:
+        raise NiftiReadError(f"{name}: not a NIfTI file name (expected .nii or .nii.gz)")
     try:
         img = nib.load(str(path))
         if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-            raise NiftiReadError(f"{path}: not a NIfTI-1/2 image ({type(img).__name__})")
+            raise NiftiReadError(f"{name}: not a NIfTI-1/2 image ({type(img).__name__})")
         shape = img.shape
         if len(shape) < 3 or any(n != 1 for n in shape[3:]):
-            raise NiftiReadError(f"{path}: expected a 3D volume, got shape {tuple(shape)}")
+            raise NiftiReadError(f"{name}: expected a 3D volume, got shape {tuple(shape)}")
+        if int(img.header["sform_code"]) == 0 and int(img.header["qform_code"]) == 0:
+            raise NiftiReadError(
+                f"{name}: neither sform nor qform is set (both codes 0), so its orientation "
+                "in the patient is unknown; re-export it with its orientation (e.g. dcm2niix)"
+            )
         data = np.asanyarray(img.dataobj)
         affine = np.asarray(img.affine, np.float64)
     except NiftiReadError:
         raise
     except Exception as e:  # nibabel, gzip and zlib raise many types on damaged files
         raise NiftiReadError(
-            f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})".strip()
+            f"{name}: not a readable NIfTI file ({type(e).__name__}: {e})".strip()
         ) from e
     data = data.reshape(data.shape[:3])
     if min(data.shape) < 1:
-        raise NiftiReadError(f"{path}: empty volume {data.shape}")
+        raise NiftiReadError(f"{name}: empty volume {data.shape}")
     return data, affine
 
 
-def _to_hu(path: Path, data: np.ndarray) -> tuple[np.ndarray, int]:
+def _to_hu(name: str, data: np.ndarray) -> tuple[np.ndarray, int]:
     """int16 HU and the number of voxels rounded (module docstring)."""
     rounded = 0
     if np.issubdtype(data.dtype, np.floating):
         if not np.all(np.isfinite(data)):
-            raise NiftiReadError(f"{path}: {int(np.sum(~np.isfinite(data)))} non-finite voxels")
+            raise NiftiReadError(f"{name}: {int(np.sum(~np.isfinite(data)))} non-finite voxels")
         whole = np.rint(data)
         rounded = int(np.count_nonzero(whole != data))
         data = whole
     elif not np.issubdtype(data.dtype, np.integer):
-        raise NiftiReadError(f"{path}: voxel type {data.dtype} is not a CT intensity")
+        raise NiftiReadError(f"{name}: voxel type {data.dtype} is not a CT intensity")
     lo, hi = float(data.min()), float(data.max())
     info = np.iinfo(np.int16)
     if lo < info.min or hi > info.max:
-        raise NiftiReadError(f"{path}: HU range [{lo:g}, {hi:g}] does not fit int16")
+        raise NiftiReadError(f"{name}: HU range [{lo:g}, {hi:g}] does not fit int16")
     if lo > AIR_MAX_HU:
         raise NiftiReadError(
-            f"{path}: no value below {AIR_MAX_HU:g} (range {lo:g} .. {hi:g}): a CT in HU has "
+            f"{name}: no value below {AIR_MAX_HU:g} (range {lo:g} .. {hi:g}): a CT in HU has "
             "air near -1000; these look like stored values or a normalised image, not HU"
         )
     return data.astype(np.int16), rounded
 
 
-def _to_labels(path: Path, data: np.ndarray) -> np.ndarray:
+def _to_labels(name: str, data: np.ndarray) -> np.ndarray:
     """uint8 labels; refuses fractional, negative or > 255 values (naming one)."""
     if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
-        raise NiftiReadError(f"{path}: voxel type {data.dtype} is not a label type")
+        raise NiftiReadError(f"{name}: voxel type {data.dtype} is not a label type")
     bad = ~np.isfinite(data) if np.issubdtype(data.dtype, np.floating) else np.zeros(1, bool)
     if bad.any():
-        raise NiftiReadError(f"{path}: label mask holds non-finite values")
+        raise NiftiReadError(f"{name}: label mask holds non-finite values")
     if np.issubdtype(data.dtype, np.floating):
         frac = data != np.rint(data)
         if frac.any():
             raise NiftiReadError(
-                f"{path}: label {float(data[frac].flat[0]):g} is not a whole number "
+                f"{name}: label {float(data[frac].flat[0]):g} is not a whole number "
                 f"({int(frac.sum())} voxels)"
             )
     lo, hi = data.min(), data.max()
     if lo < 0 or hi > 255:
         raise NiftiReadError(
-            f"{path}: labels must lie in 0 .. 255 (records store uint8), found "
+            f"{name}: labels must lie in 0 .. 255 (records store uint8), found "
             f"{float(lo):g} .. {float(hi):g}"
         )
     return data.astype(np.uint8)
 
 
-def read_nifti_volume(path: str | os.PathLike, *, labels: bool = False) -> NiftiVolume:
+def read_nifti_volume(
+    path: str | os.PathLike, *, labels: bool = False, name: str | None = None
+) -> NiftiVolume:
     """Reads a NIfTI CT volume (HU) or label mask into the canonical layout.
 
     Args:
       path: a ``.nii`` or ``.nii.gz`` file.
       labels: read an integer label mask (uint8) instead of CT HU (int16).
+      name: how error messages name the file; None: the path as given.
 
     Returns:
       The `NiftiVolume`: ``data`` [Z, H, W] (Z, H, W = the file's extents along world
-      z, y, x), its geometry, the permutation applied, the voxels rounded.
+      z, y, x), its geometry, the permutation applied, the voxels rounded, and the
+      file's affine, shape, axes and flips (the way back: `to_file_layout`).
 
     Raises:
-      NiftiReadError: unreadable or damaged file, not 3D, oblique axes, or values that
-        are not HU (non-finite, beyond int16) or not labels (fractional, < 0, > 255).
+      NiftiMissingError: no such file.
+      NiftiReadError: not a NIfTI name, unreadable or damaged file, not 3D, no
+        orientation (sform and qform codes 0), oblique axes, or values that are not HU
+        (non-finite, beyond int16, no air) or not labels (fractional, < 0, > 255).
     """
     path = Path(path)
-    data, affine = _load(path)
+    name = str(path) if name is None else name
+    data, affine = _load(path, name)
     try:
         axes, flips, geometry, how = canonical_geometry(affine, data.shape)
     except NiftiReadError as e:
-        raise NiftiReadError(f"{path}: {e}") from e
+        raise NiftiReadError(f"{name}: {e}") from e
     if labels:
-        values, rounded = _to_labels(path, data), 0
+        values, rounded = _to_labels(name, data), 0
     else:
-        values, rounded = _to_hu(path, data)
+        values, rounded = _to_hu(name, data)
     values = np.transpose(values, axes)
     index = tuple(slice(None, None, -1) if f else slice(None) for f in flips)
     return NiftiVolume(
@@ -243,4 +305,8 @@ def read_nifti_volume(path: str | os.PathLike, *, labels: bool = False) -> Nifti
         geometry=geometry,
         reorientation=how,
         rounded_voxels=rounded,
+        affine=affine,
+        file_shape=(int(data.shape[0]), int(data.shape[1]), int(data.shape[2])),
+        axes=axes,
+        flips=flips,
     )

@@ -119,3 +119,43 @@ def test_oblique_and_damaged_files_refused(tmp_path):
         tmp_path / "m.nii", np.array([0, 1, 2, 255], np.float32).reshape(2, 2, 1), np.eye(4)
     )
     assert sorted(nifti_reader.read_nifti_volume(mask, labels=True).data.ravel()) == [0, 1, 2, 255]
+
+
+def test_no_orientation_wrong_name_and_missing_file_refused(tmp_path):
+    """The rules the inference reader had are the data reader's too (one reader)."""
+    img = nib.Nifti1Image(_volume(), np.eye(4))
+    img.set_sform(np.eye(4), code=0)
+    img.set_qform(np.eye(4), code=0)
+    nib.save(img, str(tmp_path / "none.nii"))
+    with pytest.raises(nifti_reader.NiftiReadError, match=r"none\.nii: neither sform nor qform"):
+        nifti_reader.read_nifti_volume(tmp_path / "none.nii")
+    good = _save(tmp_path / "g.nii", _volume(), np.eye(4))
+    (tmp_path / "g.img").write_bytes(good.read_bytes())
+    with pytest.raises(nifti_reader.NiftiReadError, match=r"g\.img: not a NIfTI file name"):
+        nifti_reader.read_nifti_volume(tmp_path / "g.img")
+    with pytest.raises(nifti_reader.NiftiMissingError, match=r"gone\.nii: no such file") as e:
+        nifti_reader.read_nifti_volume(tmp_path / "gone.nii", name="gone.nii")
+    assert isinstance(e.value, FileNotFoundError) and isinstance(e.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    "affine",
+    [
+        np.diag([0.5, 0.6, 2.0, 1.0]),
+        np.array([[0, -0.8, 0, 0], [-0.7, 0, 0, 0], [0, 0, -3.0, 0], [0, 0, 0, 1.0]]),
+        np.array([[0, 0, 2.0, 0], [0.7, 0, 0, 0], [0, -0.9, 0, 0], [0, 0, 0, 1.0]]),
+    ],
+)
+def test_to_file_layout_inverts_the_read(tmp_path, affine):
+    """Canonical -> file order gives back the stored array, and the axes / flips recorded
+    are those the file's affine implies (checked against nibabel's own orientation codes)."""
+    data = _volume((4, 3, 5))
+    vol = nifti_reader.read_nifti_volume(_save(tmp_path / "a.nii", data, affine))
+    np.testing.assert_array_equal(nifti_reader.to_file_layout(vol.data, vol.axes, vol.flips), data)
+    assert vol.file_shape == data.shape
+    np.testing.assert_allclose(vol.affine, affine, atol=1e-6)
+    codes = nib.aff2axcodes(affine)  # RAS letters of each file axis' positive direction
+    # canonical (slice, row, column) run towards S, P, L (LPS+): a file axis is reversed
+    # when it runs the other way (I, A, R).
+    for axis, flip, want in zip(vol.axes, vol.flips, "SPL", strict=True):
+        assert codes[axis] == (want if not flip else {"S": "I", "P": "A", "L": "R"}[want])
