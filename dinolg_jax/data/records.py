@@ -12,7 +12,8 @@ that decoding it is a single ``np.frombuffer``.
 Fields (version 2; version 1 had no ``position_mm``, ``orientation`` or
 ``lossy_compression``, and its shards are refused with a message to re-convert):
     image:              int16 [H, W], Hounsfield units.
-    labels:             uint8 [H, W], 0 background, 1 RCA, 2 LAD, 3 LCA (left main), 4 LCX.
+    labels:             uint8 [H, W], 0 background, 1 RCA, 2 LAD, 3 LCA (left main), 4 LCX
+                        (COCA); a converted folder's mask labels as given (0 .. 255).
     study:              str, dataset-local de-identified id (e.g. ``"gated-0007"``).
     slice:              int, index of the slice in its z-ascending series.
     num_slices:         int, number of slices in the series.
@@ -23,7 +24,9 @@ Fields (version 2; version 1 had no ``position_mm``, ``orientation`` or
                         component, pixels; K = 0 on slices without calcium.
     lesion_vessels:     uint8 [K], vessel label of each lesion.
     has_calcium:        bool, True iff ``labels`` has any foreground pixel.
-    kind:               str, ``"gated"`` or ``"nongated"``.
+    kind:               str, ``"gated"`` or ``"nongated"`` (a COCA release,
+                        ``data/convert.py``), ``"dicom"`` or ``"nifti"`` (any CT
+                        collection, ``data/convert_folder.py``).
     kvp:                float, tube voltage (0 when unknown).
     position_mm:        float64 [3], LPS world position (ImagePositionPatient) of the
                         slice's voxel (0, 0) in the canonical layout, mm.
