@@ -15,7 +15,9 @@
 Contract of every stage function ``stage(workdir, ...) -> summary``:
 
 * a workdir holding a finished ``summary.json`` (``status`` absent or ``"done"``) is
-  skipped: its summary is returned without recomputing anything;
+  skipped: its summary is returned without recomputing anything (a summary.json cut
+  short by a crash, or otherwise not a JSON object, counts as none, as in
+  ``runtime.run``: the stage runs again);
 * otherwise the stage runs; an interrupted training stage resumes from its own Orbax
   checkpoint (the libraries do that), the converter from its per-study cache, and the
   phantom and inference stages (seconds) are simply redone;
@@ -40,7 +42,7 @@ from typing import Any
 
 import ml_collections
 
-from dinolg_jax.runtime.json_file import write_json
+from dinolg_jax.runtime.json_file import read_json_dict, write_json
 
 SUMMARY = "summary.json"
 CONFIG = "config.json"
@@ -68,23 +70,25 @@ def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def done_summary(workdir: str | os.PathLike) -> dict[str, Any] | None:
     """The workdir's summary.json when the stage finished there (status "done"), else
-    None; a training run's own check is ``runtime.run.finished_run``."""
-    path = Path(workdir) / SUMMARY
-    if not path.is_file():
+    None; a missing, truncated or corrupt summary.json is None (the stage re-runs, and a
+    training stage resumes from its checkpoints), the rule of ``runtime.run.finished_run``,
+    which is a training run's own check."""
+    summary = read_json_dict(Path(workdir) / SUMMARY)  # truncated or corrupt: as if missing
+    if summary is None:
         return None
-    summary = json.loads(path.read_text())
     return summary if summary.get("status", "done") == "done" else None
 
 
 def check_config(workdir: str | os.PathLike, config: Any) -> None:
     """Raises :class:`StageConfigError` if ``workdir/config.json`` differs from ``config``.
 
-    A workdir without config.json (new, or interrupted before the stage wrote it) passes.
+    A workdir without a readable config.json (new, interrupted before the stage wrote
+    it, or one cut short by a crash) passes.
     """
-    path = Path(workdir) / CONFIG
-    if not path.is_file():
+    stored = read_json_dict(Path(workdir) / CONFIG)  # truncated or corrupt: as if missing
+    if stored is None:
         return
-    old = _comparable(json.loads(path.read_text()))
+    old = _comparable(stored)
     new = _comparable(_plain(config))
     if old != new:
         keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

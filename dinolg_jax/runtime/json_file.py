@@ -1,6 +1,10 @@
-"""The one JSON writer of the project: atomic, sorted, process 0 only.
+"""The one JSON writer of the project: atomic, sorted, process 0 only; and the reader of
+the run files it writes.
 
-Summaries, configs and per-study results all go through :func:`write_json`.
+Summaries, configs and per-study results all go through :func:`write_json`. A run's
+``summary.json`` or ``config.json`` is read back through :func:`read_json_dict`, which
+treats a file cut short by a crash (or otherwise not a JSON object) as absent, so the run
+resumes instead of stopping on a JSON traceback.
 """
 
 from __future__ import annotations
@@ -25,3 +29,13 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
     tmp.replace(path)
+
+
+def read_json_dict(path: str | os.PathLike) -> dict[str, Any] | None:
+    """``path``'s JSON object, or None when it is missing, unreadable, truncated, corrupt
+    or not an object (a summary or config cut by a crash is treated as absent)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None
+    return data if isinstance(data, dict) else None

@@ -60,7 +60,7 @@ from dinolg_jax.runtime import curves as curves_lib
 from dinolg_jax.runtime import folder_lock
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.runtime.cli import UsageError
-from dinolg_jax.runtime.json_file import write_json
+from dinolg_jax.runtime.json_file import read_json_dict, write_json
 from dinolg_jax.runtime.metrics_log import MetricsLog
 from dinolg_jax.runtime.progress import Progress
 
@@ -119,14 +119,29 @@ def config_differences(stored: dict[str, Any], new: dict[str, Any]) -> list[str]
     )
 
 
-def _read_json_dict(path: Path) -> dict[str, Any] | None:
-    """``path``'s JSON object, or None when it is missing, truncated, corrupt or not an
-    object (a summary or config cut by a crash is treated as absent)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+def require_same_config(workdir: str | os.PathLike, config: dict[str, Any]) -> None:
+    """Checks a re-run's config against the one ``workdir/config.json`` holds.
+
+    A workdir without a readable ``config.json`` (new, or one cut short by a crash)
+    passes; keys of :data:`HARMLESS_KEYS` may differ.
+
+    Args:
+      workdir: a run's folder.
+      config: the new run's config (``ConfigDict.to_dict()``).
+
+    Raises:
+      ConfigMismatchError: the stored config differs (the first 8 keys named).
+    """
+    stored = read_json_dict(Path(workdir) / CONFIG)
+    if stored is None:
+        return
+    differ = config_differences(stored, config)
+    if differ:
+        shown = ", ".join(differ[:8]) + (f" (+{len(differ) - 8} more)" if len(differ) > 8 else "")
+        raise ConfigMismatchError(
+            f"{workdir} holds a run with another config (differs in {shown}); "
+            "re-run with its config.json, or choose a new workdir"
+        )
 
 
 class Preemption:
@@ -207,7 +222,7 @@ def finished_run(workdir: str | os.PathLike, total_steps: int) -> dict[str, Any]
     (more steps) or one whose last checkpoint is gone gets None (it resumes).
     """
     workdir = Path(workdir)
-    summary = _read_json_dict(workdir / SUMMARY)  # truncated or corrupt: as if missing
+    summary = read_json_dict(workdir / SUMMARY)  # truncated or corrupt: as if missing
     if summary is None:
         return None
     if summary.get("status") != "done" or summary.get("step") != total_steps:
@@ -272,18 +287,11 @@ class TrainingRun:
             folder_lock.acquire(self.workdir, "training run")
         self.config = config
         self.config_dict = config.to_dict()
-        stored = _read_json_dict(self.workdir / CONFIG)
-        if stored is not None:
-            differ = config_differences(stored, self.config_dict)
-            if differ:
-                self.close()
-                shown = ", ".join(differ[:8]) + (
-                    f" (+{len(differ) - 8} more)" if len(differ) > 8 else ""
-                )
-                raise ConfigMismatchError(
-                    f"{self.workdir} holds a run with another config (differs in {shown}); "
-                    "re-run with its config.json, or choose a new workdir"
-                )
+        try:
+            require_same_config(self.workdir, self.config_dict)
+        except ConfigMismatchError:
+            self.close()
+            raise
         write_json(self.workdir / CONFIG, self.config_dict)
         self._ckpt: ckpt_lib.Checkpointer | None = None
 
@@ -416,7 +424,7 @@ class TrainingRun:
     def previous_summary(self) -> dict[str, Any]:
         """The ``summary.json`` an earlier run of this workdir left ({} when none, or
         when it is truncated or corrupt: the run then resumes from its checkpoints)."""
-        return _read_json_dict(self.workdir / SUMMARY) or {}
+        return read_json_dict(self.workdir / SUMMARY) or {}
 
     def write_summary(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Writes ``summary`` plus ``wall_s`` (seconds since this run opened) to
