@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 VERSION = 1
 SPLITS = ("pretrain", "train", "val", "test")
 
@@ -184,6 +186,21 @@ def load(path: str | os.PathLike) -> Manifest:
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ManifestError(f"{path}: malformed manifest ({type(e).__name__}: {e})") from e
     return manifest
+
+
+def record_studies(manifest: Manifest | str | os.PathLike, split: str) -> np.ndarray:
+    """str [N]: the study of every record of ``split``, in record order (N =
+    ``num_records(split)``; the groups of a per-patient bootstrap over the split's slices).
+
+    Args:
+      manifest: a loaded :class:`Manifest`, or its path (loaded and checked).
+      split: a split of it.
+    """
+    m = manifest if isinstance(manifest, Manifest) else load(manifest)
+    out = np.empty(m.num_records(split), dtype=object)
+    for study in m.studies_in(split):
+        out[list(m.study_range(study, split))] = study
+    return out.astype(str)
 
 
 def save(data: dict[str, Any], path: str | os.PathLike) -> None:

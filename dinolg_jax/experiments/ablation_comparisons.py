@@ -31,19 +31,13 @@ from dinolg_jax.eval.paired_bootstrap import paired_difference
 
 METRICS = ("probe_roc_auc", "patch_probe_roc_auc", "attn_calcium_ratio")
 
+# The study of every record of a split (moved to the data layer, where eval/ reads it too).
+record_studies = manifest_lib.record_studies
+
 
 def _mean(values: np.ndarray, labels: np.ndarray) -> float:
     del labels
     return float(np.mean(values)) if len(values) else float("nan")
-
-
-def record_studies(manifest: str | Path, split: str) -> np.ndarray:
-    """str [N]: the study of every record of ``split``, in record order."""
-    m = manifest_lib.load(manifest)
-    out = np.empty(m.num_records(split), dtype=object)
-    for study in m.studies_in(split):
-        out[list(m.study_range(study, split))] = study
-    return out.astype(str)
 
 
 def _rows(
@@ -97,7 +91,7 @@ def compare(
       workdir: the ablation's folder (``seed<s>/<arm>/{probe,attention}``).
       seeds: the ablation's seeds (each arm of a pair must have every one).
       arm_pairs: from :func:`pairs`.
-      studies: :func:`record_studies` of the test split.
+      studies: ``data.manifest.record_studies`` of the test split.
       n_boot, seed: the bootstrap's replicates and seed.
     """
     metrics: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {

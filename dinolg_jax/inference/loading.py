@@ -20,12 +20,15 @@ A segmenter finds lesions only at the scale it learnt: a U-Net trained on 64 px 
 scored a 512 px study 0.0 (true 65.0) when fed the 512 px slices directly.
 
 Resolution (``inference/resolution.py``): each model also gets the in-plane grid it
-learnt at (:func:`training_grid`: the median, min and max pixel spacing of the training
+learnt at (``data.split_grid``: the median, min and max pixel spacing of the training
 split's studies, one record each, and the record size, scaled when features or slices
-were resized to ``eval_size``), so a study of another spacing or size is resampled to it
-instead of refused. Only a model whose training spacing cannot be read (its manifest is
-gone) still refuses a study of another size; ``model_spacing_mm`` (``tools/score_study.py
---model_spacing_mm``) then states the spacing and forces the resampling.
+were resized to ``eval_size``), read from the ``summary.json`` its training wrote
+(:func:`recorded_grid`), or from its training manifest (:func:`training_grid`) for
+workdirs written before that was recorded, so a study of another spacing or size is
+resampled to it instead of refused. Only a model whose training spacing cannot be read
+(no recorded grid, and its manifest is gone) still refuses a study of another size;
+``model_spacing_mm`` (``tools/score_study.py --model_spacing_mm``) then states the
+spacing and forces the resampling.
 
 What a workdir holds (``config.json``, ``probe_config.json``, the encoder's
 ``model_config.json``, ``summary.json``) is read with ``.get`` and a fallback, each one
@@ -49,10 +52,12 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from dinolg_jax.data import manifest as manifest_lib
+from dinolg_jax.data import split_grid as split_grid_lib
 from dinolg_jax.data import transforms
 from dinolg_jax.inference.resolution import ModelGrid
 from dinolg_jax.inference.system import SliceModel
 from dinolg_jax.runtime import checkpoint as ckpt_lib
+from dinolg_jax.runtime.json_file import read_json_dict
 
 
 class WorkdirError(FileNotFoundError):
@@ -124,11 +129,10 @@ def segmenter_input_shape(
     Order: ``input_shape`` in its ``summary.json`` (``train/segment.py`` writes it); its
     ``data.eval_size`` when non-zero; the record size of the manifest it trained on.
     """
-    summary = Path(workdir) / "summary.json"
-    if summary.is_file():
-        shape = json.loads(summary.read_text()).get("input_shape")  # old summaries lack it
-        if shape:
-            return int(shape[0]), int(shape[1])
+    # old summaries lack input_shape; one cut short by a crash is read as none
+    shape = (read_json_dict(Path(workdir) / "summary.json") or {}).get("input_shape")
+    if shape:
+        return int(shape[0]), int(shape[1])
     size = int(config.data.get("eval_size", 0) or 0)  # old workdirs' config.json may lack it
     if size:
         return size, size
@@ -145,12 +149,10 @@ def training_grid(
     input_size: int = 0,
     resizes: bool = False,
 ) -> ModelGrid:
-    """The in-plane grid a model trained on ``split`` of a manifest learnt at.
-
-    Spacing: the median (and min, max) over the split's studies of their records'
-    ``pixel_mm`` (one record per study: a study's slices share it). Shape: the record
-    size, or ``input_size`` x ``input_size`` when the model saw the records resized to
-    it (the spacings are then scaled by record size / ``input_size`` per axis).
+    """The in-plane grid a model trained on ``split`` of a manifest learnt at
+    (``data.split_grid.split_grid``: the median, min and max spacing over the split's
+    studies; the record size, or ``input_size`` x ``input_size`` with the spacings scaled
+    when the model saw the records resized to it).
 
     Args:
       manifest_path: the training manifest (file or folder).
@@ -159,38 +161,30 @@ def training_grid(
       resizes: the model's own preparation resizes any slice to that size (the gate).
 
     Raises:
-      WorkdirError: no manifest, or its split has no studies.
+      WorkdirError: no manifest.
+      ManifestError: its split has no studies.
     """
-    import grain
-
-    from dinolg_jax.data import records
-
     path = Path(manifest_path)
     if not (path.is_file() or (path / "manifest.json").is_file()):
         raise WorkdirError(f"no training manifest at {path}")
-    manifest = manifest_lib.load(path)
-    source = grain.sources.ArrayRecordDataSource(manifest.shard_paths(split))
-    spacings = []
-    for study in manifest.studies_in(split):
-        rec = records.decode(source[manifest.study_range(study, split).start], ["pixel_mm"])
-        spacings.append(np.asarray(rec["pixel_mm"], np.float64))
-    if not spacings:
-        raise WorkdirError(f"{path}: split {split!r} has no studies")
-    h, w = manifest.slice_shape(split)
-    scale = np.ones(2)
-    shape = (h, w)
-    if int(input_size) > 0:
-        shape = (int(input_size), int(input_size))
-        scale = np.array([h / shape[0], w / shape[1]])
-    mm = np.stack(spacings) * scale[None, :]
-    median = np.median(mm, axis=0)
-    return ModelGrid(
-        pixel_mm=(float(median[0]), float(median[1])),
-        shape=shape,
-        range_mm=tuple((float(lo), float(hi)) for lo, hi in zip(mm.min(0), mm.max(0), strict=True)),
-        resizes=resizes,
-        origin=f"{len(spacings)} {split} studies of {path}",
-    )
+    grid = split_grid_lib.split_grid(path, split, input_size=input_size)
+    return _model_grid(grid, resizes, f"{grid.studies} {split} studies of {path}")
+
+
+def _model_grid(grid: split_grid_lib.SplitGrid, resizes: bool, origin: str) -> ModelGrid:
+    ranges = tuple(zip(grid.min_mm, grid.max_mm, strict=True))
+    return ModelGrid(grid.median_mm, grid.shape, ranges, resizes=resizes, origin=origin)  # type: ignore[arg-type]
+
+
+def recorded_grid(workdir: str | os.PathLike, *, resizes: bool = False) -> ModelGrid | None:
+    """The grid a training workdir's ``summary.json`` recorded (``pixel_spacing_mm`` and
+    ``slice_size``, written by ``train/segment.py`` and ``eval/probe.py``), or None when
+    it has none (a summary written before they were recorded, or none readable)."""
+    path = Path(workdir) / "summary.json"
+    grid = split_grid_lib.SplitGrid.from_summary(read_json_dict(path) or {})
+    if grid is None:
+        return None
+    return _model_grid(grid, resizes, f"{grid.studies} {grid.split} studies, {path}")
 
 
 def forced_grid(
@@ -226,11 +220,15 @@ def segmenter_grid(
     config: ml_collections.ConfigDict,
     model_spacing_mm: float | None = None,
 ) -> ModelGrid | None:
-    """The grid a segmenter workdir learnt at (:func:`training_grid` of its manifest),
-    ``model_spacing_mm`` when given (it overrides), or None when neither is known."""
+    """The grid a segmenter workdir learnt at: ``model_spacing_mm`` when given (it
+    overrides), the one its ``summary.json`` recorded (:func:`recorded_grid`), else
+    :func:`training_grid` of its manifest; None when none is known."""
     shape = segmenter_input_shape(workdir, config)
     if model_spacing_mm:
         return forced_grid(model_spacing_mm, shape, f"segmenter {workdir}")
+    recorded = recorded_grid(workdir)
+    if recorded is not None:
+        return recorded
     size = int(config.data.get("eval_size", 0) or 0)  # old workdirs' config.json may lack it
     manifest = training_manifest(workdir, config)
     return _grid_or_none(
@@ -245,12 +243,16 @@ def gate_grid(
     input_size: int,
     model_spacing_mm: float | None = None,
 ) -> ModelGrid | None:
-    """The grid a probe's features were extracted at: its training manifest's spacing
-    scaled to ``input_size`` (the gate resizes every slice to it), ``model_spacing_mm``
-    when given, or None when neither is known."""
+    """The grid a probe's features were extracted at: ``model_spacing_mm`` when given,
+    the one its ``summary.json`` recorded (:func:`recorded_grid`) when of ``input_size``,
+    else its training manifest's spacing scaled to ``input_size`` (the gate resizes every
+    slice to it); None when none is known."""
     if model_spacing_mm:
         shape = (int(input_size), int(input_size))
         return forced_grid(model_spacing_mm, shape, f"probe {probe_workdir}", resizes=True)
+    recorded = recorded_grid(probe_workdir, resizes=True)
+    if recorded is not None and recorded.shape == (int(input_size), int(input_size)):
+        return recorded
     manifest = training_manifest(probe_workdir, run_config)
     return _grid_or_none(
         lambda: training_grid(
