@@ -4,13 +4,18 @@ write outputs a clinician can open.
     python tools/score_study.py DICOM_DIR|CT.nii.gz --workdir runs/demo \
         [--probe_workdir runs/demo/probe] [--segmenter_workdir runs/demo/segment] \
         [--out score_out] [--mode gated|unet_only] [--threshold_hu 130] \
-        [--model_spacing_mm MM]
+        [--model_spacing_mm MM] [--series_uid UID]
 
 ``--workdir W`` stands for ``--probe_workdir W/probe --segmenter_workdir W/segment``.
 A study of any pixel spacing and size is scored: the models see it resampled to the
 spacing they were trained at (``inference/resolution.py``), and everything is written
 and scored on the study's own grid. ``--model_spacing_mm`` states that spacing for
-workdirs whose training data is gone (otherwise read from their manifest).
+workdirs whose training data is gone (otherwise read from their manifest). A study
+folder holding several series is read at the non-contrast axial series closest to 3 mm
+(``inference/series_choice.py``); ``--series_uid`` forces one. The report names the
+series read and why, and lists the study's off-domain warnings (slice thickness, tube
+voltage, contrast, spacing / field of view outside the segmenter's training range;
+``inference/domain_warnings.py``), which never change a score.
 Writes into OUT: ``ct.nii.gz`` (int16 HU) and ``labels.nii.gz`` (uint8, 1 RCA 2 LAD
 3 LCA 4 LCX; the scored voxels only) on the series' real geometry (a NIfTI input's own
 grid), so they overlay it in 3D Slicer; ``labels.seg.dcm``, a DICOM SEG referencing the
@@ -33,6 +38,9 @@ _MODE = flags.DEFINE_enum("mode", "gated", ["gated", "unet_only"], "Integrated o
 _THRESHOLD_HU = flags.DEFINE_float("threshold_hu", 130.0, "Calcium threshold (147 at 100 kVp).")
 _CONNECTIVITY = flags.DEFINE_enum("connectivity", "4", ["4", "8"], "Lesion connectivity.")
 _MIN_AREA = flags.DEFINE_float("min_area_mm2", 1.0, "Minimum lesion area, mm^2.")
+_SERIES_UID = flags.DEFINE_string(
+    "series_uid", "", "SeriesInstanceUID to score in a DICOM folder holding several series."
+)
 _MODEL_SPACING = flags.DEFINE_float(
     "model_spacing_mm", None, "Pixel spacing (mm) the models were trained at, when unrecorded."
 )
@@ -41,7 +49,7 @@ _MODEL_SPACING = flags.DEFINE_float(
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise app.UsageError("usage: score_study.py DICOM_DIR|CT.nii.gz --workdir W")
-    from dinolg_jax.inference import loading, nifti_input, study_report
+    from dinolg_jax.inference import domain_warnings, loading, nifti_input, study_report
     from dinolg_jax.runtime import mesh as mesh_lib
 
     folder = Path(argv[1])
@@ -59,6 +67,8 @@ def main(argv: list[str]) -> None:
     if is_nifti:
         if not folder.is_file():
             raise app.UsageError(f"{folder}: no such NIfTI file")
+        if _SERIES_UID.value:
+            raise app.UsageError("--series_uid chooses a series of a DICOM folder, not of NIfTI")
         workdirs.require(config.segmenter_workdir, "segment", "--segmenter_workdir")
         if _MODE.value == "gated":
             workdirs.require(config.probe_workdir, "probe", "--probe_workdir")
@@ -72,8 +82,13 @@ def main(argv: list[str]) -> None:
         need_gate=_MODE.value == "gated",
         model_spacing_mm=_MODEL_SPACING.value,
     )
-    study, result, labels = study_report.score_folder(pipe, folder, _MODE.value)
-    print(study_report.format_report(result))
+    study, result, labels = study_report.score_folder(
+        pipe, folder, _MODE.value, series_uid=_SERIES_UID.value
+    )
+    warnings = domain_warnings.study_warnings(
+        study, domain=domain_warnings.trained_domain(config.segmenter_workdir)
+    )
+    print(study_report.format_report(result, warnings, study_report.series_reason(study)))
     name = nifti_input.study_id_of(folder) if is_nifti else folder.name
     out = Path(_OUT.value or f"score_{name}")
     written = study_report.write_outputs(out, study, result, labels)

@@ -17,9 +17,12 @@ each requested mode and writes, under ``out_dir``::
                                   ``seg_skipped`` (studies without a SEG, and why) and
                                   ``studies`` (scored, skipped, failed)
 
-A study is read once and scored in every mode. Each new slice size first compiles the
-models (``CacPipeline.warmup``), so per-study timings exclude compilation (reported as
-``compile_s`` in the summary). A study whose reading fails (a corrupt
+A study is read once and scored in every mode. Each study whose models' input shapes
+are new (``CacPipeline.warmup_plan`` of its slice size and pixel spacing: a study
+resampled to the segmenter's grid runs another compiled function than one scored as
+it is) first compiles them (``CacPipeline.warmup``), so per-study timings exclude
+compilation (``compile_s`` in the summary, keyed by that plan, e.g. ``gate 16x16;
+segmenter 16x16``). A study whose reading fails (a corrupt
 DICOM, a malformed XML, a missing folder) or whose scoring raises gets an error row with
 the stage, the exception class and its message with the source root's path removed (no
 header value is ever in those messages); the other studies complete.
@@ -392,7 +395,7 @@ def run_inference(
     results: dict[str, list[StudyResult]] = {m: [] for m in modes}
     ct_written: set[str] = set()
     seg_skipped: dict[str, str] = {}
-    compiled: dict[str, float] = {}  # slice shape -> compile seconds (excluded from timings)
+    compiled: dict[str, float] = {}  # warmup plan -> compile seconds (excluded from timings)
     counts = {"scored": 0, "skipped": 0, "failed": 0}
     study_warnings: dict[str, list[str]] = {}
     resumed_convention = None
@@ -445,8 +448,11 @@ def run_inference(
                     result.timings = {"read": t_read, "total": t_read}
                 else:
                     shape = tuple(int(d) for d in study.hu.shape[1:])
-                    if str(shape) not in compiled and len(shape) == 2:
-                        compiled[str(shape)] = pipeline.warmup(shape)
+                    if len(shape) == 2:  # compile what scoring this study will use
+                        plan = pipeline.warmup_plan(shape, study.pixel_mm)
+                        key = "; ".join(f"{name} {h}x{w}" for name, (h, w) in plan)
+                        if key not in compiled:
+                            compiled[key] = pipeline.warmup(shape, study.pixel_mm)
                     t1 = time.perf_counter()
                     try:
                         with _threshold(pipeline, threshold_hu):

@@ -3,7 +3,8 @@
 :func:`format_report` renders a :class:`~dinolg_jax.inference.system.StudyResult` as
 plain text: the per-vessel table (Agatston, volume, lesion count), the total, the risk
 categories (paper4 and standard5), CAC-DRS, the flagged slices and the Agatston
-convention used, and the grid each model saw the study at when it was resampled.
+convention used, the grid each model saw the study at when it was resampled, the
+series read (and why) and the study's off-domain warnings (``domain_warnings``).
 :func:`write_overlays` saves one PNG per slice with predicted calcium: the slice in a
 soft-tissue/calcium window (stated under the image; canonical layout: anterior at the
 top, the patient's left on the image's right, as radiologists read axial CT, with
@@ -21,6 +22,7 @@ the labels are the scored voxels only (``StudyResult.labels``).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +39,23 @@ DISPLAY_WINDOW_HU = (-200.0, 800.0)
 _SIDES = (("L", "R"), ("P", "A"), ("S", "I"))
 
 
-def format_report(result: StudyResult) -> str:
-    """Plain-text report of one scored study (no identifying values: only the study id)."""
+def format_report(result: StudyResult, warnings: Sequence[str] = (), series: str = "") -> str:
+    """Plain-text report of one scored study (no identifying values: only the study id).
+
+    Args:
+      result: the scored study (or its error row).
+      warnings: its off-domain warnings (``domain_warnings.study_warnings``), listed
+        under the scores, which they never change.
+      series: why its series was read (``series_choice.SeriesChoice.reason``); "" none.
+    """
+    notes = [f"Series: {series}"] if series else []
+    if warnings:
+        notes.append(f"Off-domain warnings ({len(warnings)}; the scores are unchanged):")
+        notes += [f"  - {w}" for w in warnings]
     if result.error is not None:
         e = result.error
-        return f"Study {result.study_id}: FAILED at {e['stage']}: {e['type']}: {e['message']}"
+        head = f"Study {result.study_id}: FAILED at {e['stage']}: {e['type']}: {e['message']}"
+        return "\n".join([head, *notes])
     s = result.summary
     scores = result.scores
     n_les = {v: sum(1 for les in scores.lesions if les.vessel == v) for v in VESSELS}
@@ -74,6 +88,7 @@ def format_report(result: StudyResult) -> str:
     )
     for model, grid in result.resampled.items():
         lines.append(f"Resampled for the {model}: {grid}")
+    lines += notes
     t = result.timings
     lines.append(
         "Timings (s): "
@@ -267,22 +282,37 @@ def write_outputs(
     return written
 
 
-def load_study(path: str | os.PathLike) -> CTVolume:
-    """A DICOM series folder, or a ``.nii`` / ``.nii.gz`` CT in HU, as a CTVolume."""
+def load_study(path: str | os.PathLike, series_uid: str = "") -> CTVolume:
+    """A DICOM study folder, or a ``.nii`` / ``.nii.gz`` CT in HU, as a CTVolume.
+
+    Args:
+      path: the folder or file.
+      series_uid: SeriesInstanceUID of the series to read from a DICOM folder holding
+        several ("": ``inference.series_choice`` chooses); a NIfTI file has none, so
+        giving one for it is a ``ValueError``.
+    """
     from dinolg_jax.inference import nifti_input, sources
 
     if nifti_input.is_nifti_path(path):
+        if series_uid:
+            raise ValueError(f"{Path(path).name}: a NIfTI file has no series to choose from")
         return nifti_input.read_nifti_ct(path)
-    return sources.load_dicom_study(path)
+    return sources.load_dicom_study(path, series_uid=series_uid)
 
 
-def score_folder(pipeline, folder: str | os.PathLike, mode: str = "gated"):
-    """Reads one study (:func:`load_study`) and scores it; returns (study, result, labels
-    [Z, H, W], the scored voxels)."""
+def series_reason(study: CTVolume) -> str:
+    """Which series of a DICOM study folder was read and why ("" for other studies)."""
+    reason = getattr(study.report, "reason", "")
+    return reason if isinstance(reason, str) else ""
+
+
+def score_folder(pipeline, folder: str | os.PathLike, mode: str = "gated", series_uid: str = ""):
+    """Reads one study (:func:`load_study`, ``series_uid`` forcing a series) and scores
+    it; returns (study, result, labels [Z, H, W], the scored voxels)."""
     import time
 
     t0 = time.perf_counter()
-    study = load_study(folder)
+    study = load_study(folder, series_uid)
     t_read = time.perf_counter() - t0
     # so the timings exclude compilation
     t_compile = pipeline.warmup(study.hu.shape[1:], study.pixel_mm)

@@ -317,25 +317,44 @@ class CacPipeline:
         """The segmenter's runner (its ``calls`` / ``slices`` counters)."""
         return self._seg
 
+    def warmup_plan(
+        self, slice_shape: tuple[int, int], pixel_mm: Sequence[float] | None = None
+    ) -> tuple[tuple[str, tuple[int, int]], ...]:
+        """What :meth:`warmup` compiles for slices of ``slice_shape`` at ``pixel_mm``.
+
+        Returns:
+          ``((runner, (H, W)), ...)``: each jitted runner that scoring such a study uses
+          ("gate", "segmenter", or "segmenter probabilities" for a study resampled to the
+          segmenter's grid) and the slice shape it is handed, as :meth:`score` hands it.
+          Studies with the same plan share their compilations.
+        """
+        shape = (int(slice_shape[0]), int(slice_shape[1]))
+        plan = []
+        if self._gate is not None:
+            gate_map = self._map(self._gate_grid, shape, pixel_mm)
+            plan.append(("gate", gate_map.model_shape if gate_map else shape))
+        seg_map = self._map(self._seg_grid, shape, pixel_mm)
+        if seg_map is None:
+            plan.append(("segmenter", shape))
+        else:
+            plan.append(("segmenter probabilities", seg_map.model_shape))
+        return tuple(plan)
+
     def warmup(
-        self, slice_shape: tuple[int, int], pixel_mm: tuple[float, float] | None = None
+        self, slice_shape: tuple[int, int], pixel_mm: Sequence[float] | None = None
     ) -> float:
         """Compiles both models for slices of ``slice_shape`` (at ``pixel_mm``: whether
         they are resampled; None: resampled when the size is not the model's); returns
-        the seconds it took.
+        the seconds it took. What it compiles is :meth:`warmup_plan`.
 
-        Call it before timing a run so that per-study timings exclude compilation.
+        Call it before timing a run so that per-study timings exclude compilation; give
+        the study's pixel spacing, so that it compiles the shapes :meth:`score` will use.
         """
         t0 = time.perf_counter()
-        shape = tuple(int(v) for v in slice_shape)
-        if self._gate is not None:
-            gate_map = self._map(self._gate_grid, shape, pixel_mm)
-            self._gate.warmup(gate_map.model_shape if gate_map else shape)
-        seg_map = self._map(self._seg_grid, shape, pixel_mm)
-        if seg_map is None:
-            self._seg.warmup(shape)
-        else:
-            self._seg_probs.warmup(seg_map.model_shape)
+        runners = {"gate": self._gate, "segmenter": self._seg,
+                   "segmenter probabilities": self._seg_probs}  # fmt: skip
+        for name, shape in self.warmup_plan(slice_shape, pixel_mm):
+            runners[name].warmup(shape)
         return time.perf_counter() - t0
 
     @staticmethod

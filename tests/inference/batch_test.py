@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from fake_ct import make_ct
 
-from configs import common
 from dinolg_jax.data.volume import CTVolume, Geometry
 from dinolg_jax.inference import batch, nifti, sources, system
 from dinolg_jax.runtime import mesh as mesh_lib
@@ -274,32 +273,6 @@ def test_dicom_tasks_errors(tmp_path: Path) -> None:
         sources.dicom_tasks(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="no"):
         sources.dicom_tasks(tmp_path)
-
-
-@pytest.fixture(scope="module")
-def seg_workdir(tmp_path_factory):
-    """A tiny U-Net checkpoint written the way train/segment.py writes it."""
-    from dinolg_jax.runtime import checkpoint as ckpt_lib
-    from dinolg_jax.train import segment
-
-    config = common.segment_config("unet")
-    config.model.kwargs = {"filters": 4, "depth": 2}
-    workdir = tmp_path_factory.mktemp("seg")
-    (workdir / "config.json").write_text(json.dumps(config.to_dict(), default=str))
-    model, _ = segment.build_model(config)
-    tx = segment.segment_optimizer(config.optim, 10)
-
-    # Host arrays from the init's shapes (nothing compiled): a quick, realistic save.
-    rng = np.random.default_rng(0)
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, S, S, 1)))
-    params = jax.tree.map(lambda a: 0.3 * rng.standard_normal(a.shape, np.float32), shapes)
-    params = params["params"]
-    opt = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), jax.eval_shape(tx.init, params))
-    state = segment.SegState(np.int32(7), params, opt)
-    ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", async_save=False)
-    ckpt.save(7, state, None, config.to_dict())
-    ckpt.close()
-    return workdir, config, model, state
 
 
 def test_load_segmenter_from_a_workdir(tmp_path: Path, mesh8, seg_workdir) -> None:
@@ -736,3 +709,68 @@ def test_a_study_of_another_size_than_the_segmenter_learnt_gets_an_error_not_zer
     cfg["data"]["manifest"] = str(manifest)
     (from_manifest / "config.json").write_text(json.dumps(cfg))
     assert loading.load_segmenter(from_manifest).input_shape == (24, 24)
+
+
+def test_warmup_compiles_exactly_what_scoring_uses(tmp_path: Path, mesh8) -> None:
+    """run_inference warms up with each study's pixel spacing: scoring then traces (so
+    compiles) nothing. A 16 px study at the segmenter's 0.5 mm is segmented as it is; one
+    of the same size at 0.8 mm is resampled to the grid, which runs the segmenter's
+    probability function: warmed up by its shape alone (no spacing) it would compile
+    inside the timed scoring (the old behaviour, checked below)."""
+    import collections
+
+    from dinolg_jax.inference.resolution import ModelGrid
+
+    traces: collections.Counter = collections.Counter()
+
+    def gate(params, x):
+        traces["gate"] += 1  # runs once per trace, i.e. per compilation
+        return gate_apply(params, x)
+
+    def seg(params, x):
+        traces["segmenter"] += 1
+        return seg_apply(params, x)
+
+    def pipeline() -> system.CacPipeline:
+        grid = ModelGrid(PIXEL_MM, (S, S), origin="test")
+        seg_model = system.SliceModel(seg, {}, Spy(), "seg", (S, S), grid)
+        gate_model = system.SliceModel(gate, {"scale": jnp.float32(1.0)}, Spy(), "gate")
+        return system.CacPipeline(seg_model, mesh8, gate=gate_model, batch_size=8)
+
+    coarse = make_study("coarse")
+    coarse = CTVolume("coarse", coarse.hu, Geometry.axial((0.8, 0.8), coarse.z_mm, THICK))
+    pipe = pipeline()
+    assert pipe.warmup_plan((S, S), PIXEL_MM) == (("gate", (S, S)), ("segmenter", (S, S)))
+    assert pipe.warmup_plan((S, S), (0.8, 0.8)) == (
+        ("gate", (S, S)),
+        ("segmenter probabilities", (S, S)),
+    )
+    scoring_traces = []
+    score = pipe.score
+
+    def counted_score(study, mode, **kw):
+        before = sum(traces.values())
+        result = score(study, mode, **kw)
+        scoring_traces.append(sum(traces.values()) - before)
+        return result
+
+    pipe.score = counted_score
+    tasks = [sources.StudyTask("fine", lambda: make_study("fine")),
+             sources.StudyTask("coarse", lambda: coarse)]  # fmt: skip
+    summary = batch.run_inference(pipe, tasks, tmp_path / "out", modes=("gated", "unet_only"))
+    assert summary["studies"] == {"scored": 2, "skipped": 0, "failed": 0}
+    assert scoring_traces == [0, 0, 0, 0]  # two studies x two modes, nothing compiled
+    assert sorted(summary["compile_s"]) == [
+        "gate 16x16; segmenter 16x16",
+        "gate 16x16; segmenter probabilities 16x16",
+    ]
+    # one trace per runner: gate, segmenter (argmax), segmenter probabilities
+    assert traces == {"gate": 1, "segmenter": 2}
+    # The old call, warmup(shape) without the spacing, leaves the resampled study's
+    # function to be compiled while its scoring is timed.
+    traces.clear()
+    old = pipeline()
+    old.warmup((S, S))
+    before = sum(traces.values())
+    old.score(coarse, "unet_only")
+    assert sum(traces.values()) - before == 1

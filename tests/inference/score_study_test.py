@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pydicom
+import pytest
 import SimpleITK as sitk
 from fake_ct import make_ct
 
@@ -178,3 +179,64 @@ def test_a_nifti_study_is_scored_and_written_on_its_own_grid(tmp_path: Path) -> 
     assert lab.GetSize() == src.GetSize()
     np.testing.assert_allclose(lab.GetOrigin(), src.GetOrigin(), atol=1e-4)
     np.testing.assert_allclose(lab.GetDirection(), src.GetDirection(), atol=1e-6)
+
+
+# Two series of one study folder, 16 x 16 px at 0.4 mm: A is 3 mm at 120 kVp (what the
+# series choice takes), B 1 mm at 100 kVp with its plaque elsewhere (rows 10-13).
+UID_A, UID_B = "1.2.826.0.1.3680043.10.999.71", "1.2.826.0.1.3680043.10.999.72"
+
+
+def _two_series_study(folder: Path) -> dict[str, np.ndarray]:
+    """Writes series A (3, 3 mm) and B (7, 1 mm) into ``folder``; returns each one's HU
+    [Z, H, W] as written (axial, already canonical)."""
+    out = {}
+    for uid, number, step, kvp, rows in ((UID_A, 3, 3.0, 120.0, slice(2, 6)),
+                                         (UID_B, 7, 1.0, 100.0, slice(10, 14))):  # fmt: skip
+        hu = np.full((6, 16, 16), 40, np.int16)
+        hu[:, 0] = -1000
+        hu[2:4, rows, 6:10] = 600
+        for k in range(6):
+            make_ct(folder / f"s{number}" / f"im{k}.dcm", z=step * k, instance=k + 1,
+                    pixels=(hu[k] + 1024).astype(np.uint16), series_uid=uid,
+                    series_number=number, thickness=step, kvp=kvp)  # fmt: skip
+        out[uid] = hu
+    return out
+
+
+def test_series_uid_forces_a_series_and_the_report_lists_its_warnings(tmp_path: Path) -> None:
+    from dinolg_jax.inference import domain_warnings
+
+    written = _two_series_study(tmp_path / "study")
+    grid = ModelGrid((0.4, 0.4), (16, 16), origin="test")  # the study's own: not resampled
+    seg = system.SliceModel(
+        _seg_apply, {}, lambda hu: (hu.astype(np.float32) / 1000.0)[..., None], "t", (16, 16), grid
+    )
+    pipe = system.CacPipeline(seg, mesh_lib.make_mesh(), batch_size=8)
+    vol, _, _ = study_report.score_folder(pipe, tmp_path / "study", "unet_only")
+    assert vol.report.series_uid == UID_A  # the 3 mm series by default
+    np.testing.assert_array_equal(vol.hu, written[UID_A])
+    assert domain_warnings.study_warnings(vol) == []
+    forced, fres, _ = study_report.score_folder(
+        pipe, tmp_path / "study", "unet_only", series_uid=UID_B
+    )
+    np.testing.assert_array_equal(forced.hu, written[UID_B])
+    reason = study_report.series_reason(forced)
+    assert reason.startswith("series 7 (6 slices, 1 mm") and reason.endswith("forced by series_uid")
+    # 1 mm and 100 kVp: exactly the thickness and tube-voltage warnings (the 16 px field
+    # holds too few soft-tissue voxels for the contrast proxy; no domain given).
+    warnings = domain_warnings.study_warnings(forced)
+    assert warnings == [
+        "slice thickness 1 mm outside 2.5-3 mm (Agatston is defined at 3 mm)",
+        "tube voltage 100 kVp (Agatston's 130 HU is defined at 120 kVp)",
+    ]
+    text = study_report.format_report(fres, warnings, reason).splitlines()
+    at = text.index("Off-domain warnings (2; the scores are unchanged):")
+    assert text[at + 1 : at + 3] == [f"  - {w}" for w in warnings]
+    assert f"Series: {reason}" in text
+    # the plaque of B by hand: 4 x 4 px of 0.16 mm2 at 600 HU (weight 4) on two 1 mm
+    # slices (thickness factor 1/3)
+    assert fres.summary["total"] == pytest.approx(2 * 4 * 16 * 0.16 / 3, rel=1e-6)
+    assert not fres.resampled
+    nifti.write_study(tmp_path / "b.nii.gz", None, forced, None)
+    with pytest.raises(ValueError, match="a NIfTI file has no series"):
+        study_report.load_study(tmp_path / "b.nii.gz", series_uid=UID_B)
