@@ -49,7 +49,7 @@ import ml_collections
 import optax
 
 from dinolg_jax.data import manifest as manifest_lib
-from dinolg_jax.data import pipeline, run_manifest
+from dinolg_jax.data import pipeline, run_manifest, split_grid
 from dinolg_jax.eval.segment_eval import evaluate
 from dinolg_jax.models.segmenters import build_segmenter
 from dinolg_jax.runtime import checkpoint as ckpt_lib
@@ -269,7 +269,10 @@ def train_segmenter(
       ``steps_per_epoch``, ``model``, ``status`` ("done", or "preempted" after a SIGTERM:
       the current step finishes, a checkpoint is written, no evaluation), ``metrics``
       (last logged), ``first_loss``, ``eval`` (see :func:`evaluate`; None when
-      preempted), ``params_checksum``, ``wall_s``. A re-run of a finished run returns its
+      preempted), ``params_checksum``, ``wall_s``, and the grid it learnt at
+      (``data.split_grid``: ``pixel_spacing_mm`` median / min / max over the train
+      split's studies at the size it saw them, ``slice_size``), which inference resamples
+      studies to. A re-run of a finished run returns its
       summary at once; a re-run of a preempted one resumes.
 
     Raises:
@@ -294,6 +297,8 @@ def train_segmenter(
     finished = run.finished(total_steps)
     if finished is not None:  # a re-run of a finished run: nothing to do
         return finished
+    # the spacing and slice size it learns at, recorded for inference to resample to
+    grid = split_grid.split_grid(manifest, config.splits.train, input_size=int(data.eval_size))
 
     model, encoder_params = build_model(config)
     tx = segment_optimizer(config.optim, total_steps)
@@ -334,5 +339,6 @@ def train_segmenter(
             "eval_split": str(config.splits.test),
             "eval": evaluation,
             "params_checksum": ckpt_lib.params_checksum(state.params),
+            **grid.summary_fields(),
         }
     )

@@ -157,6 +157,12 @@ def test_train_segmenter_resumes_exactly_and_evaluates(tmp_path):
     work = tmp_path / "run"
     first = segment.train_segmenter(_smoke_config(manifest, 4), work)
     assert first["step"] == 4
+    # the grid it learnt at, for inference: write_dataset's records are 0.7 mm, 32 px
+    assert first["slice_size"] == first["input_shape"] == [32, 32]
+    spacing = first["pixel_spacing_mm"]
+    assert (spacing["studies"], spacing["split"]) == (2, "train")
+    for key in ("median", "min", "max"):
+        assert spacing[key] == pytest.approx([0.7, 0.7], rel=1e-6)
     # Drop the final checkpoint: the re-run resumes from step 2 and must end bit-identical.
     shutil.rmtree(work / "checkpoints" / "4")
     again = segment.train_segmenter(_smoke_config(manifest, 4), work)
