@@ -10,12 +10,20 @@
    least ``eval.target_recall`` (default 0.95: a missed calcified slice is never
    segmented), from ``eval.metrics.threshold_for_recall``.
 4. Val and test: TP/TN/FP/FN, precision, recall, specificity, F1, accuracy at that
-   threshold and ROC-AUC; a confusion-matrix PNG of test, the ROC of val and test with the
-   threshold marked (``roc_val.png``, ``roc_test.png``: ``eval.roc_plot``); ``summary.json``.
+   threshold and ROC-AUC; for test, 95 % bootstrap intervals of ROC-AUC and F1 over
+   patients (``eval.metrics.binary_intervals``, a study's slices drawn together); a
+   confusion-matrix PNG of test, the ROC of val and test with the threshold marked
+   (``roc_val.png``, ``roc_test.png``: ``eval.roc_plot``); ``summary.json``, which also
+   records the pixel spacing and slice size the features were taken at
+   (``data.split_grid``), the grid inference resamples a study to.
 
 5. With ``patch_probe.enabled``, the dense probe (``eval/patch_probe.py``) on the same
    cached tokens: per patch "does it hold calcium?", from the pixel labels; a measurement in
    ``summary["patch"]``, not part of the gate.
+
+A re-run into the same workdir retrains from the cached features (same config, same
+bytes); a workdir holding a probe run of another config is refused with the differing
+keys named (``runtime.run.require_same_config``), never silently overwritten.
 
 The trained probe is saved to ``WORKDIR/probe/`` (Orbax params + ``probe_config.json``
 holding the probe name and fields, the feature settings and the threshold), which
@@ -40,14 +48,16 @@ import optax
 import orbax.checkpoint as ocp
 
 from dinolg_jax.data import manifest as manifest_lib
-from dinolg_jax.data import run_manifest
+from dinolg_jax.data import run_manifest, split_grid
 from dinolg_jax.eval import features as features_lib
 from dinolg_jax.eval import metrics as metrics_lib
 from dinolg_jax.eval import roc_plot
 from dinolg_jax.models.probes import PROBE_INPUTS, build_probe
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
+from dinolg_jax.runtime import run as run_lib
 from dinolg_jax.runtime.json_file import write_json
+from dinolg_jax.runtime.progress import Progress
 
 matplotlib.use("Agg")
 
@@ -114,6 +124,7 @@ def train_probe(
     pos_weight: float,
     seed: int,
     weight_decay: float = 0.0,
+    show_progress: bool = True,
 ) -> tuple[Any, list[float]]:
     """Trains a probe with AdamW and the weighted BCE on host features.
 
@@ -128,6 +139,8 @@ def train_probe(
       lr, epochs, batch_size, weight_decay: optimiser settings.
       pos_weight: loss weight of a positive row (negatives weigh 1).
       seed: init and shuffling seed.
+      show_progress: the trainers' progress line on stderr (``runtime.progress``: step,
+        steps/s, time left; process 0 only). It never changes the result.
 
     Returns:
       (params, mean loss per epoch).
@@ -158,18 +171,26 @@ def train_probe(
         return optax.apply_updates(params, updates), opt_state, loss
 
     history = []
-    for epoch in range(int(epochs)):
-        order = np.random.default_rng([int(seed), epoch]).permutation(n)
-        losses = []
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            pad = batch_size - len(idx)
-            full = np.concatenate([idx, np.zeros(pad, idx.dtype)])
-            w = np.where(y[full], pos_weight, 1.0).astype(np.float32)
-            w[len(idx) :] = 0.0
-            params, opt_state, loss = step(params, opt_state, _rows(x, full), y[full], w)
-            losses.append(float(loss))
-        history.append(float(np.mean(losses)))
+    steps_per_epoch = -(-n // batch_size)
+    progress = Progress(
+        int(epochs) * steps_per_epoch, 0, enabled=show_progress and jax.process_index() == 0
+    )
+    try:
+        for epoch in range(int(epochs)):
+            order = np.random.default_rng([int(seed), epoch]).permutation(n)
+            losses = []
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                pad = batch_size - len(idx)
+                full = np.concatenate([idx, np.zeros(pad, idx.dtype)])
+                w = np.where(y[full], pos_weight, 1.0).astype(np.float32)
+                w[len(idx) :] = 0.0
+                params, opt_state, loss = step(params, opt_state, _rows(x, full), y[full], w)
+                losses.append(float(loss))
+                progress.update(epoch * steps_per_epoch + start // batch_size + 1)
+            history.append(float(np.mean(losses)))
+    finally:
+        progress.close()
     return params, history
 
 
@@ -268,19 +289,58 @@ def make_score_fn(
     return jax.jit(scores, in_shardings=(rep, rep, batch), out_shardings=batch)
 
 
+def split_intervals(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    threshold: float,
+    manifest: Any,
+    split: str,
+) -> dict[str, dict[str, Any]]:
+    """95 % bootstrap intervals of a split's ROC-AUC and F1, resampling patients.
+
+    Args:
+      scores, labels: [N] the split's slice scores and ``has_calcium``, in record order.
+      threshold: F1's decision threshold (``score >= threshold``).
+      manifest: the manifest (or its path) whose ``split`` the rows are.
+      split: the split; each of its studies is a patient (``data.manifest.record_studies``),
+        whose slices are drawn together.
+
+    Returns:
+      ``{"roc_auc": {...}, "f1": {...}}``, each ``eval.metrics.Interval.summary()``
+      (``value``, ``ci95`` [lo, hi], ``n_boot``, ``n_groups``), from
+      ``eval.metrics.binary_intervals`` with its default resamples and seed.
+
+    Raises:
+      ValueError: the rows are not the split's records (counts differ).
+    """
+    groups = manifest_lib.record_studies(manifest, split)
+    if len(groups) != len(scores):
+        raise ValueError(f"{len(scores)} scores for the {len(groups)} records of split {split!r}")
+    intervals = metrics_lib.binary_intervals(scores, labels, threshold, groups=groups)
+    return {name: interval.summary() for name, interval in intervals.items()}
+
+
 def run_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
     """Features -> probe -> val threshold -> val/test metrics, PNG, saved probe, summary.
 
     Returns:
       The summary (also ``workdir/summary.json``): ``probe``, ``pos_weight``, ``history``
-      (loss per epoch), ``threshold``, ``val`` and ``test`` metrics, split sizes,
-      ``encoder_checksum``, ``params_checksum``, ``wall_s``; and ``patch``, the dense
-      probe's result (``eval.patch_probe.run_patch_probe``), when
-      ``config.patch_probe.enabled``.
+      (loss per epoch), ``threshold``, ``val`` and ``test`` metrics (``test["intervals"]``:
+      :func:`split_intervals`), split sizes, ``encoder_checksum``, ``params_checksum``,
+      ``wall_s``; the grid its features were taken at (``data.split_grid``:
+      ``pixel_spacing_mm`` median / min / max over the train split's studies at the
+      input size, ``slice_size``); and ``patch``, the dense probe's result
+      (``eval.patch_probe.run_patch_probe``), when ``config.patch_probe.enabled``.
+
+    Raises:
+      runtime.run.ConfigMismatchError: ``workdir`` holds a probe run of another config
+        (the keys named; ``runtime.run.HARMLESS_KEYS`` may differ).
     """
     t_start = time.perf_counter()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    # a re-run retrains from the cached features; one with another config stops here
+    run_lib.require_same_config(workdir, config.to_dict())
     write_json(workdir / "config.json", config.to_dict())
     if not config.encoder:
         raise ValueError("config.encoder must point at a pretraining workdir or encoder export")
@@ -316,6 +376,9 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
     threshold = metrics_lib.threshold_for_recall(scores["val"], y_val, target)
     val = score_metrics(scores["val"], y_val, threshold)
     test = score_metrics(scores["test"], feats["test"]["has_calcium"], threshold)
+    test["intervals"] = split_intervals(
+        scores["test"], feats["test"]["has_calcium"], threshold, manifest, config.splits.test
+    )
     if jax.process_index() == 0:
         confusion_png(test, workdir / "confusion_test.png", f"{name} probe, test")
         y_test = feats["test"]["has_calcium"]
@@ -356,6 +419,10 @@ def run_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
         "num_calcium_slices": {s: int(np.sum(feats[s]["has_calcium"])) for s in feats},
         "encoder_checksum": enc_sum,
         "params_checksum": ckpt_lib.params_checksum(params),
+        # the spacing and slice size its features were taken at, for inference to resample to
+        **split_grid.split_grid(
+            manifest, config.splits.train, input_size=int(config.data.eval_size)
+        ).summary_fields(),
         "wall_s": time.perf_counter() - t_start,
     }
     if patch is not None:

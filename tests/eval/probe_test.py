@@ -184,6 +184,16 @@ def test_run_probe_end_to_end(tiny_encoder, tmp_path):
     assert summary["test"]["recall"] >= 0.95
     m = summary["test"]
     assert m["tp"] + m["fn"] == 4 and m["tn"] + m["fp"] == 8
+    # intervals over the 2 test studies, around the values computed on all slices
+    for key in ("roc_auc", "f1"):
+        interval = m["intervals"][key]
+        assert interval["value"] == m[key] and interval["n_groups"] == 2
+        assert interval["ci95"][0] <= m[key] <= interval["ci95"][1]
+    # the grid of its features: write_dataset's 0.7 mm records seen at the input size
+    side = probe.load_probe(tmp_path)[2]["input_size"]
+    assert summary["slice_size"] == [side, side]
+    want = 0.7 * 32 / side
+    assert summary["pixel_spacing_mm"]["median"] == pytest.approx([want, want], rel=1e-6)
     assert (tmp_path / "confusion_test.png").stat().st_size > 1000
     from PIL import Image
 
@@ -241,3 +251,63 @@ def test_pooling_with_patch_max_holds_the_max_over_final_patch_tokens():
     np.testing.assert_array_equal(only_max, np.asarray(with_max)[:, -d:])
     with pytest.raises(ValueError, match="pooling"):
         features.pooled_and_tokens(vit, params, x, 1, "sum")
+
+
+def test_split_intervals_draw_each_studys_slices_together(tmp_path):
+    """Hand-checkable: 4 studies of 6 slices with the same scores and labels, so every
+    draw of whole studies has ROC-AUC 7/8 and F1 1/2 (a point interval); drawn slice by
+    slice instead, the interval widens."""
+    manifest = write_dataset(tmp_path / "a", size=16, studies=4, slices_per_study=6, shards=2)
+    # per study: positives 0.9, 0.4; negatives 0.5, 0.1, 0.3, 0.2 -> 7 of 8 pairs ordered;
+    # at 0.45: TP 1 (0.9), FP 1 (0.5), FN 1 (0.4) -> precision = recall = F1 = 0.5
+    scores = np.tile([0.9, 0.5, 0.1, 0.4, 0.3, 0.2], 4)
+    labels = np.tile([1, 0, 0, 1, 0, 0], 4).astype(bool)
+    got = probe.split_intervals(scores, labels, 0.45, manifest, "test")
+    assert got["roc_auc"]["value"] == 0.875 and got["roc_auc"]["ci95"] == [0.875, 0.875]
+    assert got["f1"]["value"] == 0.5 and got["f1"]["ci95"] == [0.5, 0.5]
+    assert got["roc_auc"]["n_groups"] == 4 and got["roc_auc"]["n_boot"] == 1000
+    from dinolg_jax.eval import metrics
+
+    rows = metrics.binary_intervals(scores, labels, 0.45)  # slices as independent rows
+    assert rows["roc_auc"].lo < 0.875 < rows["roc_auc"].hi
+    # 2 studies: A ranks its pair right (AUC 1), B wrong (AUC 0); both pooled: 3 of 4
+    # pairs. Drawing 2 studies gives AA (1/4: 1.0), AB or BA (1/2: 0.75), BB (1/4: 0.0),
+    # so the 2.5 and 97.5 percentiles are 0 and 1: "0.75 [0.00, 1.00]".
+    two = write_dataset(tmp_path / "b", size=16, studies=2, slices_per_study=2, shards=1)
+    got = probe.split_intervals(
+        np.array([0.9, 0.1, 0.2, 0.8]), np.array([1, 0, 1, 0], bool), 0.5, two, "test"
+    )
+    auc = got["roc_auc"]
+    assert metrics.format_interval(auc["value"], auc["ci95"]) == "0.75 [0.00, 1.00]"
+    with pytest.raises(ValueError, match="3 scores for the 4 records"):
+        probe.split_intervals(np.zeros(3), np.zeros(3, bool), 0.5, two, "test")
+
+
+def test_probe_training_shows_the_progress_line_and_keeps_its_result(capsys):
+    """10 rows in batches of 4: 3 steps an epoch, 9 in 3 epochs; the line changes nothing."""
+    x, y = _separable(10, 0)
+    model = build_probe("linear")
+    kwargs = dict(lr=0.05, epochs=3, batch_size=4, pos_weight=1.0, seed=0)
+    with_line, hist = probe.train_probe(model, x, y, **kwargs)
+    err = capsys.readouterr().err
+    assert "step 9/9 (100%)" in err and "steps/s" in err
+    quiet, hist_quiet = probe.train_probe(model, x, y, show_progress=False, **kwargs)
+    assert capsys.readouterr().err == ""
+    assert hist == hist_quiet
+    assert ckpt_lib.params_checksum(with_line) == ckpt_lib.params_checksum(quiet)
+
+
+def test_a_rerun_with_another_probe_config_stops_before_any_work(tmp_path):
+    from dinolg_jax.runtime import run as run_lib
+    from dinolg_jax.runtime.json_file import write_json
+
+    c = common.probe_config("linear")
+    c.encoder = str(tmp_path / "no_encoder")
+    write_json(tmp_path / "config.json", c.to_dict())
+    stored = (tmp_path / "config.json").read_text()
+    other = common.probe_config("transformer")
+    other.encoder = c.encoder
+    with pytest.raises(run_lib.ConfigMismatchError, match=r"differs in .*probe\.name"):
+        probe.run_probe(other, tmp_path)
+    assert (tmp_path / "config.json").read_text() == stored
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
