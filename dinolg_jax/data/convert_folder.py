@@ -33,29 +33,31 @@ maps them back, for the data's owner).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
-import math
-import multiprocessing
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from absl import logging
 from scipy import ndimage
 
-from dinolg_jax.data import convert, dicom, folder_source, manifest, nifti_reader, records
+from dinolg_jax.data import (
+    convert,
+    dataset_writer,
+    dicom,
+    folder_source,
+    manifest,
+    nifti_reader,
+    records,
+    stratified_split,
+)
 from dinolg_jax.data.volume import CTVolume
-from dinolg_jax.runtime.folder_lock import FolderLock
 
 CACHE_VERSION = 1
 SPLITS = manifest.SPLITS
-VAL_FRACTION = convert.VAL_FRACTION
-TEST_FRACTION = convert.TEST_FRACTION
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 
 __all__ = ["FolderConvertError", "convert_folder", "format_summary", "mask_centers"]
@@ -147,10 +149,9 @@ def prepare_study(
     except (dicom.DicomError, nifti_reader.NiftiReadError) as e:
         summary["error"] = folder_source.strip_root(f"{type(e).__name__}: {e}", images)
         return summary
-    chunks, labelled = [], 0
+    blobs, labelled = [], 0
     for rec in slice_records(volume):
-        blob = records.encode(rec)
-        chunks += [convert._LEN.pack(len(blob)), blob]
+        blobs.append(records.encode(rec))
         labelled += rec["has_calcium"]
     summary.update(
         num_slices=int(volume.hu.shape[0]),
@@ -163,8 +164,8 @@ def prepare_study(
         report=dataclasses.asdict(report),
         load_s=time.perf_counter() - t0,
     )
-    convert._atomic_write(rec_path, b"".join(chunks))
-    convert._atomic_write(meta_path, json.dumps(summary, sort_keys=True).encode())
+    dataset_writer.atomic_write(rec_path, dataset_writer.frame(blobs))
+    dataset_writer.atomic_write(meta_path, json.dumps(summary, sort_keys=True).encode())
     return summary
 
 
@@ -172,44 +173,18 @@ def _prepare_task(args: tuple) -> dict[str, Any]:
     return prepare_study(*args)
 
 
-def assign_splits(strata: dict[str, str], seed: int) -> dict[str, str]:
-    """Study split: study id -> "train" | "val" | "test" (module docstring's rule).
-
-    Args:
-      strata: study id -> stratum name (here "labelled" or "empty").
-      seed: the generator's seed.
-    """
-    rng = np.random.default_rng(seed)
-    out = {}
-    for stratum in sorted(set(strata.values())):
-        ids = sorted(s for s, k in strata.items() if k == stratum)
-        n = len(ids)
-        order = [ids[i] for i in rng.permutation(n)]
-        n_val = max(1, math.floor(VAL_FRACTION * n + 0.5)) if n >= 3 else 0
-        n_test = max(1, math.floor(TEST_FRACTION * n + 0.5)) if n >= 3 else 0
-        for i, sid in enumerate(order):
-            out[sid] = "val" if i < n_val else "test" if i < n_val + n_test else "train"
-    return out
-
-
 def _members(
     ok: list[dict], with_masks: bool, seed: int
 ) -> tuple[dict[str, str], dict[str, list[dict]]]:
-    """The supervised split of each labelled study and each split's studies (in order)."""
+    """The supervised split of each labelled study and each split's studies (in order):
+    `stratified_split` with the strata "empty" then "labelled" (alphabetical)."""
     strata = {
         s["study_id"]: "labelled" if s["labelled_slices"] else "empty"
         for s in ok
         if with_masks and s["labels_valid"]
     }
-    split_of = assign_splits(strata, seed)
-    members: dict[str, list[dict]] = {k: [] for k in SPLITS}
-    for s in ok:
-        sup = split_of.get(s["study_id"])
-        if sup is not None:
-            members[sup].append(s)
-        if sup not in ("val", "test"):
-            members["pretrain"].append(s)
-    return split_of, members
+    split_of = stratified_split.assign(strata, seed, sorted(set(strata.values())))
+    return split_of, stratified_split.members(ok, split_of)
 
 
 def convert_folder(
@@ -260,110 +235,55 @@ def convert_folder(
             f"{images}: no DICOM series folder or .nii / .nii.gz file found "
             f"({len(found.ignored_files)} file(s) ignored by name)"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    with FolderLock(out, "conversion"):
-        return _convert_locked(
-            images, out, masks, found, seed, int(workers), int(shards_per_split), keep_cache,
-            progress,
-        )  # fmt: skip
-
-
-def _convert_locked(
-    images: Path,
-    out: Path,
-    masks: Path | None,
-    found: folder_source.StudyList,
-    seed: int,
-    workers: int,
-    shards_per_split: int,
-    keep_cache: bool,
-    progress: bool,
-) -> dict[str, Any]:
-    """`convert_folder`'s work, with `out`'s lock held."""
-    t_start = time.perf_counter()
-    cache_dir = out / "cache"
-    cache_dir.mkdir(exist_ok=True)
-    for stale in [*out.glob(".*.tmp"), *cache_dir.glob(".*.tmp")]:  # left by a killed run
-        stale.unlink(missing_ok=True)
     root_masks = None if masks is None else str(masks)
-    tasks = [(str(images), root_masks, s, str(cache_dir)) for s in found.studies]
-    with contextlib.ExitStack() as stack:
-        pool = None
-        if workers > 1:  # spawn: fork is unsafe once JAX (or any threaded library) is loaded
-            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers))
-        summaries = convert._run(_prepare_task, tasks, pool, "studies", progress)
-        t_loaded = time.perf_counter()
+    tasks = [(str(images), root_masks, st, str(out / "cache")) for st in found.studies]
+
+    def need_bytes() -> float:  # records ~1.5x the int16 voxels, in the cache and 2 shards
+        total = 0
+        for st in found.studies:
+            total += sum((images / f).stat().st_size for f in st.files)
+            if masks is not None and st.mask is not None:
+                total += (masks / st.mask).stat().st_size
+        return 4.5 * total
+
+    with dataset_writer.DatasetWriter(
+        out,
+        workers=int(workers),
+        shards_per_split=int(shards_per_split),
+        keep_cache=keep_cache,
+        progress=progress,
+    ) as writer:
+        summaries = writer.prepare(_prepare_task, tasks, need_bytes)
         ok = [s for s in summaries if "error" not in s]  # listed in rel-path order
         split_of, members = _members(ok, masks is not None, seed)
-        (out / "manifest.json").unlink(missing_ok=True)  # no stale index if this run dies
-        plans, starts = {}, {}
-        for split in SPLITS:
-            plans[split], starts[split] = convert._plan_split(
-                out, split, members[split], cache_dir, shards_per_split
-            )
-        shard_tasks = [t for split in SPLITS for t in plans[split]]
-        counts = iter(
-            convert._run(convert._write_shard_task, shard_tasks, pool, "shards", progress)
-        )
-    splits = {}
-    for split in SPLITS:
-        shard_list = [{"path": Path(t[0]).name, **next(counts)} for t in plans[split]]
-        splits[split] = {
-            "shards": shard_list,
-            "num_records": sum(sh["num_records"] for sh in shard_list),
-            "num_studies": len(members[split]),
-            "num_positive": sum(s["labelled_slices"] for s in members[split]),
+        splits, starts = writer.write_splits(members, "labelled_slices")
+        studies = {
+            s["study_id"]: {
+                "kind": s["kind"],
+                "split": split_of.get(s["study_id"], "pretrain"),
+                "num_slices": s["num_slices"],
+                "records": {
+                    k: starts[k][s["study_id"]] for k in SPLITS if s["study_id"] in starts[k]
+                },
+                "agatston": None,
+                "category": None,
+                "calcified_slices": s["labelled_slices"],
+                "labelled_slices": s["labelled_slices"],
+                "labels_valid": s["labels_valid"],
+                "lossy_compression": s["lossy_compression"],
+            }
+            for s in ok
         }
-    studies = {
-        s["study_id"]: {
-            "kind": s["kind"],
-            "split": split_of.get(s["study_id"], "pretrain"),
-            "num_slices": s["num_slices"],
-            "records": {k: starts[k][s["study_id"]] for k in SPLITS if s["study_id"] in starts[k]},
-            "agatston": None,
-            "category": None,
-            "calcified_slices": s["labelled_slices"],
-            "labelled_slices": s["labelled_slices"],
-            "labels_valid": s["labels_valid"],
-            "lossy_compression": s["lossy_compression"],
-        }
-        for s in ok
-    }
-    manifest.save(
-        {
+        index = {
             "record_version": records.VERSION,
             "seed": int(seed),
             "source": "folder",
             "masks": masks is not None,
             "splits": splits,
             "studies": studies,
-        },
-        out / "manifest.json",
-    )
-    keep = {sh["path"] for sp in splits.values() for sh in sp["shards"]}
-    for old in out.glob("*-of-*.array_record"):
-        if old.name not in keep:
-            old.unlink()
-    t_end = time.perf_counter()
-    report = build_report(found, summaries, splits, masks is not None)
-    for warning in report["warnings"]:
-        logging.warning("%s", warning)
-    n_slices = sum(s["num_slices"] for s in ok)
-    report["timings"] = {
-        "load_s": round(t_loaded - t_start, 3),
-        "write_s": round(t_end - t_loaded, 3),
-        "total_s": round(t_end - t_start, 3),
-        "slices": n_slices,
-        "slices_per_s": round(n_slices / max(t_end - t_start, 1e-9), 2),
-        "workers": int(workers),
-    }
-    convert._atomic_write(out / "report.json", (json.dumps(report, indent=1) + "\n").encode())
-    if not keep_cache:
-        for p in [*cache_dir.glob("*.records"), *cache_dir.glob("*.json")]:
-            p.unlink()
-        with contextlib.suppress(OSError):  # not empty: something else lives there
-            cache_dir.rmdir()
-    return report
+        }
+        report = build_report(found, summaries, splits, masks is not None)
+        return writer.finish(report, index, sum(s["num_slices"] for s in ok))
 
 
 def build_report(
@@ -456,7 +376,7 @@ def format_summary(report: dict[str, Any]) -> str:
     lines = [head, "-" * len(head)]
     for split, row in report["splits"].items():
         lines.append(f"{split:<9}{row['studies']:>8}{row['slices']:>8}{row['labelled_slices']:>9}")
-    c, t = report["counts"], report.get("timings", {})
+    c = report["counts"]
     lines += [
         "",
         f"studies: {c['studies_found']} found ({c['dicom_series']} DICOM series, "
@@ -467,11 +387,4 @@ def format_summary(report: dict[str, Any]) -> str:
         f"lossy: {c['studies_lossy_compression']}; HU rounded: {c['studies_rounded_hu']}",
     ]
     lines += [f"skipped {s['path']}: {s['reason']}" for s in report["skipped_studies"]]
-    if t:
-        lines.append(
-            f"time: {t['total_s']:.1f} s ({t['load_s']:.1f} s loading, {t['write_s']:.1f} s "
-            f"writing), {t['slices']} slices, {t['slices_per_s']:.1f} slices/s, "
-            f"{t['workers']} worker(s)"
-        )
-    lines += [f"WARNING: {w}" for w in report.get("warnings", [])]
-    return "\n".join(lines)
+    return "\n".join(lines + dataset_writer.format_tail(report))

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dinolg_jax.data import coca
+from dinolg_jax.data import coca, dataset_writer
 
 CATEGORIES = ("low", "moderate", "high", "very high")  # paper4, lowest first
 
@@ -256,7 +256,7 @@ def format_summary(report: dict[str, Any]) -> str:
             f"{split:<9}{row['studies']:>8}{row['slices']:>8}{row['positive_slices']:>8}"
             + "".join(f"{cats.get(c, 0):>11}" for c in CATEGORIES)
         )
-    c, sc, t = report["counts"], report["self_check"], report.get("timings", {})
+    c, sc = report["counts"], report["self_check"]
     lines += [
         "",
         f"gated patients: {c['gated_with_dicom']} with DICOM ({c['gated_annotated']} annotated, "
@@ -279,11 +279,4 @@ def format_summary(report: dict[str, Any]) -> str:
             f"kept out of every split, HU that cannot be right: {c['hu_unreliable_excluded']} "
             f"study(ies): {', '.join(h['study'] for h in report.get('hu_unreliable', []))}"
         )
-    if t:
-        lines.append(
-            f"time: {t['total_s']:.1f} s ({t['load_s']:.1f} s loading, {t['write_s']:.1f} s "
-            f"writing), {t['slices']} slices, {t['slices_per_s']:.1f} slices/s, "
-            f"{t['workers']} worker(s)"
-        )
-    lines += [f"WARNING: {w}" for w in report.get("warnings", [])]
-    return "\n".join(lines)
+    return "\n".join(lines + dataset_writer.format_tail(report))

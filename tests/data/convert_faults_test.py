@@ -4,7 +4,6 @@ lose lesions, an interrupted run, a full disk, a release pointed at wrongly, bad
 from __future__ import annotations
 
 import errno
-import json
 import os
 import plistlib
 import signal
@@ -17,7 +16,7 @@ import grain
 import pydicom
 import pytest
 
-from dinolg_jax.data import coca, convert, manifest, records, shards
+from dinolg_jax.data import coca, convert, dataset_writer, manifest, records, shards
 from dinolg_jax.phantom import coca_release
 
 REPO = Path(__file__).resolve().parents[2]
@@ -135,7 +134,7 @@ def test_disk_full_is_one_error_naming_the_folder_and_nothing_looks_complete(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(convert, "CACHE_VERSION", convert.CACHE_VERSION + 1)  # no reuse
-    monkeypatch.setattr(convert, "_atomic_write" if where == "cache" else "write_shard", full)
+    monkeypatch.setattr(dataset_writer, "atomic_write" if where == "cache" else "write_shard", full)
     with pytest.raises(convert.ConvertError) as err:
         convert.convert_release(release, out, seed=0, shards_per_split=2, progress=False)
     message = str(err.value)
@@ -145,15 +144,6 @@ def test_disk_full_is_one_error_naming_the_folder_and_nothing_looks_complete(
     assert not list(out.rglob("*.tmp"))
     with pytest.raises(manifest.ManifestError, match="no manifest"):
         manifest.load(out)
-
-
-def test_shard_bytes_estimate_is_the_cache_records_pro_rata(tmp_path):
-    cache = tmp_path / "gated-0001.records"
-    cache.write_bytes(b"x" * 1000)
-    (tmp_path / "gated-0001.json").write_text(json.dumps({"num_slices": 10}))
-    tasks = [("a", [(str(cache), 0, 4)]), ("b", [(str(cache), 4, 6)])]
-    assert convert._shard_bytes(tasks) == 1000
-    assert convert._shard_bytes(tasks[:1]) == 400
 
 
 _SLOW_TOOL = """
