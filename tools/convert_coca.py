@@ -56,7 +56,7 @@ def _check_release(path: str) -> None:
 def main(argv: list[str]) -> None:
     cli.no_arguments(argv)
     _check_release(_RELEASE.value)
-    from dinolg_jax.data import convert, convert_report
+    from dinolg_jax.data import convert, convert_report, dataset_writer
 
     try:
         report = convert.convert_release(
@@ -69,11 +69,7 @@ def main(argv: list[str]) -> None:
             unreliable_labels=_UNRELIABLE.value,
         )
     except KeyboardInterrupt:
-        cli.fail(
-            f"interrupted: no manifest.json was written in {_OUT.value}; re-run the same "
-            "command to resume (finished studies are reused)",
-            130,
-        )
+        cli.fail(dataset_writer.interrupted_message(_OUT.value), cli.EXIT_INTERRUPTED)
     print(convert_report.format_summary(report))
     print(json.dumps(report["timings"]))
 

@@ -11,8 +11,10 @@ identifying header value). With --masks, a NIfTI label volume per study matched 
 records' labels, DINO-LG's guided crops centre on it, and the studies with a mask are
 split ~80/10/10 into train / val / test; without, every study is in pretrain. Writes
 the dataset ``tools/convert_coca.py`` writes (shards, ``manifest.json``, ``report.json``
-with every skipped study and file and its reason); re-running resumes. Pretrain on it
-with ``--config.data.manifest=OUT/manifest.json``.
+with every skipped study and file and its reason); re-running resumes. Ctrl-C stops with
+one line (exit 130) and leaves no ``manifest.json``; a full disk is one ``error:`` line
+naming the folder and the space needed. Pretrain on it with
+``--config.data.manifest=OUT/manifest.json``.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def main(argv: list[str]) -> None:
         raise cli.UsageError("--out is required: the output folder")
     if Path(_OUT.value).exists() and not Path(_OUT.value).is_dir():
         raise cli.UsageError(f"--out={_OUT.value} is a file, not a folder")
-    from dinolg_jax.data import convert_folder
+    from dinolg_jax.data import convert_folder, dataset_writer
 
     try:
         report = convert_folder.convert_folder(
@@ -59,6 +61,8 @@ def main(argv: list[str]) -> None:
         )
     except convert_folder.FolderConvertError as e:  # nothing to convert: the wrong folder
         raise cli.UsageError(str(e)) from e
+    except KeyboardInterrupt:
+        cli.fail(dataset_writer.interrupted_message(_OUT.value), cli.EXIT_INTERRUPTED)
     print(convert_folder.format_summary(report))
     print(json.dumps(report["timings"]))
 

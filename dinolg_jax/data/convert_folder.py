@@ -1,10 +1,14 @@
 """Converts any CT collection (DICOM series or NIfTI volumes, masks optional) into a dataset.
 
-The output is the dataset `data.convert` makes of the COCA release: one ArrayRecord
-record per slice (`records` schema), shards per split with their counts and SHA-256 in
-``manifest.json``, ``report.json``, the folder lock, a per-study cache that makes a
-re-run resume, worker processes with output independent of their count. The studies
-come from `data.folder_source` (what is a study, how masks match, de-identified ids).
+The output is the dataset `data.convert` makes of the COCA release, written by the same
+engine (`data.dataset_writer`): one ArrayRecord record per slice (`records` schema),
+shards per split with their counts and SHA-256 in ``manifest.json``, ``report.json``, the
+folder lock, a per-study cache that makes a re-run resume, worker processes with output
+independent of their count, the old index removed when a conversion starts and the
+manifest written last (an interrupted run leaves none), a full disk as one
+`dataset_writer.ConvertError` naming the folder and the space. The studies come from
+`data.folder_source` (what is a study, how masks match, de-identified ids); what is this
+module's is reading and labelling them, their split and their manifest entries.
 
 Records: ``image`` the study's HU; ``labels`` the study's mask (any labels 1 .. 255; all
 zero without a mask); ``has_calcium`` true where the slice has any labelled voxel (the
@@ -15,13 +19,12 @@ falls outside the component (a crescent, a ring), the component's voxel nearest 
 itself; ``lesion_vessels`` the component's label; ``kind`` "dicom" or "nifti".
 
 Splits. Without masks every study is in ``pretrain`` and train / val / test are empty.
-With masks, as `convert` does for the labelled gated patients: the studies whose mask
-was used are split by study, ~80/10/10 % into train / val / test, stratified (instead of
-by Agatston risk category) by whether the mask has any label, deterministic from the
-seed (within each stratum the sorted ids are permuted; ``round(10 %)`` to val and to
-test, at least one each when the stratum has 3 or more); ``pretrain`` holds every study
-except the val and test ones (studies whose mask is missing or refused are in pretrain
-only, with zero labels).
+With masks, by the rule `convert` uses for the labelled gated patients
+(`data.stratified_split`): the studies whose mask was used are split by study,
+~80/10/10 % into train / val / test, stratified (instead of by Agatston risk category)
+by whether the mask has any label ("empty" drawn first, then "labelled"), deterministic
+from the seed; ``pretrain`` holds every study except the val and test ones (studies
+whose mask is missing or refused are in pretrain only, with zero labels).
 
 Every file and folder a run skips is in ``report.json`` with its reason: studies that
 cannot be read (``skipped_studies``), files left out by name or by the DICOM reader
@@ -218,7 +221,9 @@ def convert_folder(
       FolderConvertError: no study under `images`, or `out` inside `images` or `masks`
         (nothing written).
       ValueError: `workers` or `shards_per_split` below 1.
-      convert.FolderBusyError: another conversion is writing into `out`.
+      dataset_writer.FolderBusyError: another conversion is writing into `out`.
+      dataset_writer.ConvertError: the disk filled up (the message names the folder and
+        the space).
     """
     if int(workers) < 1 or int(shards_per_split) < 1:
         raise ValueError(

@@ -61,6 +61,7 @@ __all__ = [
     "atomic_write",
     "format_tail",
     "frame",
+    "interrupted_message",
     "plan_split",
     "read_cached",
     "run_tasks",
@@ -275,6 +276,14 @@ def _ignore_sigint() -> None:
     """Worker initialiser: Ctrl-C is the main process's to handle (one message, no
     traceback per worker)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def interrupted_message(out: str | Path) -> str:
+    """What a conversion tool says when Ctrl-C stopped it (nothing of the index is left)."""
+    return (
+        f"interrupted: no manifest.json was written in {out}; re-run the same command to "
+        "resume (finished studies are reused)"
+    )
 
 
 def format_tail(report: dict[str, Any]) -> list[str]:

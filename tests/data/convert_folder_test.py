@@ -8,12 +8,15 @@ cannot have read anything again); the guided crops' boxes as the pipeline report
 (``debug=True``) against the masks in the records.
 """
 
+import errno
 import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grain
@@ -22,7 +25,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dinolg_jax.data import convert_folder, folder_source, manifest, pipeline, records
+from dinolg_jax.data import (
+    convert_folder,
+    dataset_writer,
+    folder_source,
+    manifest,
+    pipeline,
+    records,
+)
 from dinolg_jax.phantom import liver_folder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -348,6 +358,70 @@ def test_cli_converts_and_refuses_mistakes_with_one_line(nifti_set, tmp_path):
     for name in "abcd":
         assert not (tmp_path / name).exists()  # nothing written for a mistake
     assert not (root / "images" / "e").exists()
+
+
+def test_a_full_disk_is_one_error_and_no_index_is_left(nifti_set, tmp_path, monkeypatch):
+    root, _, out, _ = nifti_set
+    target = tmp_path / "out"
+    shutil.copytree(out, target)  # an earlier, finished conversion
+    assert (target / "manifest.json").is_file() and (target / "report.json").is_file()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(convert_folder, "CACHE_VERSION", convert_folder.CACHE_VERSION + 1)
+    monkeypatch.setattr(dataset_writer, "atomic_write", full)
+    with pytest.raises(dataset_writer.ConvertError) as err:
+        convert_folder.convert_folder(root / "images", target, masks=root / "masks", progress=False)
+    message = str(err.value)
+    assert message.startswith(f"{target}: disk full while writing the study cache in ")
+    # The estimate: 4.5 x the input files' bytes (images and masks), in MB.
+    inputs = [*(root / "images").iterdir(), *(root / "masks").iterdir()]
+    need = 4.5 * sum(p.stat().st_size for p in inputs) / 1e6
+    assert f"needs about {need:,.0f} MB more there" in message and "\n" not in message
+    assert not (target / "manifest.json").exists() and not (target / "report.json").exists()
+    assert not list(target.rglob("*.tmp"))
+
+
+_SLOW_TOOL = """
+import runpy, sys, time
+from dinolg_jax.data import folder_source
+slow = folder_source.load_study
+def load_study(*args):
+    time.sleep(1.0)
+    return slow(*args)
+folder_source.load_study = load_study
+sys.argv = ["convert_folder.py", *sys.argv[1:]]
+runpy.run_path({tool!r}, run_name="__main__")
+"""
+
+
+def test_ctrl_c_is_one_line_and_leaves_no_manifest(nifti_set, tmp_path):
+    root, _, out, _ = nifti_set
+    target = tmp_path / "out"
+    shutil.copytree(out, target)
+    shutil.rmtree(target / "cache")  # every study is read again, slowly
+    script = tmp_path / "slow_convert_folder.py"
+    script.write_text(_SLOW_TOOL.format(tool=str(TOOL)))
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen(
+        [sys.executable, str(script), f"--images={root / 'images'}", f"--out={target}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while (target / "manifest.json").exists() and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    time.sleep(0.2)  # inside the (slowed) study loop
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip() and "it/s]" not in ln]
+    assert lines == [
+        f"error: interrupted: no manifest.json was written in {target}; re-run the same "
+        "command to resume (finished studies are reused)"
+    ], err
+    assert not (target / "manifest.json").exists() and not (target / "report.json").exists()
 
 
 @pytest.mark.slow
