@@ -53,7 +53,6 @@ about in the log and in ``report.json``'s ``warnings``.
 from __future__ import annotations
 
 import hashlib
-import json
 import numbers
 import time
 from collections.abc import Iterator
@@ -168,12 +167,10 @@ def prepare_study(release: str | Path, kind: str, ident: str, cache_dir: str | P
     """
     release, cache_dir = Path(release), Path(cache_dir)
     sid = _study_id(kind, ident)
-    meta_path, rec_path = cache_dir / f"{sid}.json", cache_dir / f"{sid}.records"
     fingerprint = _fingerprint(release, _study_inputs(release, kind, ident))
-    if meta_path.is_file() and rec_path.is_file():
-        cached = json.loads(meta_path.read_text())
-        if cached.get("fingerprint") == fingerprint:
-            return cached
+    cached = dataset_writer.cached_summary(cache_dir, sid, fingerprint)
+    if cached is not None:
+        return cached
     t0 = time.perf_counter()
     summary: dict[str, Any] = {"study_id": sid, "kind": kind, "fingerprint": fingerprint}
     try:
@@ -184,10 +181,7 @@ def prepare_study(release: str | Path, kind: str, ident: str, cache_dir: str | P
     except (dicom.DicomError, coca.CocaError) as e:
         summary["error"] = coca.strip_root(f"{type(e).__name__}: {e}", release)
         return summary
-    blobs, calcified = [], 0
-    for rec in slice_records(study):
-        blobs.append(records.encode(rec))
-        calcified += rec["has_calcium"]
+    blobs, calcified = dataset_writer.encode_records(slice_records(study))
     summary.update(
         num_slices=int(study.hu.shape[0]),
         calcified_slices=int(calcified),
@@ -211,8 +205,7 @@ def prepare_study(release: str | Path, kind: str, ident: str, cache_dir: str | P
             "total": float(score.total),
         }
     summary["load_s"] = time.perf_counter() - t0
-    dataset_writer.atomic_write(rec_path, dataset_writer.frame(blobs))
-    dataset_writer.atomic_write(meta_path, json.dumps(summary, sort_keys=True).encode())
+    dataset_writer.save_study(cache_dir, summary, blobs)
     return summary
 
 

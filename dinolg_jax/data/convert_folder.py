@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,17 +133,15 @@ def prepare_study(
     images, cache_dir = Path(images), Path(cache_dir)
     masks = None if masks is None else Path(masks)
     sid = study.study_id
-    meta_path, rec_path = cache_dir / f"{sid}.json", cache_dir / f"{sid}.records"
     summary: dict[str, Any] = {"study_id": sid, "kind": study.kind, "source": study.rel}
     try:
         fingerprint = _fingerprint(images, masks, study)
     except OSError as e:  # a file vanished since it was listed
         summary["error"] = folder_source.strip_root(f"{type(e).__name__}: {e}", images)
         return summary
-    if meta_path.is_file() and rec_path.is_file():
-        cached = json.loads(meta_path.read_text())
-        if cached.get("fingerprint") == fingerprint:
-            return cached
+    cached = dataset_writer.cached_summary(cache_dir, sid, fingerprint)
+    if cached is not None:
+        return cached
     summary["fingerprint"] = fingerprint
     t0 = time.perf_counter()
     try:
@@ -152,10 +149,7 @@ def prepare_study(
     except (dicom.DicomError, nifti_reader.NiftiReadError) as e:
         summary["error"] = folder_source.strip_root(f"{type(e).__name__}: {e}", images)
         return summary
-    blobs, labelled = [], 0
-    for rec in slice_records(volume):
-        blobs.append(records.encode(rec))
-        labelled += rec["has_calcium"]
+    blobs, labelled = dataset_writer.encode_records(slice_records(volume))
     summary.update(
         num_slices=int(volume.hu.shape[0]),
         shape=[int(n) for n in volume.hu.shape],
@@ -167,8 +161,7 @@ def prepare_study(
         report=dataclasses.asdict(report),
         load_s=time.perf_counter() - t0,
     )
-    dataset_writer.atomic_write(rec_path, dataset_writer.frame(blobs))
-    dataset_writer.atomic_write(meta_path, json.dumps(summary, sort_keys=True).encode())
+    dataset_writer.save_study(cache_dir, summary, blobs)
     return summary
 
 

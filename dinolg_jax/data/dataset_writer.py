@@ -43,13 +43,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from absl import logging
 from tqdm import tqdm
 
-from dinolg_jax.data import manifest, shards
+from dinolg_jax.data import manifest, records, shards
 from dinolg_jax.runtime.folder_lock import FolderBusyError, FolderLock
 
 __all__ = [
@@ -59,12 +58,15 @@ __all__ = [
     "FolderBusyError",
     "ShardTask",
     "atomic_write",
+    "cached_summary",
+    "encode_records",
     "format_tail",
     "frame",
     "interrupted_message",
     "plan_split",
     "read_cached",
     "run_tasks",
+    "save_study",
     "shard_bytes",
     "write_shard",
 ]
@@ -108,6 +110,35 @@ def frame(blobs: Iterable[bytes]) -> bytes:
     for blob in blobs:
         chunks += [_LEN.pack(len(blob)), blob]
     return b"".join(chunks)
+
+
+def encode_records(slice_records: Iterable[dict[str, Any]]) -> tuple[list[bytes], int]:
+    """A study's slice records encoded (`records.encode`), and how many have
+    ``has_calcium`` (any label on the slice)."""
+    blobs, positive = [], 0
+    for rec in slice_records:
+        blobs.append(records.encode(rec))
+        positive += bool(rec["has_calcium"])
+    return blobs, positive
+
+
+def cached_summary(cache_dir: Path, study_id: str, fingerprint: str) -> dict[str, Any] | None:
+    """The summary of a study's cache entry (``<study_id>.json`` beside its ``.records``)
+    when both files are there and the entry's fingerprint is `fingerprint`, else None."""
+    meta_path = cache_dir / f"{study_id}.json"
+    if meta_path.is_file() and (cache_dir / f"{study_id}.records").is_file():
+        cached = json.loads(meta_path.read_text())
+        if cached.get("fingerprint") == fingerprint:
+            return cached
+    return None
+
+
+def save_study(cache_dir: Path, summary: dict[str, Any], blobs: list[bytes]) -> None:
+    """A study's cache entry: its records (`frame`d) to ``<study_id>.records``, then its
+    summary (sorted keys) to ``<study_id>.json``, each atomically."""
+    sid = summary["study_id"]
+    atomic_write(cache_dir / f"{sid}.records", frame(blobs))
+    atomic_write(cache_dir / f"{sid}.json", json.dumps(summary, sort_keys=True).encode())
 
 
 def read_cached(path: Path, skip: int, count: int) -> Iterator[bytes]:
@@ -346,12 +377,7 @@ class DatasetWriter:
             self._stack = stack.pop_all()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._pool = None
         self._stack.close()
 

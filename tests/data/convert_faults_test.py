@@ -6,15 +6,14 @@ from __future__ import annotations
 import errno
 import os
 import plistlib
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grain
 import pydicom
 import pytest
+from interrupt_tool import interrupt
 
 from dinolg_jax.data import coca, convert, dataset_writer, manifest, records, shards
 from dinolg_jax.phantom import coca_release
@@ -146,43 +145,18 @@ def test_disk_full_is_one_error_naming_the_folder_and_nothing_looks_complete(
         manifest.load(out)
 
 
-_SLOW_TOOL = """
-import runpy, sys, time
-from dinolg_jax.data import convert
-slow = convert.prepare_study
-def prepare(*args):
-    time.sleep(1.0)
-    return slow(*args)
-convert.prepare_study = prepare
-sys.argv = ["convert_coca.py", *sys.argv[1:]]
-runpy.run_path({tool!r}, run_name="__main__")
-"""
-
-
 def test_ctrl_c_leaves_no_manifest_and_one_line(faults, tmp_path):
     release = faults[0]
     out = tmp_path / "out"
     convert.convert_release(release, out, seed=0, shards_per_split=2, progress=False)
-    script = tmp_path / "slow_convert.py"
-    script.write_text(_SLOW_TOOL.format(tool=str(REPO / "tools" / "convert_coca.py")))
-    proc = subprocess.Popen(
-        [sys.executable, str(script), f"--release={release}", f"--out={out}",
-         "--keep_cache", "--seed=1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while (out / "manifest.json").exists() and time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.01)
-    time.sleep(0.2)  # inside the (slowed) study loop
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err  # progress bars aside, one line
-    lines = [ln for ln in err.strip().splitlines() if ln.strip() and "it/s]" not in ln]
+    args = [f"--release={release}", f"--out={out}", "--keep_cache", "--seed=1"]
+    tool = REPO / "tools" / "convert_coca.py"
+    code, lines = interrupt(tool, "dinolg_jax.data.convert.prepare_study", args, out, tmp_path)
+    assert code == 130, lines  # progress bars aside, one line
     assert lines == [
         f"error: interrupted: no manifest.json was written in {out}; re-run the same command "
         "to resume (finished studies are reused)"
-    ], err
+    ], lines
     assert not (out / "manifest.json").exists() and not (out / ".lock").read_text().strip()
 
 

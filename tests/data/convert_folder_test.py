@@ -13,10 +13,8 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grain
@@ -24,6 +22,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from interrupt_tool import interrupt
 
 from dinolg_jax.data import (
     convert_folder,
@@ -383,44 +382,19 @@ def test_a_full_disk_is_one_error_and_no_index_is_left(nifti_set, tmp_path, monk
     assert not list(target.rglob("*.tmp"))
 
 
-_SLOW_TOOL = """
-import runpy, sys, time
-from dinolg_jax.data import folder_source
-slow = folder_source.load_study
-def load_study(*args):
-    time.sleep(1.0)
-    return slow(*args)
-folder_source.load_study = load_study
-sys.argv = ["convert_folder.py", *sys.argv[1:]]
-runpy.run_path({tool!r}, run_name="__main__")
-"""
-
-
 def test_ctrl_c_is_one_line_and_leaves_no_manifest(nifti_set, tmp_path):
     root, _, out, _ = nifti_set
     target = tmp_path / "out"
     shutil.copytree(out, target)
     shutil.rmtree(target / "cache")  # every study is read again, slowly
-    script = tmp_path / "slow_convert_folder.py"
-    script.write_text(_SLOW_TOOL.format(tool=str(TOOL)))
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.Popen(
-        [sys.executable, str(script), f"--images={root / 'images'}", f"--out={target}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while (target / "manifest.json").exists() and time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.01)
-    time.sleep(0.2)  # inside the (slowed) study loop
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    lines = [ln for ln in err.strip().splitlines() if ln.strip() and "it/s]" not in ln]
+    args = [f"--images={root / 'images'}", f"--out={target}"]
+    slow = "dinolg_jax.data.folder_source.load_study"
+    code, lines = interrupt(TOOL, slow, args, target, tmp_path)
+    assert code == 130, lines
     assert lines == [
         f"error: interrupted: no manifest.json was written in {target}; re-run the same "
         "command to resume (finished studies are reused)"
-    ], err
+    ], lines
     assert not (target / "manifest.json").exists() and not (target / "report.json").exists()
 
 

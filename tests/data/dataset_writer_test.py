@@ -10,9 +10,11 @@ import struct
 from pathlib import Path
 
 import grain
+import numpy as np
 import pytest
 
-from dinolg_jax.data import dataset_writer, manifest, shards
+from dinolg_jax.data import dataset_writer, manifest, records, shards
+from dinolg_jax.phantom import synthetic_records
 from dinolg_jax.runtime.folder_lock import FolderLock
 
 
@@ -36,6 +38,29 @@ def test_frame_is_length_prefixed_and_read_cached_returns_the_asked_records(tmp_
     path.write_bytes(data[:-1])
     with pytest.raises(dataset_writer.ConvertError, match=r"s\.records is truncated"):
         list(dataset_writer.read_cached(path, 2, 1))
+
+
+def test_a_study_cache_round_trips_and_is_reused_only_for_its_fingerprint(tmp_path):
+    rng = np.random.default_rng(0)
+    recs = [
+        synthetic_records.synthetic_slice(rng, 16, slice_index=i, num_slices=3, num_lesions=n)
+        for i, n in enumerate((0, 2, 1))
+    ]
+    blobs, positive = dataset_writer.encode_records(recs)
+    assert positive == 2  # the slices with lesions, counted by hand
+    summary = {"study_id": "s", "num_slices": 3, "fingerprint": "f1", "b": 1, "a": 2}
+    dataset_writer.save_study(tmp_path, summary, blobs)
+    assert (tmp_path / "s.json").read_text() == json.dumps(summary, sort_keys=True)
+    back = list(dataset_writer.read_cached(tmp_path / "s.records", 0, 3))
+    for rec, blob in zip(recs, back, strict=True):
+        got = records.decode(blob)
+        np.testing.assert_array_equal(got["image"], rec["image"])
+        np.testing.assert_array_equal(got["labels"], rec["labels"])
+        assert got["slice"] == rec["slice"]
+    assert dataset_writer.cached_summary(tmp_path, "s", "f1") == summary
+    assert dataset_writer.cached_summary(tmp_path, "s", "f2") is None  # inputs changed
+    (tmp_path / "s.records").unlink()
+    assert dataset_writer.cached_summary(tmp_path, "s", "f1") is None  # records gone
 
 
 def test_plan_split_cuts_records_into_near_equal_contiguous_shards(tmp_path):
