@@ -11,9 +11,12 @@ the dataset is here, the same for both:
    temp files a killed run left, and starts the worker processes (spawn; they ignore
    Ctrl-C, which is the main process's to report).
 2. `DatasetWriter.prepare` runs the converter's per-study function over its tasks, in
-   the workers, in task order. Each writes one per-study cache file of records framed by
-   `frame` (`read_cached` reads them back) and returns a JSON-able summary with at least
-   ``study_id`` and ``num_slices``.
+   the workers, in task order. Each returns a JSON-able summary with at least
+   ``study_id``, ``num_slices`` and ``fingerprint`` (its inputs' names, sizes, mtimes and
+   the code's version) and keeps a cache entry: `cached_summary` reuses one whose
+   fingerprint matches (a re-run resumes), else `encode_records` and `save_study` write
+   ``<study_id>.records`` (records `frame`d; `read_cached` reads them back) and then
+   ``<study_id>.json`` (the summary).
 3. `DatasetWriter.write_splits` cuts each split's studies (in order) into at most
    ``shards_per_split`` shards of near-equal record counts (`plan_split`), writes them
    from the caches (`write_shard`, in the workers), and removes shards of an earlier run
