@@ -79,11 +79,13 @@ def arm_supervised_config(
 
     The encoder reads its slices as the probe does (the probe's ``data`` window and size,
     ``features.pooling`` and ``n_last_blocks``, mesh); ``config.supervised`` gives the
-    batch, the stream's calcified share, augmentation, optimiser and log interval.
+    target (slice or patch labels), batch, the stream's calcified share, augmentation,
+    optimiser and log interval.
     """
     sup = config.supervised
     c = ml_collections.ConfigDict()
     c.seed = int(seed)
+    c.target = str(sup.target)  # "slice" or "patch" labels (train.supervised)
     c.init_encoder = ""  # set by stages.supervised_encoder
     c.data = ml_collections.ConfigDict(config.probe.data.copy_and_resolve_references().to_dict())
     c.data.seed = int(seed)

@@ -11,13 +11,19 @@ cosine decay to 0 over ``optim.num_steps``.
 
 The users: ``train.supervised`` (the frozen-probe encoder trained on the labels: the
 ablation's ceiling) and ``train.cnn_baseline`` (a small CNN: the signal in the data).
+
+A classifier may also be *dense* (:class:`DenseLogits`: one logit per cell of a
+``cells`` grid over the slice, the slice logit their max). Its loss adds to the slice
+BCE a class-balanced BCE of every cell against "this cell holds a calcium pixel"
+(``eval.attention.calcium_patch_mask`` of the label masks the stream already carries):
+:func:`cell_bce_loss`.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import flax
 import jax
@@ -27,6 +33,7 @@ import numpy as np
 import optax
 
 from dinolg_jax.data import pipeline
+from dinolg_jax.eval import attention as attention_lib
 from dinolg_jax.eval import features as features_lib
 from dinolg_jax.eval import metrics as metrics_lib
 from dinolg_jax.runtime import checkpoint as ckpt_lib
@@ -34,6 +41,22 @@ from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.runtime import run as run_lib
 
 Logits = Callable[[Any, jax.Array], jax.Array]
+
+
+@runtime_checkable
+class DenseLogits(Protocol):
+    """A slice classifier that scores each cell of a grid over the slice.
+
+    ``cell_logits(params, images [B, H, W, 1]) -> float [B, rows * cols]`` (row-major
+    cells, like a ViT's patch tokens); ``cell_grid(height, width) -> (rows, cols)``;
+    calling it gives the slice logits ``[B]``, the max over its cells.
+    """
+
+    def cell_logits(self, params: Any, images: jax.Array) -> jax.Array: ...
+
+    def cell_grid(self, height: int, width: int) -> tuple[int, int]: ...
+
+    def __call__(self, params: Any, images: jax.Array) -> jax.Array: ...
 
 
 @flax.struct.dataclass
@@ -48,6 +71,25 @@ class ClassifierState:
 def bce_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean binary cross-entropy; logits float [B], labels bool/0-1 [B] -> scalar."""
     return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32)))
+
+
+def cell_bce_loss(logits: jax.Array, cells: jax.Array) -> jax.Array:
+    """Class-balanced BCE over every cell of the batch: calcium cells and the others each
+    weigh half, whatever their counts (a batch without calcium cells: the others alone).
+
+    Args:
+      logits: float [B, N] cell logits.
+      cells: bool/0-1 [B, N], True where the cell holds a calcium pixel.
+
+    Returns:
+      Scalar: ``0.5 mean(BCE | calcium) + 0.5 mean(BCE | other)``.
+    """
+    y = cells.astype(jnp.float32)
+    per = optax.sigmoid_binary_cross_entropy(logits, y)
+    n_pos, n_neg = y.sum(), (1.0 - y).sum()
+    pos = jnp.where(n_pos > 0, (per * y).sum() / jnp.maximum(n_pos, 1.0), 0.0)
+    neg = (per * (1.0 - y)).sum() / jnp.maximum(n_neg, 1.0)
+    return jnp.where(n_pos > 0, 0.5 * (pos + neg), neg)
 
 
 def classifier_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -70,17 +112,26 @@ def make_train_step(
     logits: Logits, tx: optax.GradientTransformation
 ) -> Callable[[ClassifierState, dict[str, jax.Array]], tuple[ClassifierState, dict[str, Any]]]:
     """The pure step: ``(state, {"image" [B, H, W, 1], "labels" [B] bool}) -> (state,
-    metrics)``; metrics ``loss`` (BCE), ``accuracy``, ``grad_norm``."""
+    metrics)``; metrics ``loss`` (BCE), ``accuracy``, ``grad_norm``. A
+    :class:`DenseLogits` classifier also takes ``"cells"`` bool [B, N] and adds
+    :func:`cell_bce_loss` (metric ``cell_loss``)."""
+    dense = isinstance(logits, DenseLogits)
 
     def step(state: ClassifierState, batch: dict[str, jax.Array]):
         def loss_fn(p):
-            out = logits(p, batch["image"])
-            return bce_loss(out, batch["labels"]), out
+            if not dense:
+                out = logits(p, batch["image"])
+                return bce_loss(out, batch["labels"]), (out, {})
+            cells = logits.cell_logits(p, batch["image"])
+            out = cells.max(axis=1)
+            cell_loss = cell_bce_loss(cells, batch["cells"])
+            return bce_loss(out, batch["labels"]) + cell_loss, (out, {"cell_loss": cell_loss})
 
-        (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (out, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         accuracy = jnp.mean((out > 0) == batch["labels"])
         metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
+        metrics.update(extra)
         params = optax.apply_updates(state.params, updates)
         return ClassifierState(state.step + 1, params, opt_state), metrics
 
@@ -92,11 +143,9 @@ def _step_program(logits: Logits, tx: Any, mesh: jax.sharding.Mesh):
     """The jitted step, state replicated and donated, the batch split over the mesh
     (cached per classifier, optimiser and mesh: ``logits`` must hash by value)."""
     batch = mesh_lib.batch_sharding(mesh)
+    keys = ("image", "labels", "cells") if isinstance(logits, DenseLogits) else ("image", "labels")
     return run_lib.jit_step(
-        make_train_step(logits, tx),
-        mesh,
-        mesh_lib.replicated(mesh),
-        {"image": batch, "labels": batch},
+        make_train_step(logits, tx), mesh, mesh_lib.replicated(mesh), dict.fromkeys(keys, batch)
     )
 
 
@@ -172,10 +221,11 @@ def train_classifier(
     jitted = _step_program(logits, tx, mesh)
 
     def step_fn(state: ClassifierState, batch: dict[str, Any]):
-        on_device = mesh_lib.put_batch(
-            {"image": batch["image"], "labels": batch["has_calcium"]}, mesh
-        )
-        return jitted(state, on_device)
+        host = {"image": batch["image"], "labels": batch["has_calcium"]}
+        if isinstance(logits, DenseLogits):
+            grid = logits.cell_grid(*batch["image"].shape[1:3])
+            host["cells"] = attention_lib.calcium_patch_mask(batch["labels"], grid)
+        return jitted(state, mesh_lib.put_batch(host, mesh))
 
     chosen = pipeline.labelled_indices(
         data.manifest, config.splits.train, data.positive_fraction, data.seed

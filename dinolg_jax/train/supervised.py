@@ -14,12 +14,19 @@ Training (deterministic for a config and seed):
   ``data.eval_size`` (0: the record size) in ``data.hu_window``, calcified slices at
   ``data.positive_fraction`` of the stream, flips / brightness / noise when
   ``data.augment``; global batch ``data.batch_size`` split over the mesh;
-* model: the encoder read exactly as the probe's feature pass reads it
-  (``eval.features.pooled_and_tokens`` with ``features.pooling`` and
+* model (``target``): ``"slice"``, the encoder read exactly as the probe's feature pass
+  reads it (``eval.features.pooled_and_tokens`` with ``features.pooling`` and
   ``features.n_last_blocks``), at the export's compute dtype, then one linear logit;
-  weights start from ``init_encoder`` (an encoder export), the head at zero;
-* loss and optimiser: ``train.slice_classifier`` (binary cross-entropy; AdamW with
-  warmup and cosine decay over ``optim.num_steps``, global-norm clipping).
+  ``"patch"``, one linear logit per final patch token (:class:`PatchHead`), the slice
+  logit their max: the encoder is also told *where* the calcium is, "this patch holds a
+  calcium pixel" from the label masks, so it bounds what an encoder of this size can
+  carry more tightly than the slice label alone (a ViT from scratch learns a lesion of
+  a few pixels from one bit per slice slowly and by chance of seed: see
+  docs/measurements.md#cpu-crop-geometry). Weights start from ``init_encoder`` (an
+  encoder export), the head at zero;
+* loss and optimiser: ``train.slice_classifier`` (binary cross-entropy, plus the
+  class-balanced per-patch BCE for ``"patch"``; AdamW with warmup and cosine decay over
+  ``optim.num_steps``, global-norm clipping).
 
 Checkpoints, resume, SIGTERM and the non-finite stop are ``runtime.run.TrainingRun``'s
 (``checkpoint``, ``log_every``, ``tensorboard``): a run killed mid-way resumes from its
@@ -44,7 +51,7 @@ import ml_collections
 import numpy as np
 
 from dinolg_jax.eval import features as features_lib
-from dinolg_jax.models.vit import ViT
+from dinolg_jax.models.vit import ViT, decode_variant
 from dinolg_jax.runtime import checkpoint as ckpt_lib
 from dinolg_jax.runtime import mesh as mesh_lib
 from dinolg_jax.runtime import run as run_lib
@@ -79,11 +86,45 @@ class EncoderHead:
         return slice_logits(self.vit, params, images, self.pooling)
 
 
+TARGETS = ("slice", "patch")
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchHead:
+    """The ``"patch"`` ceiling's classifier (``slice_classifier.DenseLogits``): one logit
+    per final patch token, ``params = {"encoder", "head": {"kernel": [D], "bias": []}}``;
+    the slice logit is their max, as the probe's ``"max"`` pooling reads the tokens."""
+
+    vit: ViT
+
+    def cell_logits(self, params: Any, images: jax.Array) -> jax.Array:
+        """float32 [B, N] logits of the N = (H / patch) (W / patch) patch tokens."""
+        _, aux = self.vit.apply({"params": params["encoder"]}, images, train=False)
+        tokens = aux["tokens"][:, 1:].astype(jnp.float32)  # [B, N, D]
+        return tokens @ params["head"]["kernel"] + params["head"]["bias"]
+
+    def cell_grid(self, height: int, width: int) -> tuple[int, int]:
+        """(rows, cols) of the patch grid of a ``height`` x ``width`` image."""
+        patch = decode_variant(self.vit.variant).patch
+        return height // patch, width // patch
+
+    def __call__(self, params: Any, images: jax.Array) -> jax.Array:
+        return self.cell_logits(params, images).max(axis=1)
+
+
+def _head(vit: ViT, config: ml_collections.ConfigDict) -> EncoderHead | PatchHead:
+    target = str(config.target)
+    if target not in TARGETS:
+        raise ValueError(f"supervised target must be one of {TARGETS}, got {target!r}")
+    return PatchHead(vit) if target == "patch" else EncoderHead(vit, str(config.features.pooling))
+
+
 def train_supervised(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Trains the ceiling encoder (module docstring) and exports it to ``workdir/encoder``.
 
     Args:
-      config: ``seed``, ``init_encoder`` (an encoder export or a pretraining workdir),
+      config: ``seed``, ``target`` (``"slice"`` or ``"patch"``: module docstring),
+        ``init_encoder`` (an encoder export or a pretraining workdir),
         ``splits`` (``train``, ``val``), ``data`` (``manifest``, ``hu_window``, ``eval_size``,
         ``batch_size``, ``positive_fraction``, ``augment`` and its ``*_prob`` /
         ``*_delta`` / ``noise_std``, ``seed``, ``shuffle``, loader settings;
@@ -109,9 +150,12 @@ def train_supervised(config: ml_collections.ConfigDict, workdir: str | Path) -> 
         return finished
     encoder, model_config = ckpt_lib.load_encoder(config.init_encoder)
     vit = features_lib.encoder_model(model_config, int(config.features.n_last_blocks))
-    head = EncoderHead(vit, str(config.features.pooling))
+    head = _head(vit, config)
     image = jnp.asarray(classifier_lib.first_batch(config)["image"][:1])
-    width = features_lib.pooled_and_tokens(vit, encoder, image, 1, head.pooling)[0].shape[-1]
+    if isinstance(head, PatchHead):
+        width = vit.apply({"params": encoder}, image, train=False)[1]["tokens"].shape[-1]
+    else:
+        width = features_lib.pooled_and_tokens(vit, encoder, image, 1, head.pooling)[0].shape[-1]
 
     def init_params() -> dict[str, Any]:
         zeros = {"kernel": np.zeros((width,), np.float32), "bias": np.zeros((), np.float32)}

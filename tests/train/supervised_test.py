@@ -40,6 +40,36 @@ def test_a_schedule_without_steps_after_warmup_is_refused():
         slice_classifier.classifier_optimizer(optim)
 
 
+def test_cell_bce_weighs_calcium_and_other_cells_half_each():
+    # 2 slices x 3 cells; calcium cells (0, 0) and (1, 2), logits chosen by hand.
+    logits = np.array([[2.0, 0.0, -1.0], [1.0, -3.0, 0.5]], np.float32)
+    cells = np.array([[True, False, False], [False, False, True]])
+    bce = lambda z, y: math.log1p(math.exp(-z)) if y else math.log1p(math.exp(z))
+    pos = (bce(2.0, 1) + bce(0.5, 1)) / 2
+    neg = (bce(0.0, 0) + bce(-1.0, 0) + bce(1.0, 0) + bce(-3.0, 0)) / 4
+    got = float(slice_classifier.cell_bce_loss(logits, cells))
+    assert got == pytest.approx(0.5 * (pos + neg), rel=1e-6)
+    # no calcium cell in the batch: the other cells alone
+    none = float(slice_classifier.cell_bce_loss(logits, np.zeros_like(cells)))
+    want = np.mean([bce(z, 0) for z in logits.ravel()])
+    assert none == pytest.approx(want, rel=1e-6)
+
+
+def test_patch_head_scores_every_token_and_its_slice_logit_is_their_max():
+    vit = ViT(variant="mu/8")
+    images = np.random.default_rng(0).normal(size=(2, 32, 24, 1)).astype(np.float32)
+    enc = vit.init(jax.random.PRNGKey(1), images[:1])["params"]
+    head = {"kernel": np.linspace(-1, 1, 32).astype(np.float32), "bias": np.float32(0.25)}
+    model = supervised.PatchHead(vit)
+    assert isinstance(model, slice_classifier.DenseLogits)
+    cells = np.asarray(model.cell_logits({"encoder": enc, "head": head}, images))
+    tokens = np.asarray(vit.apply({"params": enc}, images, train=False)[1]["tokens"])[:, 1:]
+    assert model.cell_grid(32, 24) == (4, 3) and cells.shape == (2, 12)
+    np.testing.assert_allclose(cells, tokens @ head["kernel"] + 0.25, rtol=1e-5, atol=1e-6)
+    slice_logits = np.asarray(model({"encoder": enc, "head": head}, images))
+    np.testing.assert_array_equal(slice_logits, cells.max(axis=1))
+
+
 def _config(manifest, init):
     data = ml_collections.ConfigDict(
         {"manifest": str(manifest), "hu_window": (-1000.0, 1000.0),
@@ -50,7 +80,7 @@ def _config(manifest, init):
          "read_buffer_size": 2, "global_size": 32}
     )  # fmt: skip
     return ml_collections.ConfigDict(
-        {"seed": 0, "init_encoder": str(init), "data": data,
+        {"seed": 0, "target": "slice", "init_encoder": str(init), "data": data,
          "splits": {"train": "train", "val": "val"},
          "features": {"pooling": "max", "n_last_blocks": 1},
          "optim": {"num_steps": 40, "warmup_steps": 4, "lr": 3e-3, "weight_decay": 0.0,
@@ -129,3 +159,24 @@ def test_a_preempted_ceiling_resumes_to_the_bytes_of_an_uninterrupted_run(tmp_pa
     # a finished run returns its summary at once, without a step or a new line
     assert supervised.train_supervised(config, tmp_path / "cut") == done
     assert (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines() == lines
+
+
+@pytest.mark.slow
+def test_the_patch_ceiling_learns_where_the_calcium_is(tmp_path):
+    manifest = synthetic_records.write_dataset(tmp_path / "records", size=32, studies=4)
+    vit = ViT(variant="mu/8")
+    init = vit.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 1), np.float32))["params"]
+    ckpt_lib.save_encoder(tmp_path / "init", init, {"variant": "mu/8", "dtype": "float32"})
+    config = _config(manifest, tmp_path / "init")
+    config.target = "patch"
+    out = supervised.train_supervised(config, tmp_path / "p")
+    # zero head: every cell logit is 0, so the slice BCE and the balanced cell BCE are ln 2
+    assert out["first_loss"] == pytest.approx(2 * math.log(2), abs=1e-6)
+    lines = [json.loads(x) for x in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["cell_loss"] < 0.5 * math.log(2)
+    assert out["val_roc_auc"] == 1.0
+    x, y = _scores(tmp_path / "p", manifest)
+    assert max(roc_auc(x[:, j], y) for j in range(x.shape[1])) == 1.0
+    config.target = "pixels"
+    with pytest.raises(ValueError, match="target must be one of"):
+        supervised.train_supervised(config, tmp_path / "bad")
