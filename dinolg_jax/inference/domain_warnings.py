@@ -24,14 +24,16 @@ column of results.csv, the study's JSON). What is checked (``docs/agatston.md``)
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from dinolg_jax.data import shards
+from dinolg_jax.data import split_grid as split_grid_lib
 from dinolg_jax.data.volume import CTVolume
+from dinolg_jax.runtime.json_file import read_json_dict
 
 STANDARD_KVP = 120.0
 # kVp -> (threshold HU, reference): the published threshold that gives, at that tube
@@ -143,49 +145,33 @@ def study_warnings(
     return out
 
 
+def grid_domain(grid: split_grid_lib.SplitGrid) -> TrainedDomain:
+    """The spacing and field-of-view ranges of a training grid: the smallest and largest
+    pixel spacing over both axes, and spacing x pixels along each axis (the records of a
+    split share one size, so these bound every training study's field)."""
+    fov = [grid.min_mm[i] * grid.shape[i] for i in (0, 1)]
+    fov += [grid.max_mm[i] * grid.shape[i] for i in (0, 1)]
+    return TrainedDomain((min(grid.min_mm), max(grid.max_mm)), (min(fov), max(fov)))
+
+
 def trained_domain(segmenter_workdir: str | os.PathLike) -> TrainedDomain | None:
     """The spacing and field-of-view range a segmenter workdir was trained on.
 
-    From its ``summary.json`` (``pixel_spacing_mm``: a value, (row, col) or a list of
-    them, with ``input_shape``) when recorded there; else from the first record of every
-    study of its training split (``records.pixel_mm`` and the image size). None when
+    From the grid its ``summary.json`` recorded (``data.split_grid``: ``pixel_spacing_mm``
+    and ``slice_size``, written by ``train/segment.py``) when there is one; else from its
+    training manifest's split (``split_grid.split_grid``, at its ``eval_size``). None when
     neither can be read (then no domain warning is given).
     """
     from dinolg_jax.inference import loading
 
     workdir = Path(segmenter_workdir)
-    summary_path = workdir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    spacing, shape = summary.get("pixel_spacing_mm"), summary.get("input_shape")
-    if spacing is not None and shape:
-        values = np.atleast_1d(np.asarray(spacing, np.float64)).ravel()
-        sizes = np.asarray(shape[:2], np.float64)
-        fov = np.concatenate([values * sizes.min(), values * sizes.max()])
-        return TrainedDomain((values.min(), values.max()), (fov.min(), fov.max()))
-    try:
-        config = loading.read_config(workdir)
-        manifest = loading.training_manifest(workdir, config)
-        return _manifest_domain(manifest, loading.train_split(config))
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _manifest_domain(manifest_path: Path, split: str) -> TrainedDomain | None:
-    import grain
-
-    from dinolg_jax.data import manifest as manifest_lib
-    from dinolg_jax.data import records
-
-    if not manifest_path.is_file():
-        return None
-    man = manifest_lib.load(manifest_path)
-    source = grain.sources.ArrayRecordDataSource(man.shard_paths(split))
-    spacing, fov = [], []
-    for study in man.studies_in(split):
-        rec = records.decode(source[man.study_range(study, split).start])
-        px = [float(v) for v in rec["pixel_mm"]]
-        spacing += px
-        fov += [p * n for p, n in zip(px, rec["image"].shape, strict=True)]
-    if not spacing:
-        return None
-    return TrainedDomain((min(spacing), max(spacing)), (min(fov), max(fov)))
+    grid = split_grid_lib.SplitGrid.from_summary(read_json_dict(workdir / "summary.json") or {})
+    if grid is None:
+        try:
+            config = loading.read_config(workdir)
+            manifest = loading.training_manifest(workdir, config)
+            size = int(config.data.get("eval_size", 0) or 0)
+            grid = split_grid_lib.split_grid(manifest, loading.train_split(config), input_size=size)
+        except (OSError, ValueError, KeyError, AttributeError, shards.ShardReadError):
+            return None
+    return grid_domain(grid)

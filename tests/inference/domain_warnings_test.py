@@ -81,3 +81,22 @@ def test_spacing_and_field_of_view_against_the_trained_range() -> None:
     assert dw.study_warnings(_volume(_chest(40), pixel=(0.85, 0.85)), domain=domain) == []
     assert dw.study_warnings(_volume(_chest(40), pixel=(0.85, 0.85)), domain=domain,
                              tolerance=0.0)[0].startswith("pixel spacing 0.85")  # fmt: skip
+
+
+def test_trained_domain_reads_the_grid_a_segmenter_summary_recorded(tmp_path) -> None:
+    import json
+
+    from dinolg_jax.data import split_grid
+
+    grid = split_grid.SplitGrid(
+        median_mm=(1.07, 1.07), min_mm=(0.98, 0.96), max_mm=(1.16, 1.2), shape=(112, 100),
+        studies=240, split="train",
+    )  # fmt: skip
+    (tmp_path / "summary.json").write_text(json.dumps({"step": 1, **grid.summary_fields()}))
+    domain = dw.trained_domain(tmp_path)
+    assert domain.pixel_mm == pytest.approx((0.96, 1.2))
+    # fields: rows 0.98 x 112 = 109.76 .. 1.16 x 112 = 129.92; cols 0.96 x 100 = 96 .. 120
+    assert domain.fov_mm == pytest.approx((96.0, 129.92))
+    # no grid and no training config to fall back on: no domain, so no warning
+    (tmp_path / "summary.json").write_text('{"step": 1, "pixel_')
+    assert dw.trained_domain(tmp_path) is None
