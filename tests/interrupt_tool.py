@@ -37,9 +37,13 @@ def interrupt(
     script = scratch / f"slowed_{tool.stem}.py"
     script.write_text(_SLOWED.format(module=module, function=function, tool=str(tool)))
     env = dict(os.environ, JAX_PLATFORMS="cpu")
+    # A shell starts background jobs (`make test &`, nohup) with SIGINT ignored, and a child
+    # inherits that: the tool would never see the Ctrl-C. A person's terminal delivers it,
+    # so the tool starts with the default disposition, as it would there.
     proc = subprocess.Popen(
         [sys.executable, str(script), *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while (out / "manifest.json").exists() and time.monotonic() < deadline:
