@@ -6,7 +6,7 @@ live there), each stage resumable in its own folder under ``workdir``
 
     data/phantom   a COCA-format phantom release (gated patients with calcium XML)
     data/records   its conversion: ArrayRecord shards, manifest.json, splits
-    pretrain       DINO-LG pretraining of the nano/8 ViT (300 steps, CPU size)
+    pretrain       DINO-LG pretraining of the nano/8 ViT (150 steps, CPU size)
     probe          the calcified-slice probe on the frozen teacher backbone
     segment        the U-Net, trained on the train split
     infer          integrated scoring of the test patients (gate -> U-Net -> Agatston),
