@@ -70,6 +70,16 @@ def test_patch_head_scores_every_token_and_its_slice_logit_is_their_max():
     np.testing.assert_array_equal(slice_logits, cells.max(axis=1))
 
 
+def _records_and_init(tmp_path):
+    """Synthetic 32 px records (4 studies) and a random mu/8 encoder export at
+    ``tmp_path / "init"``; returns the manifest."""
+    manifest = synthetic_records.write_dataset(tmp_path / "records", size=32, studies=4)
+    vit = ViT(variant="mu/8")
+    init = vit.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 1), np.float32))["params"]
+    ckpt_lib.save_encoder(tmp_path / "init", init, {"variant": "mu/8", "dtype": "float32"})
+    return manifest
+
+
 def _config(manifest, init):
     data = ml_collections.ConfigDict(
         {"manifest": str(manifest), "hu_window": (-1000.0, 1000.0),
@@ -106,10 +116,7 @@ def _scores(encoder_dir, manifest):
 
 @pytest.mark.slow
 def test_the_ceiling_learns_separable_slices_and_is_deterministic(tmp_path):
-    manifest = synthetic_records.write_dataset(tmp_path / "records", size=32, studies=4)
-    vit = ViT(variant="mu/8")
-    init = vit.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 1), np.float32))["params"]
-    ckpt_lib.save_encoder(tmp_path / "init", init, {"variant": "mu/8", "dtype": "float32"})
+    manifest = _records_and_init(tmp_path)
 
     out = supervised.train_supervised(_config(manifest, tmp_path / "init"), tmp_path / "a")
     assert out["status"] == "done" and out["step"] == 40
@@ -136,10 +143,7 @@ def test_the_ceiling_learns_separable_slices_and_is_deterministic(tmp_path):
 def test_a_preempted_ceiling_resumes_to_the_bytes_of_an_uninterrupted_run(tmp_path, monkeypatch):
     from dinolg_jax.runtime import run as run_lib
 
-    manifest = synthetic_records.write_dataset(tmp_path / "records", size=32, studies=4)
-    vit = ViT(variant="mu/8")
-    init = vit.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 1), np.float32))["params"]
-    ckpt_lib.save_encoder(tmp_path / "init", init, {"variant": "mu/8", "dtype": "float32"})
+    manifest = _records_and_init(tmp_path)
     config = _config(manifest, tmp_path / "init")
     config.optim.num_steps = 12
     config.checkpoint.every_steps = 100
@@ -163,10 +167,7 @@ def test_a_preempted_ceiling_resumes_to_the_bytes_of_an_uninterrupted_run(tmp_pa
 
 @pytest.mark.slow
 def test_the_patch_ceiling_learns_where_the_calcium_is(tmp_path):
-    manifest = synthetic_records.write_dataset(tmp_path / "records", size=32, studies=4)
-    vit = ViT(variant="mu/8")
-    init = vit.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 1), np.float32))["params"]
-    ckpt_lib.save_encoder(tmp_path / "init", init, {"variant": "mu/8", "dtype": "float32"})
+    manifest = _records_and_init(tmp_path)
     config = _config(manifest, tmp_path / "init")
     config.target = "patch"
     out = supervised.train_supervised(config, tmp_path / "p")
