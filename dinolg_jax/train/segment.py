@@ -102,10 +102,37 @@ def segmentation_loss(
     return loss, {"ce": ce, "dice_loss": dice_loss, "dice_per_class": dice}
 
 
+def segment_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    """The learning rate (per step) of ``optim``: ``optim.lr`` (Table 4: 1e-4), constant,
+    after ``optim.warmup_steps`` of linear warmup, or warmup + cosine to 0 at
+    ``total_steps`` (``optim.schedule == "cosine"``).
+
+    Equal configs return the same object, so jitted programs built on it are reused.
+    """
+    return _schedule(json.dumps(optim.to_dict(), sort_keys=True), int(total_steps))
+
+
+@functools.lru_cache(maxsize=16)
+def _schedule(optim_json: str, total_steps: int) -> optax.Schedule:
+    optim = json.loads(optim_json)
+    lr = float(optim["lr"])
+    warmup = int(optim["warmup_steps"])
+    if optim["schedule"] == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            0.0, lr, max(warmup, 1), max(total_steps, warmup + 1)
+        )
+    if warmup:
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
+        )
+    return optax.constant_schedule(lr)
+
+
 def segment_optimizer(
     optim: ml_collections.ConfigDict, total_steps: int
 ) -> optax.GradientTransformation:
-    """AdamW at ``optim.lr`` (Table 4: 1e-4), optional linear warmup or warmup + cosine.
+    """AdamW on :func:`segment_schedule`, after global-norm clipping at ``optim.grad_clip``
+    (0: none).
 
     Equal configs return the same object, so jitted programs built on it are reused.
     """
@@ -115,19 +142,7 @@ def segment_optimizer(
 @functools.lru_cache(maxsize=16)
 def _optimizer(optim_json: str, total_steps: int) -> optax.GradientTransformation:
     optim = json.loads(optim_json)
-    lr = float(optim["lr"])
-    warmup = int(optim["warmup_steps"])
-    if optim["schedule"] == "cosine":
-        sched = optax.warmup_cosine_decay_schedule(
-            0.0, lr, max(warmup, 1), max(total_steps, warmup + 1)
-        )
-    elif warmup:
-        sched = optax.join_schedules(
-            [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup]
-        )
-    else:
-        sched = optax.constant_schedule(lr)
-    tx = optax.adamw(sched, weight_decay=float(optim["weight_decay"]))
+    tx = optax.adamw(_schedule(optim_json, total_steps), weight_decay=float(optim["weight_decay"]))
     clip = float(optim["grad_clip"])
     return optax.chain(optax.clip_by_global_norm(clip), tx) if clip > 0 else tx
 
@@ -189,12 +204,16 @@ def _init_program(model: nn.Module, tx: Any, image_shape: tuple[int, ...], mesh:
 
 
 def make_train_step(
-    model: nn.Module, loss_config: ml_collections.ConfigDict, tx: optax.GradientTransformation
+    model: nn.Module,
+    loss_config: ml_collections.ConfigDict,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule | None = None,
 ) -> Callable[[SegState, dict[str, jax.Array]], tuple[SegState, dict[str, jax.Array]]]:
     """The pure step: ``(state, {"image", "labels"}) -> (state, metrics)``.
 
     ``image`` [B, H, W, 1] float32 and ``labels`` [B, H, W] uint8/int; metrics ``loss``,
-    ``ce``, ``dice_loss``, ``grad_norm`` (scalars). Jitted by ``runtime.run.jit_step``.
+    ``ce``, ``dice_loss``, ``grad_norm`` (scalars) and, given ``schedule``, ``lr`` (the
+    rate this step applied). Jitted by ``runtime.run.jit_step``.
     """
     class_weights = jnp.asarray(tuple(loss_config.class_weights), jnp.float32)
 
@@ -219,16 +238,21 @@ def make_train_step(
             "dice_loss": aux["dice_loss"],
             "grad_norm": optax.tree.norm(grads),
         }
+        if schedule is not None:
+            metrics["lr"] = schedule(state.step)
         return SegState(state.step + 1, params, opt_state), metrics
 
     return step
 
 
 @functools.lru_cache(maxsize=16)
-def _step_program(model: nn.Module, tx: Any, image_shape: tuple[int, ...], mesh: Any, loss: str):
-    """The jitted, state-donating step; cached per model, optimiser, shape, mesh and loss."""
+def _step_program(
+    model: nn.Module, tx: Any, image_shape: tuple[int, ...], mesh: Any, loss: str, schedule: Any
+):
+    """The jitted, state-donating step; cached per model, optimiser, shape, mesh, loss and
+    learning-rate schedule (logged as ``lr``)."""
     shardings = _init_program(model, tx, image_shape, mesh)[2]
-    step = make_train_step(model, ml_collections.ConfigDict(json.loads(loss)), tx)
+    step = make_train_step(model, ml_collections.ConfigDict(json.loads(loss)), tx, schedule)
     batch = mesh_lib.batch_sharding(mesh)
     return run_lib.jit_step(step, mesh, shardings, {"image": batch, "labels": batch})
 
@@ -312,7 +336,9 @@ def train_segmenter(
     )
     state, iterator = run.restore_or_init(abstract, lambda: state, iter(train_data))
     loss_json = json.dumps(config.loss.to_dict(), sort_keys=True)
-    jitted = _step_program(model, tx, image_shape, mesh, loss_json)
+    jitted = _step_program(
+        model, tx, image_shape, mesh, loss_json, segment_schedule(config.optim, total_steps)
+    )
 
     def step_fn(state: SegState, batch: dict[str, Any]):
         return jitted(state, mesh_lib.put_batch({k: batch[k] for k in ("image", "labels")}, mesh))

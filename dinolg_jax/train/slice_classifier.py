@@ -7,7 +7,7 @@ with binary cross-entropy on ``data.pipeline.labelled_dataset`` (calcified slice
 ``runtime.run.TrainingRun`` (checkpoints, resume, SIGTERM, the non-finite stop);
 :func:`slice_roc_auc` reads it out on every slice of a split. Optimiser
 (:func:`classifier_optimizer`): global-norm clipping, then AdamW on a linear warmup +
-cosine decay to 0 over ``optim.num_steps``.
+cosine decay to 0 over ``optim.num_steps`` (:func:`classifier_schedule`, logged as ``lr``).
 
 The users: ``train.supervised`` (the frozen-probe encoder trained on the labels: the
 ablation's ceiling) and ``train.cnn_baseline`` (a small CNN: the signal in the data).
@@ -92,27 +92,32 @@ def cell_bce_loss(logits: jax.Array, cells: jax.Array) -> jax.Array:
     return jnp.where(n_pos > 0, 0.5 * (pos + neg), neg)
 
 
-def classifier_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Global-norm clipping (``optim.clip_norm``), then AdamW (``optim.lr``,
-    ``optim.weight_decay``) on ``optim.warmup_steps`` of linear warmup and a cosine decay
-    to 0 at ``optim.num_steps``."""
+def classifier_schedule(optim: ml_collections.ConfigDict) -> optax.Schedule:
+    """The learning rate per step: ``optim.warmup_steps`` of linear warmup to ``optim.lr``,
+    then a cosine decay to 0 at ``optim.num_steps``."""
     steps, warmup = int(optim.num_steps), int(optim.warmup_steps)
     if steps < 1 or not 0 <= warmup < steps:
         raise ValueError(
             f"need num_steps >= 1 and 0 <= warmup_steps < num_steps, got {steps}, {warmup}"
         )
-    schedule = optax.warmup_cosine_decay_schedule(0.0, float(optim.lr), warmup, steps, 0.0)
+    return optax.warmup_cosine_decay_schedule(0.0, float(optim.lr), warmup, steps, 0.0)
+
+
+def classifier_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Global-norm clipping (``optim.clip_norm``), then AdamW (``optim.lr``,
+    ``optim.weight_decay``) on :func:`classifier_schedule`."""
     return optax.chain(
         optax.clip_by_global_norm(float(optim.clip_norm)),
-        optax.adamw(schedule, weight_decay=float(optim.weight_decay)),
+        optax.adamw(classifier_schedule(optim), weight_decay=float(optim.weight_decay)),
     )
 
 
 def make_train_step(
-    logits: Logits, tx: optax.GradientTransformation
+    logits: Logits, tx: optax.GradientTransformation, schedule: optax.Schedule | None = None
 ) -> Callable[[ClassifierState, dict[str, jax.Array]], tuple[ClassifierState, dict[str, Any]]]:
     """The pure step: ``(state, {"image" [B, H, W, 1], "labels" [B] bool}) -> (state,
-    metrics)``; metrics ``loss`` (BCE), ``accuracy``, ``grad_norm``. A
+    metrics)``; metrics ``loss`` (BCE), ``accuracy``, ``grad_norm`` and, given
+    ``schedule``, ``lr`` (the rate this step applied). A
     :class:`DenseLogits` classifier also takes ``"cells"`` bool [B, N] and adds
     :func:`cell_bce_loss` (metric ``cell_loss``)."""
     dense = isinstance(logits, DenseLogits)
@@ -132,6 +137,8 @@ def make_train_step(
         accuracy = jnp.mean((out > 0) == batch["labels"])
         metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads)}
         metrics.update(extra)
+        if schedule is not None:
+            metrics["lr"] = schedule(state.step)
         params = optax.apply_updates(state.params, updates)
         return ClassifierState(state.step + 1, params, opt_state), metrics
 
@@ -139,14 +146,14 @@ def make_train_step(
 
 
 @functools.lru_cache(maxsize=4)
-def _step_program(logits: Logits, tx: Any, mesh: jax.sharding.Mesh):
+def _step_program(logits: Logits, tx: Any, mesh: jax.sharding.Mesh, schedule: Any = None):
     """The jitted step, state replicated and donated, the batch split over the mesh
-    (cached per classifier, optimiser and mesh: ``logits`` must hash by value)."""
+    (cached per classifier, optimiser, mesh and logged schedule: ``logits`` must hash by
+    value)."""
     batch = mesh_lib.batch_sharding(mesh)
     keys = ("image", "labels", "cells") if isinstance(logits, DenseLogits) else ("image", "labels")
-    return run_lib.jit_step(
-        make_train_step(logits, tx), mesh, mesh_lib.replicated(mesh), dict.fromkeys(keys, batch)
-    )
+    step = make_train_step(logits, tx, schedule)
+    return run_lib.jit_step(step, mesh, mesh_lib.replicated(mesh), dict.fromkeys(keys, batch))
 
 
 def slice_roc_auc(
@@ -218,7 +225,7 @@ def train_classifier(
         data.manifest, config.splits.train, data, augment=bool(data.augment)
     )
     state, iterator = run.restore_or_init(abstract, init_state, iter(train))
-    jitted = _step_program(logits, tx, mesh)
+    jitted = _step_program(logits, tx, mesh, classifier_schedule(config.optim))
 
     def step_fn(state: ClassifierState, batch: dict[str, Any]):
         host = {"image": batch["image"], "labels": batch["has_calcium"]}

@@ -226,3 +226,29 @@ def test_empty_eval_split_fails_before_training(tmp_path):
     with pytest.raises(manifest_lib.ManifestError, match="split 'test' has no records"):
         segment.train_segmenter(_smoke_config(manifest, 4), work)
     assert not (work / "checkpoints").exists() and not (work / "metrics.jsonl").exists()
+
+
+def test_the_logged_lr_follows_the_warmup_then_stays():
+    # lr 1e-3 after 4 warmup steps: the step at count k applies 1e-3 * min(k / 4, 1)
+    model = UNet(filters=4, depth=2)
+    loss_cfg = ml_collections.ConfigDict(
+        {"class_weights": (1.0,) * 5, "ce_weight": 1.0, "dice_weight": 0.0, "smooth": 1.0}
+    )
+    optim = ml_collections.ConfigDict(
+        {"lr": 1e-3, "warmup_steps": 4, "schedule": "constant", "weight_decay": 0.0,
+         "grad_clip": 0.0}
+    )  # fmt: skip
+    mesh = mesh_lib.make_mesh(devices=jax.devices()[:1])
+    tx = segment.segment_optimizer(optim, total_steps=7)
+    schedule = segment.segment_schedule(optim, total_steps=7)
+    state, _, _ = segment.create_state(model, tx, segment.init_key(0), (16, 16), mesh)
+    step = jax.jit(segment.make_train_step(model, loss_cfg, tx, schedule))
+    images, labels = _phantom_batch(2, 16, seed=1)
+    lrs = []
+    for _ in range(7):
+        state, m = step(state, {"image": images, "labels": labels})
+        lrs.append(float(m["lr"]))
+    np.testing.assert_allclose(lrs, [0, 2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3], atol=1e-9)
+    # a cosine schedule ends at 0 on its last step count
+    optim.schedule = "cosine"
+    assert float(segment.segment_schedule(optim, total_steps=7)(7)) == pytest.approx(0.0, abs=1e-12)

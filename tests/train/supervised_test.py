@@ -11,8 +11,10 @@ import json
 import math
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from dinolg_jax.eval import features as features_lib
@@ -181,3 +183,28 @@ def test_the_patch_ceiling_learns_where_the_calcium_is(tmp_path):
     config.target = "pixels"
     with pytest.raises(ValueError, match="target must be one of"):
         supervised.train_supervised(config, tmp_path / "bad")
+
+
+def test_the_logged_lr_is_the_rate_each_step_applied():
+    # warmup 2 of 10 steps to lr 1.0, then cosine to 0: step k applies the rate of count k
+    optim = ml_collections.ConfigDict(
+        {"num_steps": 10, "warmup_steps": 2, "lr": 1.0, "weight_decay": 0.0, "clip_norm": 1e9}
+    )
+
+    def logits(p, x):
+        return x.reshape(x.shape[0], -1) @ p
+
+    params = np.zeros((4,), np.float32)
+    tx = optax.sgd(slice_classifier.classifier_schedule(optim))
+    step = jax.jit(
+        slice_classifier.make_train_step(logits, tx, slice_classifier.classifier_schedule(optim))
+    )
+    state = slice_classifier.ClassifierState(jnp.zeros((), jnp.int32), params, tx.init(params))
+    batch = {"image": np.ones((2, 2, 2, 1), np.float32), "labels": np.array([True, False])}
+    lrs = []
+    for _ in range(10):
+        state, m = step(state, batch)
+        lrs.append(float(m["lr"]))
+    # hand values: k / 2 for k < 2, then 0.5 (1 + cos(pi (k - 2) / 8))
+    want = [0.0, 0.5] + [0.5 * (1 + math.cos(math.pi * (k - 2) / 8)) for k in range(2, 10)]
+    np.testing.assert_allclose(lrs, want, atol=1e-6)
