@@ -32,7 +32,12 @@ Sizes (``get_config(arg)``, ``arg`` as ``common.parse_arg`` reads it):
   its lines differ): gated scans reconstructed on a heart-centred 110-130 mm field at
   112 px (``phantom.cardiac_fov_mm``), 112 px global and 48 px local crops, so a lesion in
   a global crop is median 8.4 px, 13 % of an 8 x 8 token, as in the paper's 224 px crops
-  (``tools/crop_geometry.py``). A prototype: its ceiling does not learn yet (issue 19).
+  (``tools/crop_geometry.py``); the ceiling trains on patch labels; 3 seeds, 400
+  pretraining steps per arm (docs/measurements.md#cardiac-ablation).
+* ``long``: ``cardiac`` with 5x the pretraining (2000 steps per arm and seed, the schedules
+  stretched to end there): the length at which pretraining starts to move the frozen probe
+  at this geometry (docs/measurements.md#pretraining-length-at-the-cardiac-geometry); about
+  40 min per arm and seed on 2 cores, so hours for the whole run there.
 * ``tiny``: the test size (``tests/experiments/ablation_test.py``; a CPU size, so it
   implies ``runlocal``): 10 patients at 32 px, a few steps of everything, one seed;
   seconds per stage.
@@ -66,10 +71,12 @@ CARDIAC_FOV_MM = (110.0, 130.0)
 
 
 def get_config(arg=None):
-    a = common.parse_arg(arg, "ablation", flags=("runlocal", "tiny", "cardiac"))
+    a = common.parse_arg(arg, "ablation", flags=("runlocal", "tiny", "cardiac", "long"))
     c = _paper()
     if a.tiny:
         return _tiny(_cpu(c, 32))
+    if a.long:
+        return _long(_cardiac(_runlocal(_cpu(c, CARDIAC_SIZE))))
     if a.cardiac:
         return _cardiac(_runlocal(_cpu(c, CARDIAC_SIZE)))
     if a.runlocal:
@@ -271,5 +278,23 @@ def _cardiac(c):
         "CPU-size ablation on the synthetic phantom (heart-centred 112 px slices): a "
         "demo-size comparison, not the paper's experiment (see configs/ablation.py "
         "without an argument)."
+    )
+    return c
+
+
+def _long(c):
+    """``cardiac`` with 5x the pretraining: only the length lines differ."""
+    # 2000 steps (5.3 epochs of the 300-patient train split at batch 16); the warmup stays
+    # 0.1667 epochs (63 steps) and the cosines end at step 2000. Seed 0, val only: the
+    # DINO-LG probe 0.602 at 400 steps, 0.639 at 2000 (random init 0.571); dense probe
+    # 0.808 -> 0.901 (docs/measurements.md#pretraining-length-at-the-cardiac-geometry).
+    c.pretrain.num_steps = 2000
+    c.pretrain.num_epochs = 2000 / 375
+    c.pretrain.update(eval_every=400)
+    c.pretrain.checkpoint.every_steps = 400
+    c.note = (
+        "CPU-size ablation on the synthetic phantom (heart-centred 112 px slices, 2000 "
+        "pretraining steps): a demo-size comparison, not the paper's experiment (see "
+        "configs/ablation.py without an argument)."
     )
     return c

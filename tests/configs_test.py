@@ -10,7 +10,8 @@ from configs import common
 ROOT = Path(__file__).resolve().parents[1]
 SEGMENTERS = ["unet", "attention_unet", "swin_unet", "vit_unet"]
 VARIANTS = {
-    "ablation": [None, "runlocal", "tiny", "runlocal,tiny", "cardiac", "runlocal,cardiac"],
+    "ablation": [None, "runlocal", "tiny", "runlocal,tiny", "cardiac", "runlocal,cardiac",
+                 "long", "cardiac,long"],
     "demo": [None],
     "dinolg": [None, "arm=dino", "variant=S/8", "variant=S/8,arm=dino", "runlocal",
                "arm=dino,runlocal", "tiny", "arm=dino,tiny"],
@@ -87,3 +88,22 @@ def test_cpu_size_sets_every_stage_of_an_experiment():
     for stage in (c.pretrain, c.probe, c.segment):
         assert stage.data.worker_count == 0
     assert c.pretrain.checkpoint.keep == c.segment.checkpoint.keep == 2
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_long_is_cardiac_with_only_the_pretraining_length_changed():
+    ablation = importlib.import_module("configs.ablation")
+    cardiac = _flat(ablation.get_config("cardiac").to_dict())
+    long = _flat(ablation.get_config("long").to_dict())
+    changed = {k for k in cardiac if cardiac[k] != long[k]}
+    assert set(cardiac) == set(long)
+    assert changed == {"pretrain.num_steps", "pretrain.num_epochs", "pretrain.eval_every",
+                       "pretrain.checkpoint.every_steps", "note"}  # fmt: skip
+    # the cosines end where the run ends: 2000 steps at 375 steps per epoch
+    assert long["pretrain.num_steps"] == 2000 == round(long["pretrain.num_epochs"] * 375)

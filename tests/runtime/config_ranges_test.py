@@ -11,7 +11,7 @@ SHIPPED = {
     "dinolg": ["", "runlocal", "tiny", "variant=S/8", "arm=dino"],
     "probe": ["linear", "linear,runlocal", "transformer", "transformer,runlocal"],
     "segment": ["unet", "unet,runlocal", "attention_unet", "swin_unet", "vit_unet,runlocal"],
-    "ablation": ["", "runlocal", "tiny", "cardiac"],
+    "ablation": ["", "runlocal", "tiny", "cardiac", "long"],
     "demo": [""],
 }
 
