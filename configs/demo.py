@@ -60,7 +60,7 @@ def get_config(arg=None):
     p.dino.update(
         centering="sinkhorn", warmup_teacher_temp=0.003, teacher_temp=0.003, momentum_teacher=0.99
     )
-    p.num_epochs = 150 / 42  # the schedules end at step 150 (679 slices / 16 = 42 per epoch)
+    p.num_epochs = 150 / 41  # the schedules end at step 150 (671 slices / 16 = 41 per epoch)
     p.num_steps = 150
     p.optim.lr = 0.016  # per 256 images: 1e-3 at batch 16
     p.optim.update(warmup_epochs=1.0, freeze_last_layer=0.0)
