@@ -284,8 +284,10 @@ def _cardiac(c):
 
 def _long(c):
     """``cardiac`` with 5x the pretraining: only the length lines differ."""
-    # 2000 steps (5.3 epochs of the 300-patient train split at batch 16); the warmup stays
-    # 0.1667 epochs (63 steps) and the cosines end at step 2000. Seed 0, val only: the
+    # 2000 steps (5.3 epochs of the 300-patient train split at batch 16), the schedules set
+    # in epochs as in ``cardiac`` (its 375 steps per epoch; the split has 378, so the
+    # cosines end at step 2016 and step 2000 keeps 0.02 % of the peak lr); the warmup stays
+    # 0.1667 epochs (63 steps). Seed 0, val only: the
     # DINO-LG probe 0.602 at 400 steps, 0.639 at 2000 (random init 0.571); dense probe
     # 0.808 -> 0.901 (docs/measurements.md#pretraining-length-at-the-cardiac-geometry).
     c.pretrain.num_steps = 2000

@@ -105,5 +105,5 @@ def test_long_is_cardiac_with_only_the_pretraining_length_changed():
     assert set(cardiac) == set(long)
     assert changed == {"pretrain.num_steps", "pretrain.num_epochs", "pretrain.eval_every",
                        "pretrain.checkpoint.every_steps", "note"}  # fmt: skip
-    # the cosines end where the run ends: 2000 steps at 375 steps per epoch
+    # the stated length in epochs is the run's steps at the config's 375 steps per epoch
     assert long["pretrain.num_steps"] == 2000 == round(long["pretrain.num_epochs"] * 375)
