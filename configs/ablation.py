@@ -42,8 +42,10 @@ Sizes (``get_config(arg)``, ``arg`` as ``common.parse_arg`` reads it):
   implies ``runlocal``): 10 patients at 32 px, a few steps of everything, one seed;
   seconds per stage.
 
-Determinism: the same config and seeds reproduce ``WORKDIR/results.json`` byte for byte
-on CPU, also after an interruption (every stage resumes from its own checkpoint). On GPU
+Determinism: the same config, seeds and device count reproduce ``WORKDIR/results.json``
+byte for byte on CPU (the number of devices, e.g.
+``XLA_FLAGS=--xla_force_host_platform_device_count=8``, splits the reductions), also
+after an interruption (every stage resumes from its own checkpoint). On GPU
 set ``XLA_FLAGS=--xla_gpu_deterministic_ops=true``: XLA then picks deterministic
 reductions, scatters and convolution algorithms, and asks cuDNN for its deterministic
 fused-attention backward (openxla/xla#14125); without it the numbers vary in the last
